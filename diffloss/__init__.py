@@ -1,1 +1,47 @@
-"""diffloss."""
+"""DiffLoss: a frozen diffusion prior (guided-diffusion ADM) as a training criterion for restoration.
+
+    from diffloss import load_adm, DiffLoss
+    model, diffusion = load_adm("256x256_diffusion_uncond.pt", config="adm256-uncond", device="cuda")
+    criterion = DiffLoss(model, diffusion, gamma=1e-3, lam=1e-2)
+    out = criterion(restored, clean)        # [0, 1] NCHW float; out.total, out.pixel, out.nat, out.sem, out.t
+
+Submodules: ``diffloss.prior`` (configs, loading, freezing), ``diffloss.hooks`` (h-space),
+``diffloss.criterion`` (the loss and its functional core). Attributes are imported lazily, so
+``import diffloss`` does not import torch or guided-diffusion until you use them.
+"""
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_LAZY = {
+    "PRIOR_CONFIGS": "prior",
+    "PRIOR_CHECKPOINTS": "prior",
+    "PriorCheckpointMismatch": "prior",
+    "load_adm": "prior",
+    "randomize_zero_init_": "prior",
+    "count_parameters": "prior",
+    "count_prior_parameters": "prior",
+    "set_activation_checkpointing": "prior",
+    "hspace_hook": "hooks",
+    "HSpace": "hooks",
+    "DiffLoss": "criterion",
+    "DiffLossOutput": "criterion",
+    "TARGETS": "criterion",
+    "T_WEIGHTINGS": "criterion",
+}
+
+__all__ = sorted(_LAZY)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        module = importlib.import_module(f".{_LAZY[name]}", __name__)
+        value = getattr(module, name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'diffloss' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))

@@ -1,0 +1,1075 @@
+"""The h-space SVD perturbation study (DiffLoss Fig. 2): does the prior's h-space carry an image's semantics?
+
+For every image of every group (clean, degraded, restored w/o and w/ DiffLoss, ...):
+  1. resize (shorter side) and centre-crop to the prior's size, map to [-1, 1];
+  2. go to x_t0: ``q_sample`` at t0 with a noise seeded by (seed, image id) -- the same noise for the same
+     image in every group -- or, with ``--start ddim-inversion``, deterministic DDIM inversion 0 -> t0;
+  3. generate back to x_0 with DDIM (eta 0, ``--steps`` timesteps evenly spaced in [0, t0], guided-diffusion's
+     ``SpacedDiffusion.ddim_sample``), the unperturbed generation and K perturbed ones in one batch (same x_t0);
+  4. at every step with t >= t_edit the middle block's output h (C x H x W) of the level-k sample is replaced
+     by h + alpha_k * s1 * u1 v1^T, where h = U S V^T is the SVD of h as a C x HW matrix (per sample, default
+     ``--svd-mode sample``): the top singular value s1 becomes (1 + alpha_k) s1, nothing else changes.
+     ``--svd-mode batch-pca`` (Haas et al.) instead moves h along the first principal component of the
+     unperturbed samples' flattened h in the batch (needs ``--batch-images`` >= 2): h + alpha_k * sd1 * pc1;
+  5. ResNet50 (ImageNet) penultimate 2048-d features of every generation; distance of level k =
+     L2(features(level k) - features(level 0)).
+
+Outputs in ``--out``: distances.csv (one row per image, group, level), summary.csv (per group and level),
+mannwhitney.csv (two-sided Mann-Whitney U between every pair of groups per level), summary.json (protocol,
+seconds per image), histograms / histogram_overlay / grid as PNG and PDF, generations/ (grid images) and a
+manifest.json that lets an interrupted run resume.
+
+    python -m analysis.hspace --quick --out runs/hspace-quick
+    python -m analysis.hspace --prior 256x256_diffusion_uncond.pt --weights resnet50-0676ba61.pth \\
+        --group clean=CUB_200_2011 --group degraded=degraded/fog/3 --group "w/ DiffLoss=restored/fog3-dl" \\
+        --out runs/hspace
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import csv
+import io
+import itertools
+import json
+import logging
+import math
+import re
+import sys
+import time
+import zlib
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable, Mapping, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from cubdata import atomic_write_bytes, atomic_write_text, encode_image, load_pil_rgb, read_cub, write_cub_metadata
+
+log = logging.getLogger(__name__)
+
+__all__ = [
+    "perturb_principal",
+    "principal_component",
+    "batch_principal_direction",
+    "perturb_along",
+    "make_alphas",
+    "ddim_schedule",
+    "spaced_diffusion",
+    "start_latent",
+    "ddim_invert",
+    "ddim_generate",
+    "PerturbationEdit",
+    "ResNetFeatures",
+    "build_feature_extractor",
+    "feature_distances",
+    "ImageItem",
+    "list_group_images",
+    "select_images",
+    "load_image_tensor",
+    "HSpaceConfig",
+    "HSpaceResult",
+    "run_hspace_study",
+    "summarize_distances",
+    "mann_whitney_tests",
+    "write_csv",
+    "read_distances",
+    "load_grid",
+    "quick_groups",
+    "subset_cub_root",
+    "run",
+    "make_config",
+    "write_study_outputs",
+    "build_parser",
+    "main",
+    "SVD_MODES",
+    "START_MODES",
+    "PRIOR_URL",
+    "RESNET50_FILE",
+    "RESNET50_URL",
+]
+
+SVD_MODES = ("sample", "batch-pca")
+START_MODES = ("noise", "ddim-inversion")
+PRIOR_FILE = "256x256_diffusion_uncond.pt"
+PRIOR_URL = "https://openaipublic.blob.core.windows.net/diffusion/jul-2021/256x256_diffusion_uncond.pt"
+RESNET50_FILE = "resnet50-0676ba61.pth"
+RESNET50_URL = "https://download.pytorch.org/models/resnet50-0676ba61.pth"
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
+_IMAGENET_MEAN = (0.485, 0.456, 0.406)
+_IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The perturbation (functional core)
+# ----------------------------------------------------------------------------------------------------------
+def _alpha_vector(alpha, batch: int, like: torch.Tensor) -> torch.Tensor:
+    a = torch.as_tensor(alpha, dtype=torch.float32, device=like.device)
+    if a.ndim == 0:
+        a = a.expand(batch)
+    if a.shape != (batch,):
+        raise ValueError(f"alpha must be a scalar or a [B] vector with B={batch}, got shape {tuple(a.shape)}")
+    if not torch.isfinite(a).all():
+        raise ValueError(f"alpha must be finite, got {a.tolist()}")
+    return a
+
+
+def _check_h(h) -> torch.Tensor:
+    if not isinstance(h, torch.Tensor):
+        raise TypeError(f"h must be a torch.Tensor [B, C, H, W], got {type(h).__name__}")
+    if h.ndim != 4 or not h.is_floating_point():
+        raise ValueError(f"h must be a float tensor [B, C, H, W], got {h.dtype} with shape {tuple(h.shape)}")
+    return h
+
+
+def principal_component(h: torch.Tensor) -> torch.Tensor:
+    """The rank-1 top singular component s1 * u1 v1^T of every sample of ``h`` [B, C, H, W] (float), each seen
+    as a C x HW matrix; returned with ``h``'s shape, computed in float32 (float64 if ``h`` is float64).
+
+    Sign-free: s1 u1 v1^T does not depend on the sign convention of the SVD.
+
+    Computed without a full SVD: with v1 the top eigenvector of the (smaller) Gram matrix M^T M (float64
+    ``eigh``), s1 u1 v1^T = M v1 v1^T (or u1 u1^T M with M M^T when C < HW); several times faster than
+    ``torch.linalg.svd`` for ADM's 1024 x 64 and equal to it to float precision (tested)."""
+    _check_h(h)
+    B, C, H, W = h.shape
+    M = h.reshape(B, C, H * W).double()
+    if C >= H * W:
+        _, V = torch.linalg.eigh(M.transpose(1, 2) @ M)        # ascending eigenvalues
+        v1 = V[:, :, -1:]                                       # [B, HW, 1]
+        comp = (M @ v1) @ v1.transpose(1, 2)
+    else:
+        _, U = torch.linalg.eigh(M @ M.transpose(1, 2))
+        u1 = U[:, :, -1:]                                       # [B, C, 1]
+        comp = u1 @ (u1.transpose(1, 2) @ M)
+    work_dtype = torch.float64 if h.dtype == torch.float64 else torch.float32
+    return comp.to(work_dtype).reshape(B, C, H, W)
+
+
+def perturb_principal(h: torch.Tensor, alpha) -> torch.Tensor:
+    """Perturb the principal component of h-space, per sample: ``h' = h + alpha * s1 * u1 v1^T``.
+
+    ``h``: middle-block output [B, C, H, W] float; each sample is a C x HW matrix with SVD U S V^T.
+    ``alpha``: a number or a [B] vector (one value per sample). The top singular value s1 becomes
+    (1 + alpha) s1; every other singular pair is untouched, so ``h' - h`` lies along u1 v1^T only and
+    ``||h' - h||_F = |alpha| * s1``. Samples with alpha == 0 are returned bit-identical (``h`` itself when
+    every alpha is 0)."""
+    _check_h(h)
+    B = h.shape[0]
+    a = _alpha_vector(alpha, B, h)
+    if not bool((a != 0).any()):
+        return h
+    comp = principal_component(h)
+    shifted = h + (a.view(B, 1, 1, 1) * comp).to(h.dtype)
+    return torch.where((a != 0).view(B, 1, 1, 1), shifted, h)
+
+
+def batch_principal_direction(h_ref: torch.Tensor) -> tuple[torch.Tensor, float]:
+    """First principal component of the flattened h of ``h_ref`` [N, C, H, W] (N >= 2 samples, centred):
+    returns (unit direction [C, H, W], standard deviation of the samples along it). The sign is fixed so the
+    direction's largest-magnitude entry is positive (deterministic, as sklearn's svd_flip)."""
+    _check_h(h_ref)
+    n = h_ref.shape[0]
+    if n < 2:
+        raise ValueError(
+            f"--svd-mode batch-pca needs at least 2 unperturbed samples per batch, got {n}; "
+            "use --batch-images >= 2 or --svd-mode sample"
+        )
+    X = h_ref.reshape(n, -1).double()
+    X = X - X.mean(dim=0, keepdim=True)
+    _, S, Vh = torch.linalg.svd(X, full_matrices=False)
+    v = Vh[0]
+    if v[v.abs().argmax()] < 0:
+        v = -v
+    sd = float(S[0]) / math.sqrt(n - 1)
+    return v.reshape(h_ref.shape[1:]).to(h_ref.dtype), sd
+
+
+def perturb_along(h: torch.Tensor, alpha, direction: torch.Tensor, scale: float) -> torch.Tensor:
+    """``h + alpha * scale * direction`` per sample (``direction`` [C, H, W]); alpha == 0 samples bit-identical."""
+    _check_h(h)
+    B = h.shape[0]
+    a = _alpha_vector(alpha, B, h)
+    if direction.shape != h.shape[1:]:
+        raise ValueError(f"direction must have shape {tuple(h.shape[1:])}, got {tuple(direction.shape)}")
+    if not bool((a != 0).any()):
+        return h
+    shifted = h + (a.view(B, 1, 1, 1) * float(scale)).to(h.dtype) * direction.to(h.dtype)
+    return torch.where((a != 0).view(B, 1, 1, 1), shifted, h)
+
+
+def make_alphas(levels: int = 4, scale: float = 0.5, alphas: Sequence[float] | None = None) -> tuple[float, ...]:
+    """The perturbation strengths of levels 1..K: ``alphas`` if given, else ``scale * k`` for k = 1..levels."""
+    if alphas is not None:
+        out = tuple(float(a) for a in alphas)
+        if not out:
+            raise ValueError("--alphas must list at least one value")
+    else:
+        if int(levels) < 1:
+            raise ValueError(f"--levels must be >= 1, got {levels}")
+        out = tuple(float(scale) * k for k in range(1, int(levels) + 1))
+    if any(a == 0 or not math.isfinite(a) for a in out):
+        raise ValueError(f"perturbation strengths must be finite and non-zero (level 0 is the unperturbed one), got {out}")
+    return out
+
+
+class PerturbationEdit:
+    """The h-space edit used during generation: a callable h -> h' for ``diffloss.hooks.hspace_hook``.
+
+    ``alpha`` [B] holds each sample's strength (0 for the unperturbed ones); ``active`` is switched on by the
+    sampler at the steps with t >= t_edit. In ``batch-pca`` mode the direction is recomputed at every edited
+    step from the samples with alpha == 0."""
+
+    def __init__(self, alpha: torch.Tensor, svd_mode: str = "sample") -> None:
+        if svd_mode not in SVD_MODES:
+            raise ValueError(f"unknown svd mode {svd_mode!r}; valid: {', '.join(SVD_MODES)}")
+        self.alpha = alpha
+        self.svd_mode = svd_mode
+        self.active = False
+        self.calls = 0
+
+    def __call__(self, h: torch.Tensor) -> torch.Tensor:
+        if not self.active:
+            return h
+        self.calls += 1
+        alpha = self.alpha.to(h.device)
+        if self.svd_mode == "sample":
+            return perturb_principal(h, alpha)
+        direction, sd = batch_principal_direction(h[alpha == 0])
+        return perturb_along(h, alpha, direction, sd)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# DDIM over guided-diffusion
+# ----------------------------------------------------------------------------------------------------------
+def ddim_schedule(t0: int, steps: int, num_timesteps: int = 1000) -> list[int]:
+    """``steps`` timesteps evenly spaced in [0, t0] (rounded, ascending, first 0, last t0)."""
+    t0, steps = int(t0), int(steps)
+    if not 0 < t0 < num_timesteps:
+        raise ValueError(f"t0 must be in 1..{num_timesteps - 1}, got {t0}")
+    if not 1 <= steps <= t0 + 1:
+        raise ValueError(f"steps must be in 1..t0+1={t0 + 1}, got {steps}")
+    if steps == 1:
+        return [t0]
+    ts = sorted({int(v) for v in np.round(np.linspace(0, t0, steps))})
+    if len(ts) != steps:  # cannot happen with spacing >= 1, kept as a guard
+        raise ValueError(f"cannot space {steps} distinct timesteps in [0, {t0}]")
+    return ts
+
+
+def spaced_diffusion(diffusion, timesteps: Sequence[int]):
+    """A guided-diffusion ``SpacedDiffusion`` keeping ``timesteps`` of the full process ``diffusion``.
+
+    ``diffusion`` must be un-respaced (``load_adm`` returns the full 1000-step process)."""
+    from guided_diffusion.respace import SpacedDiffusion
+
+    tmap = getattr(diffusion, "timestep_map", None)
+    n = int(diffusion.num_timesteps)
+    if tmap is not None and list(tmap) != list(range(len(tmap))):
+        raise ValueError(
+            f"the diffusion is already respaced ({len(tmap)} of {getattr(diffusion, 'original_num_steps', '?')} "
+            "steps); pass the full process (load_adm with no timestep_respacing)"
+        )
+    return SpacedDiffusion(
+        use_timesteps=list(timesteps),
+        betas=np.asarray(diffusion.betas, dtype=np.float64)[:n],
+        model_mean_type=diffusion.model_mean_type,
+        model_var_type=diffusion.model_var_type,
+        loss_type=diffusion.loss_type,
+        rescale_timesteps=diffusion.rescale_timesteps,
+    )
+
+
+@contextlib.contextmanager
+def _keep_global_rng(device: torch.device):
+    """guided-diffusion's ddim_sample draws ``randn_like`` even at eta 0 (multiplied by 0); keep the global
+    RNG state untouched by it."""
+    devices = [device.index if device.index is not None else torch.cuda.current_device()] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        yield
+
+
+@torch.no_grad()
+def ddim_invert(model: nn.Module, spaced, x0: torch.Tensor) -> torch.Tensor:
+    """Deterministic DDIM inversion (eta 0, predicted x0 not clipped) of ``x0`` ([-1, 1] NCHW) from the
+    first to the last timestep of ``spaced``: ``len(timesteps) - 1`` UNet evaluations."""
+    x = x0
+    B = x.shape[0]
+    for i in range(spaced.num_timesteps - 1):
+        t = torch.full((B,), i, device=x.device, dtype=torch.long)
+        x = spaced.ddim_reverse_sample(model, x, t, clip_denoised=False, eta=0.0)["sample"]
+    return x
+
+
+def start_latent(model: nn.Module, spaced, x0: torch.Tensor, start: str = "noise",
+                 generator: torch.Generator | None = None) -> torch.Tensor:
+    """x at the last timestep t0 of ``spaced`` from the clean ``x0`` ([-1, 1] NCHW).
+
+    ``start="noise"``: ``q_sample`` with noise drawn from ``generator`` on the CPU (same numbers on every
+    device); ``"ddim-inversion"``: `ddim_invert` (no randomness)."""
+    if start not in START_MODES:
+        raise ValueError(f"unknown start {start!r}; valid: {', '.join(START_MODES)}")
+    if start == "ddim-inversion":
+        return ddim_invert(model, spaced, x0)
+    if generator is None:
+        raise ValueError("start='noise' needs a torch.Generator (explicit randomness)")
+    noise = torch.randn(x0.shape, generator=generator, dtype=torch.float32).to(x0.device, x0.dtype)
+    t = torch.full((x0.shape[0],), spaced.num_timesteps - 1, device=x0.device, dtype=torch.long)
+    return spaced.q_sample(x0, t, noise=noise)
+
+
+@torch.no_grad()
+def ddim_generate(model: nn.Module, spaced, x_t: torch.Tensor, alpha: torch.Tensor | None = None,
+                  t_edit: int = 0, svd_mode: str = "sample", hook=None) -> torch.Tensor:
+    """DDIM (eta 0, predicted x0 clipped to [-1, 1]) from the last timestep of ``spaced`` to x_0.
+
+    ``x_t`` [B, 3, S, S]; ``alpha`` [B] the per-sample h-space perturbation strengths (None or 0: none),
+    applied at the steps whose original timestep is >= ``t_edit``. ``hook`` is the h-space hook factory
+    (default ``diffloss.hooks.hspace_hook``). One UNet evaluation per timestep; returns [-1, 1] NCHW."""
+    if hook is None:
+        from diffloss.hooks import hspace_hook as hook
+    B = x_t.shape[0]
+    alpha = torch.zeros(B) if alpha is None else torch.as_tensor(alpha, dtype=torch.float32).reshape(-1)
+    if alpha.shape != (B,):
+        raise ValueError(f"alpha must have one value per sample ({B}), got shape {tuple(alpha.shape)}")
+    edit = PerturbationEdit(alpha, svd_mode)
+    any_edit = bool((alpha != 0).any())
+    x = x_t
+    with hook(model, edit=edit):
+        for i in reversed(range(spaced.num_timesteps)):
+            edit.active = any_edit and spaced.timestep_map[i] >= t_edit
+            t = torch.full((B,), i, device=x.device, dtype=torch.long)
+            with _keep_global_rng(x.device):
+                x = spaced.ddim_sample(model, x, t, clip_denoised=True, eta=0.0)["sample"]
+    return x
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Features and distances
+# ----------------------------------------------------------------------------------------------------------
+class ResNetFeatures(nn.Module):
+    """Frozen ResNet50 penultimate features: ``[0, 1] NCHW float`` -> ``[N, 2048]``.
+
+    Inputs are resized to ``size`` x ``size`` (bilinear, antialiased) and ImageNet-normalised."""
+
+    def __init__(self, backbone: nn.Module, size: int = 224) -> None:
+        super().__init__()
+        if hasattr(backbone, "fc"):
+            backbone.fc = nn.Identity()
+        self.backbone = backbone
+        self.size = int(size)
+        self.register_buffer("mean", torch.tensor(_IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(_IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
+        self.eval().requires_grad_(False)
+
+    def train(self, mode: bool = True):  # frozen: always eval
+        return super().train(False)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        if images.ndim != 4 or images.shape[1] != 3:
+            raise ValueError(f"expected [0, 1] NCHW images with 3 channels, got shape {tuple(images.shape)}")
+        x = images.float()
+        if x.shape[-2:] != (self.size, self.size):
+            x = nn.functional.interpolate(x, size=(self.size, self.size), mode="bilinear", align_corners=False,
+                                          antialias=True)
+        return self.backbone((x - self.mean) / self.std).flatten(1)
+
+
+def build_feature_extractor(weights: str = "imagenet", size: int = 224, device="cpu",
+                            init_seed: int = 0) -> ResNetFeatures:
+    """ResNet50 feature extractor via ``classifiers.build_backbone("resnet50", weights)``, fc -> Identity.
+
+    ``weights``: "imagenet" (torchvision enum; offline it must be in the torch hub cache), a path to a state
+    dict (e.g. resnet50-0676ba61.pth), or "none" (random init drawn from ``init_seed``: quick mode only --
+    distances then say nothing about semantics)."""
+    from classifiers import build_backbone
+
+    w = str(weights)
+    if w not in ("imagenet", "none") and not Path(w).is_file():
+        raise FileNotFoundError(
+            f"ResNet50 weights file not found: {w}. Expected an ImageNet state dict such as {RESNET50_FILE} "
+            f"(download it on a connected machine from {RESNET50_URL}) and pass --weights PATH."
+        )
+    with torch.random.fork_rng(devices=[]):  # torchvision's init draws from the global RNG
+        torch.manual_seed(int(init_seed))
+        net = build_backbone("resnet50", weights=w)
+    if w == "none":
+        log.warning("!!! ResNet50 with RANDOM weights (--weights none): the feature distances measure a random "
+                    "network, not ImageNet semantics. Use --weights PATH for the real study. !!!")
+    return ResNetFeatures(net, size=size).to(device)
+
+
+def feature_distances(features: torch.Tensor) -> torch.Tensor:
+    """L2 distances of levels 1..K to level 0: ``features`` [N, 1+K, D] -> [N, K] (float64)."""
+    if not isinstance(features, torch.Tensor) or features.ndim != 3 or features.shape[1] < 2:
+        raise ValueError(f"features must be [N, 1+K, D] with K >= 1, got {getattr(features, 'shape', features)}")
+    f = features.double()
+    return torch.linalg.vector_norm(f[:, 1:] - f[:, :1], dim=-1)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Image groups
+# ----------------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class ImageItem:
+    """One image of a group: ``key`` identifies the same image across groups (the CUB image id, or the path
+    relative to an image folder without suffix)."""
+
+    key: str
+    path: Path
+
+
+def list_group_images(source: str | Path, split: str = "test") -> list[ImageItem]:
+    """The images of a group: a CUB root (``images.txt`` present; ``split`` of it) or a folder of images
+    (recursive, sorted)."""
+    source = Path(source)
+    if not source.exists():
+        raise FileNotFoundError(f"image group not found: {source} (expected a CUB root or a folder of images)")
+    if (source / "images.txt").is_file():
+        idx = read_cub(source)
+        return [ImageItem(str(r.image_id), idx.image_path(r)) for r in idx.split(split)]
+    if source.is_file():
+        raise ValueError(f"image group must be a folder (CUB root or image folder), got the file {source}")
+    files = sorted(p for p in source.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    if not files:
+        raise ValueError(f"no images ({', '.join(IMAGE_SUFFIXES)}) found under {source}")
+    return [ImageItem(p.relative_to(source).with_suffix("").as_posix(), p) for p in files]
+
+
+def select_images(groups: Mapping[str, Sequence[ImageItem]], n: int | None, seed: int = 0) -> dict[str, list[ImageItem]]:
+    """Pick ``n`` images per group (all if ``n`` is None or <= 0), the same keys in every group when the
+    groups share at least ``n`` keys (a seeded random subset of the shared keys, in the first group's order);
+    otherwise a seeded subset of each group on its own (logged)."""
+    rng = np.random.default_rng(int(seed))
+    names = list(groups)
+    if not names:
+        raise ValueError("no image groups given")
+    order = [it.key for it in groups[names[0]]]
+    common = set(order)
+    for name in names[1:]:
+        common &= {it.key for it in groups[name]}
+    want = None if n is None or n <= 0 else int(n)
+    shared = [k for k in order if k in common]
+    if shared and (want is None or len(shared) >= want):
+        keep = set(shared) if want is None else set(rng.choice(shared, size=want, replace=False).tolist())
+        return {g: [it for it in groups[g] if it.key in keep] for g in names}
+    log.info("groups share %d image keys (< %s): picking images per group independently", len(shared), want)
+    out = {}
+    for g in names:
+        items = list(groups[g])
+        if want is None or len(items) <= want:
+            out[g] = items
+        else:
+            pick = set(rng.choice(len(items), size=want, replace=False).tolist())
+            out[g] = [it for i, it in enumerate(items) if i in pick]
+    return out
+
+
+def load_image_tensor(path: str | Path, size: int) -> torch.Tensor:
+    """Decode an image, resize its shorter side to ``size`` (bicubic, antialiased) and centre-crop:
+    ``[0, 1] 3 x size x size float``."""
+    from PIL import Image
+
+    im = load_pil_rgb(path)
+    w, h = im.size
+    s = size / min(w, h)
+    nw, nh = max(size, round(w * s)), max(size, round(h * s))
+    im = im.resize((nw, nh), Image.BICUBIC, reducing_gap=None)
+    left, top = (nw - size) // 2, (nh - size) // 2
+    im = im.crop((left, top, left + size, top + size))
+    return torch.from_numpy(np.asarray(im, dtype=np.float32) / 255.0).permute(2, 0, 1).contiguous()
+
+
+def _to_uint8(img01: torch.Tensor) -> np.ndarray:
+    """[0, 1] CHW -> uint8 HxWx3."""
+    return (img01.clamp(0, 1).mul(255).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy()).copy()
+
+
+def _slug(text: str) -> str:
+    s = re.sub(r"[^A-Za-z0-9._-]+", "_", str(text)).strip("_")
+    return s or "x"
+
+
+def _image_seed(seed: int, key: str) -> int:
+    """Seed of the q_sample noise of one image: depends on (seed, image key) only, so the same image gets the
+    same noise in every group and every run."""
+    return (int(seed) * 1_000_003 + zlib.crc32(str(key).encode("utf-8"))) % (2**63 - 1)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The study
+# ----------------------------------------------------------------------------------------------------------
+@dataclass
+class HSpaceConfig:
+    """The protocol. Defaults are the paper-mode defaults (README: "h-space study")."""
+
+    t0: int = 500                 # start timestep (of 1000)
+    steps: int = 50               # DDIM timesteps in [0, t0]
+    t_edit: int = 200             # h is edited at steps with t >= t_edit
+    alphas: tuple[float, ...] = (0.5, 1.0, 1.5, 2.0)  # levels 1..K: s1 -> (1 + alpha_k) s1
+    svd_mode: str = "sample"      # "sample" (per-sample SVD) | "batch-pca"
+    start: str = "noise"          # "noise" (seeded q_sample) | "ddim-inversion"
+    seed: int = 0
+    images_per_group: int = 32    # <= 0: every image
+    split: str = "test"           # split of CUB-root groups
+    batch_images: int = 1         # images per UNet batch (each brings 1 + K samples)
+    grid_images: int = 3          # images per group kept for the level grid
+
+    def __post_init__(self) -> None:
+        self.alphas = make_alphas(alphas=self.alphas)
+        if self.svd_mode not in SVD_MODES:
+            raise ValueError(f"unknown svd mode {self.svd_mode!r}; valid: {', '.join(SVD_MODES)}")
+        if self.start not in START_MODES:
+            raise ValueError(f"unknown start {self.start!r}; valid: {', '.join(START_MODES)}")
+        if not 0 <= int(self.t_edit) <= int(self.t0):
+            raise ValueError(f"t_edit must be in 0..t0={self.t0}, got {self.t_edit}")
+        if int(self.batch_images) < 1:
+            raise ValueError(f"batch_images must be >= 1, got {self.batch_images}")
+        if self.svd_mode == "batch-pca" and int(self.batch_images) < 2:
+            raise ValueError("--svd-mode batch-pca needs --batch-images >= 2 (the PCA runs over a batch's images)")
+
+    @property
+    def levels(self) -> int:
+        return len(self.alphas)
+
+    def protocol(self) -> dict:
+        """What determines the numbers (used to decide whether a manifest can be resumed)."""
+        d = asdict(self)
+        for k in ("batch_images", "grid_images"):
+            d.pop(k)
+        d["alphas"] = list(self.alphas)
+        return d
+
+
+@dataclass
+class HSpaceResult:
+    """``rows``: one dict per (group, image, level >= 1): group, image_id, level, alpha, distance, path.
+    ``grid``: group -> list of (image_id, uint8 HxWx3 input, [uint8 HxWx3 generation of level 0..K]).
+    ``seconds_per_image``: mean wall time per image (start latent + generation + features)."""
+
+    rows: list[dict]
+    grid: dict[str, list[tuple[str, np.ndarray, list[np.ndarray]]]]
+    seconds_per_image: float
+    config: HSpaceConfig
+    groups: dict[str, str] = field(default_factory=dict)
+    provenance: dict = field(default_factory=dict)
+    unet_evals_per_image: int = 0
+
+
+def _manifest_load(path: Path, fingerprint: dict) -> dict:
+    if not path.is_file():
+        return {}
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        log.warning("ignoring unreadable manifest %s: %s", path, err)
+        return {}
+    if data.get("fingerprint") != fingerprint:
+        log.warning("manifest %s was written with another protocol/prior/groups: recomputing everything", path)
+        return {}
+    return data.get("done", {})
+
+
+def _grid_dir(out: Path, group: str, key: str) -> Path:
+    return out / "generations" / _slug(group) / _slug(key)
+
+
+def _read_grid_item(folder: Path, levels: int):
+    from cubdata import load_rgb
+
+    files = [folder / "input.png"] + [folder / f"level{k}.png" for k in range(levels + 1)]
+    if not all(f.is_file() for f in files):
+        return None
+    imgs = [load_rgb(f) for f in files]
+    return imgs[0], imgs[1:]
+
+
+def run_hspace_study(groups: Mapping[str, str | Path], model: nn.Module, diffusion, extractor: nn.Module,
+                     config: HSpaceConfig | None = None, out: str | Path | None = None,
+                     provenance: Mapping | None = None, progress: bool = True, hook=None) -> HSpaceResult:
+    """Run the perturbation study over ``groups`` (name -> CUB root or image folder).
+
+    ``model``/``diffusion``: the prior (``diffloss.load_adm``); images are sized to ``model.image_size``.
+    ``extractor``: [0, 1] NCHW -> [N, D] features (`build_feature_extractor`). With ``out`` a manifest
+    (out/manifest.json) records finished images and the grid images are saved under out/generations, so a
+    re-run with the same protocol skips finished work. Returns an `HSpaceResult`."""
+    from tqdm.auto import tqdm
+
+    config = config or HSpaceConfig()
+    size = int(getattr(model, "image_size", 0) or 0)
+    if size <= 0:
+        raise ValueError("the prior model has no image_size attribute; build it with diffloss.load_adm")
+    device = next(model.parameters()).device
+    dtype = next(model.parameters()).dtype
+    timesteps = ddim_schedule(config.t0, config.steps, int(diffusion.num_timesteps))
+    spaced = spaced_diffusion(diffusion, timesteps)
+    K = config.levels
+    alphas = torch.tensor((0.0,) + config.alphas, dtype=torch.float32)
+
+    items = {g: list_group_images(src, config.split) for g, src in groups.items()}
+    chosen = select_images(items, config.images_per_group, config.seed)
+    fingerprint = {"protocol": config.protocol(), "image_size": size,
+                   "groups": {g: [str(Path(src))] + [it.key for it in chosen[g]] for g, src in groups.items()},
+                   "provenance": dict(provenance or {})}
+    out = Path(out) if out is not None else None
+    manifest_path = out / "manifest.json" if out is not None else None
+    done: dict = _manifest_load(manifest_path, fingerprint) if manifest_path else {}
+
+    rows: list[dict] = []
+    grid: dict[str, list] = {g: [] for g in groups}
+    seconds: list[float] = []
+    n_total = sum(len(v) for v in chosen.values())
+    bar = tqdm(total=n_total, desc="h-space study", unit="img", disable=not progress)
+    for g in groups:
+        todo: list[tuple[int, ImageItem]] = []
+        for i, it in enumerate(chosen[g]):
+            rec = done.get(g, {}).get(it.key)
+            need_grid = i < config.grid_images
+            cached_grid = _read_grid_item(_grid_dir(out, g, it.key), K) if (rec and need_grid and out) else None
+            if rec and (not need_grid or cached_grid is not None):
+                seconds.append(float(rec["seconds"]))
+                if cached_grid is not None:
+                    grid[g].append((it.key, cached_grid[0], cached_grid[1]))
+                bar.update(1)
+            else:
+                todo.append((i, it))
+        for start in range(0, len(todo), config.batch_images):
+            batch = todo[start:start + config.batch_images]
+            t_start = time.perf_counter()
+            x0 = torch.stack([load_image_tensor(it.path, size) for _, it in batch]).to(device, dtype)
+            x0 = x0 * 2 - 1
+            if config.start == "noise":
+                lat = []
+                for j, (_, it) in enumerate(batch):
+                    gen = torch.Generator().manual_seed(_image_seed(config.seed, it.key))
+                    lat.append(start_latent(model, spaced, x0[j:j + 1], "noise", gen))
+                x_t = torch.cat(lat)
+            else:
+                x_t = start_latent(model, spaced, x0, "ddim-inversion")
+            n = len(batch)
+            x_rep = x_t.repeat_interleave(K + 1, dim=0)            # [n*(1+K)], image-major, level-minor
+            a_rep = alphas.repeat(n)
+            gen_x = ddim_generate(model, spaced, x_rep, a_rep, config.t_edit, config.svd_mode, hook=hook)
+            gen01 = ((gen_x.float() + 1) / 2).clamp(0, 1)
+            with torch.no_grad():
+                feats = extractor(gen01.to(next(extractor.parameters()).device)).reshape(n, K + 1, -1)
+            dist = feature_distances(feats).cpu()
+            per_image = (time.perf_counter() - t_start) / n
+            for j, (i, it) in enumerate(batch):
+                done.setdefault(g, {})[it.key] = {"distances": [float(v) for v in dist[j]], "seconds": per_image}
+                seconds.append(per_image)
+                if i < config.grid_images:
+                    inp = _to_uint8((x0[j].float() + 1) / 2)
+                    gens = [_to_uint8(gen01[j * (K + 1) + k]) for k in range(K + 1)]
+                    grid[g].append((it.key, inp, gens))
+                    if out is not None:
+                        folder = _grid_dir(out, g, it.key)
+                        atomic_write_bytes(folder / "input.png", encode_image(inp, "png"))
+                        for k, im in enumerate(gens):
+                            atomic_write_bytes(folder / f"level{k}.png", encode_image(im, "png"))
+            if manifest_path is not None:
+                atomic_write_text(manifest_path, json.dumps({"fingerprint": fingerprint, "done": done}, indent=1))
+            bar.update(n)
+        # rows in selection order (stable whatever was resumed)
+        for it in chosen[g]:
+            rec = done[g][it.key]
+            for k, d in enumerate(rec["distances"], start=1):
+                rows.append({"group": g, "image_id": it.key, "level": k, "alpha": config.alphas[k - 1],
+                             "distance": float(d), "path": str(it.path)})
+        grid[g].sort(key=lambda e: [it.key for it in chosen[g]].index(e[0]))
+    bar.close()
+    evals = len(timesteps) * (K + 1) + (len(timesteps) - 1 if config.start == "ddim-inversion" else 0)
+    return HSpaceResult(rows=rows, grid=grid, seconds_per_image=float(np.mean(seconds)) if seconds else float("nan"),
+                        config=config, groups={g: str(s) for g, s in groups.items()},
+                        provenance=dict(provenance or {}), unet_evals_per_image=evals)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Statistics and files
+# ----------------------------------------------------------------------------------------------------------
+def _group_order(rows: Sequence[Mapping]) -> list[str]:
+    return list(dict.fromkeys(r["group"] for r in rows))
+
+
+def summarize_distances(rows: Sequence[Mapping]) -> list[dict]:
+    """Per (group, level): n, mean, std (ddof 1), median, q25, q75, min, max of the distances."""
+    out = []
+    for g in _group_order(rows):
+        for level in sorted({int(r["level"]) for r in rows if r["group"] == g}):
+            sel = [r for r in rows if r["group"] == g and int(r["level"]) == level]
+            d = np.array([float(r["distance"]) for r in sel])
+            out.append({"group": g, "level": level, "alpha": float(sel[0]["alpha"]), "n": int(d.size),
+                        "mean": float(d.mean()), "std": float(d.std(ddof=1)) if d.size > 1 else float("nan"),
+                        "median": float(np.median(d)), "q25": float(np.quantile(d, 0.25)),
+                        "q75": float(np.quantile(d, 0.75)), "min": float(d.min()), "max": float(d.max())})
+    return out
+
+
+def mann_whitney_tests(rows: Sequence[Mapping], alternative: str = "two-sided") -> list[dict]:
+    """Mann-Whitney U (``scipy.stats.mannwhitneyu``) between every pair of groups at every level.
+
+    ``u_statistic`` is U of group_a; ``p_value`` for ``alternative`` ("two-sided", "less", "greater": the
+    distances of group_a tend to be smaller / larger)."""
+    from scipy.stats import mannwhitneyu
+
+    out = []
+    groups = _group_order(rows)
+    for level in sorted({int(r["level"]) for r in rows}):
+        per = {g: np.array([float(r["distance"]) for r in rows if r["group"] == g and int(r["level"]) == level])
+               for g in groups}
+        for a, b in itertools.combinations(groups, 2):
+            da, db = per[a], per[b]
+            if da.size == 0 or db.size == 0:
+                continue
+            res = mannwhitneyu(da, db, alternative=alternative)
+            out.append({"level": level, "group_a": a, "group_b": b, "n_a": int(da.size), "n_b": int(db.size),
+                        "u_statistic": float(res.statistic), "p_value": float(res.pvalue),
+                        "median_a": float(np.median(da)), "median_b": float(np.median(db)),
+                        "alternative": alternative})
+    return out
+
+
+def write_csv(path: str | Path, rows: Sequence[Mapping], columns: Sequence[str] | None = None) -> Path:
+    """Write ``rows`` (dicts) as CSV atomically; ``columns`` default to the first row's keys."""
+    columns = list(columns or (rows[0].keys() if rows else []))
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=columns, extrasaction="ignore", lineterminator="\n")
+    w.writeheader()
+    for r in rows:
+        w.writerow({k: (repr(v) if isinstance(v, float) else v) for k, v in r.items()})
+    return atomic_write_text(path, buf.getvalue())
+
+
+DISTANCE_COLUMNS = ("group", "image_id", "level", "alpha", "distance", "path")
+
+
+def read_distances(out_dir: str | Path) -> list[dict]:
+    """Read ``distances.csv`` of a study folder back (level int, alpha/distance float)."""
+    path = Path(out_dir) / "distances.csv"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found; run `python -m analysis.hspace --out {out_dir}` first")
+    with open(path, newline="", encoding="utf-8") as fh:
+        rows = list(csv.DictReader(fh))
+    for r in rows:
+        r["level"] = int(r["level"])
+        r["alpha"] = float(r["alpha"])
+        r["distance"] = float(r["distance"])
+    return rows
+
+
+def load_grid(out_dir: str | Path) -> dict[str, list[tuple[str, np.ndarray, list[np.ndarray]]]]:
+    """Read the grid images of a study folder back (the layout of `HSpaceResult.grid`)."""
+    out_dir = Path(out_dir)
+    summary = json.loads((out_dir / "summary.json").read_text())
+    levels = len(summary["protocol"]["alphas"])
+    grid = {}
+    for g, keys in summary["grid_images"].items():
+        grid[g] = []
+        for key in keys:
+            item = _read_grid_item(_grid_dir(out_dir, g, key), levels)
+            if item is not None:
+                grid[g].append((key, item[0], item[1]))
+    return grid
+
+
+def write_study_outputs(result: HSpaceResult, out: str | Path) -> dict[str, Path]:
+    """Write distances.csv, summary.csv, mannwhitney.csv, summary.json and the figures (PNG + PDF)."""
+    import matplotlib.pyplot as plt  # headless: matplotlib falls back to Agg by itself
+
+    from analysis.hspace_plots import plot_distance_histograms, plot_histogram_overlay, plot_level_grid, save_figure
+
+    out = Path(out)
+    paths = {"distances": write_csv(out / "distances.csv", result.rows, DISTANCE_COLUMNS)}
+    summary = summarize_distances(result.rows)
+    paths["summary_csv"] = write_csv(out / "summary.csv", summary)
+    tests = mann_whitney_tests(result.rows)
+    paths["mannwhitney"] = write_csv(out / "mannwhitney.csv", tests, (
+        "level", "group_a", "group_b", "n_a", "n_b", "u_statistic", "p_value", "median_a", "median_b", "alternative"))
+    info = {"protocol": result.config.protocol(), "groups": result.groups, "provenance": result.provenance,
+            "seconds_per_image": result.seconds_per_image, "unet_evals_per_image": result.unet_evals_per_image,
+            "grid_images": {g: [e[0] for e in items] for g, items in result.grid.items()},
+            "summary": summary, "mann_whitney": tests}
+    paths["summary_json"] = atomic_write_text(out / "summary.json", json.dumps(info, indent=1))
+    alphas = result.config.alphas
+    fig = plot_distance_histograms(result.rows, alphas=alphas)
+    paths["histograms"] = save_figure(fig, out / "histograms")[0]
+    plt.close(fig)
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    plot_histogram_overlay(result.rows, ax=ax, level=result.config.levels)
+    paths["histogram_overlay"] = save_figure(fig, out / "histogram_overlay")[0]
+    plt.close(fig)
+    if any(result.grid.values()):
+        fig = plot_level_grid(result.grid, alphas=alphas)
+        paths["grid"] = save_figure(fig, out / "grid")[0]
+        plt.close(fig)
+    return paths
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Quick mode and the entry points
+# ----------------------------------------------------------------------------------------------------------
+QUICK_DEFAULTS = dict(steps=6, images_per_group=4, grid_images=2, batch_images=4, feature_size=64)
+
+
+def subset_cub_root(src_root: str | Path, dst: str | Path, image_ids: Sequence[int | str]) -> Path:
+    """Copy the images ``image_ids`` of the CUB root ``src_root`` (and their metadata) into the CUB root ``dst``;
+    files already there are kept. Returns ``dst``."""
+    idx = read_cub(src_root)
+    records = [idx.record(int(i)) for i in image_ids]
+    dst = Path(dst)
+    for rec in records:
+        target = dst / "images" / rec.rel_path
+        if not target.is_file():
+            atomic_write_bytes(target, idx.image_path(rec).read_bytes())
+    write_cub_metadata(idx, dst, records=records)
+    return dst
+
+
+def quick_groups(data_dir: str | Path, corruption: str = "lowlight", severity: int = 3, restored: bool = True,
+                 cub_root: str | Path | None = None, n_images: int | None = None, seed: int = 0,
+                 split: str = "test") -> dict[str, Path]:
+    """The quick-mode groups on mini-CUB (or ``cub_root``): clean, degraded (``corruption`` at ``severity``,
+    built with ``corruptions.build.build_degraded_cub`` under ``data_dir``) and, when ``restored`` and
+    ``diffloss.train.ensure_demo_restorers`` is available, the degraded images restored by the demo restorers
+    trained without and with DiffLoss. With ``n_images`` only that many ``split`` images (chosen as
+    `select_images` chooses them with ``seed``) are copied, degraded and restored."""
+    from cubdata import mini_cub_root
+    from corruptions.build import build_degraded_cub
+
+    data_dir = Path(data_dir)
+    clean = Path(cub_root) if cub_root is not None else mini_cub_root()
+    if n_images is not None and n_images > 0:
+        picked = select_images({"clean": list_group_images(clean, split)}, n_images, seed)["clean"]
+        data_dir = data_dir / f"subset-{split}-{len(picked)}-seed{seed}"
+        clean = subset_cub_root(clean, data_dir / "clean", [it.key for it in picked])
+    build_degraded_cub(cub_root=clean, out=data_dir / "degraded", corruptions=(corruption,),
+                       severities=(int(severity),), split=split, progress=False)
+    degraded = data_dir / "degraded" / corruption / str(int(severity))
+    groups: dict[str, Path] = {"clean": clean, "degraded": degraded}
+    if not restored:
+        return groups
+    try:
+        from diffloss.restore import restore_cub_root
+        from diffloss.train import ensure_demo_restorers
+    except ImportError as err:
+        log.warning("restored groups skipped: the demo restorers are not available (%s)", err)
+        return groups
+    ckpts = ensure_demo_restorers(corruptions=(corruption,), severity=int(severity))[corruption]
+    for label in ("w/o DiffLoss", "w/ DiffLoss"):
+        dst = data_dir / "restored" / f"{corruption}{int(severity)}-{_slug(label)}"
+        restore_cub_root(ckpts[label], degraded, dst, split=split, progress=False)  # resumable
+        groups[label] = dst
+    return groups
+
+
+def _resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def run(out: str | Path, *, quick: bool = False, groups: Mapping[str, str | Path] | None = None,
+        prior: str | Path | None = None, prior_config: str | None = None, weights: str | None = None,
+        feature_size: int | None = None, device: str = "auto", config: HSpaceConfig | None = None,
+        quick_corruption: str = "lowlight", quick_severity: int = 3, quick_restored: bool = True,
+        threads: int | None = None, progress: bool = True) -> HSpaceResult:
+    """The whole study as the CLI runs it: load the prior and ResNet50, build the quick-mode groups if asked,
+    run, write every output into ``out``. Returns the `HSpaceResult`.
+
+    Paper mode (``quick=False``) needs ``prior`` (the ADM-256 checkpoint), ``groups`` and ResNet50 ImageNet
+    weights (``weights`` "imagenet" from the torch cache or a path); quick mode uses the tiny untrained prior,
+    a random ResNet50 unless ``weights`` is given, and mini-CUB groups. ``threads``: torch CPU threads for the
+    run (restored afterwards); None: 1 in quick mode (small models on a shared CPU run several times faster
+    single-threaded, measured), torch's default otherwise."""
+    if threads is None and quick:
+        threads = 1
+    old_threads = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(int(threads))
+    try:
+        return _run(out, quick=quick, groups=groups, prior=prior, prior_config=prior_config, weights=weights,
+                    feature_size=feature_size, device=device, config=config, quick_corruption=quick_corruption,
+                    quick_severity=quick_severity, quick_restored=quick_restored, progress=progress)
+    finally:
+        torch.set_num_threads(old_threads)
+
+
+def _run(out, *, quick, groups, prior, prior_config, weights, feature_size, device, config, quick_corruption,
+         quick_severity, quick_restored, progress) -> HSpaceResult:
+    out = Path(out)
+    config = config or HSpaceConfig()
+    dev = _resolve_device(device)
+    if quick:
+        weights = "none" if weights is None else weights
+        prior_config = prior_config or "tiny"
+        feature_size = feature_size or QUICK_DEFAULTS["feature_size"]
+    else:
+        weights = "imagenet" if weights is None else weights
+        prior_config = prior_config or "adm256-uncond"
+        feature_size = feature_size or 224
+        if prior is None:
+            raise ValueError(
+                f"paper mode needs --prior PATH to the ADM-256 unconditional checkpoint {PRIOR_FILE} "
+                f"(from openai/guided-diffusion: {PRIOR_URL}); or run --quick"
+            )
+        p = Path(prior).expanduser()
+        if not (p.is_file() or (p.is_dir() and (p / PRIOR_FILE).is_file())):
+            raise FileNotFoundError(
+                f"prior checkpoint not found: {prior}. Expected {PRIOR_FILE} (openai/guided-diffusion, {PRIOR_URL}); "
+                "pass its local path with --prior PATH"
+            )
+        if not groups:
+            raise ValueError("paper mode needs at least one --group NAME=CUB_ROOT_OR_FOLDER (or run --quick)")
+    if groups:
+        for g, src in groups.items():
+            if not Path(src).exists():
+                raise FileNotFoundError(f"group {g!r}: {src} does not exist (expected a CUB root or an image folder)")
+
+    extractor = build_feature_extractor(weights, size=feature_size, device=dev, init_seed=config.seed)
+    from diffloss import load_adm
+
+    model, diffusion = load_adm(prior, config=prior_config, device=str(dev))
+    if quick and not groups:
+        groups = quick_groups(out / "data", quick_corruption, quick_severity, restored=quick_restored,
+                              n_images=config.images_per_group, seed=config.seed, split=config.split)
+    provenance = {"prior": str(prior) if prior else None, "prior_config": prior_config, "weights": str(weights),
+                  "feature_size": int(feature_size), "quick": bool(quick), "device": str(dev)}
+    result = run_hspace_study(groups, model, diffusion, extractor, config, out=out, provenance=provenance,
+                              progress=progress)
+    write_study_outputs(result, out)
+    return result
+
+
+def _parse_group(text: str) -> tuple[str, str]:
+    name, sep, path = text.partition("=")
+    if not sep or not name.strip() or not path.strip():
+        raise argparse.ArgumentTypeError(f"--group expects NAME=PATH (e.g. clean=data/CUB_200_2011), got {text!r}")
+    return name.strip(), path.strip()
+
+
+def _parse_floats(text: str) -> tuple[float, ...]:
+    try:
+        return tuple(float(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
+
+
+def build_parser() -> argparse.ArgumentParser:
+    try:
+        from diffloss.prior import PRIOR_CONFIGS
+
+        prior_choices = sorted(PRIOR_CONFIGS)
+    except ImportError:  # keep --help working while diffloss is incomplete
+        prior_choices = None
+    try:
+        from corruptions import get_corruption_names
+
+        corruption_choices = list(get_corruption_names())
+    except ImportError:
+        corruption_choices = None
+    p = argparse.ArgumentParser(prog="python -m analysis.hspace", description=__doc__,
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    d = HSpaceConfig()
+    p.add_argument("--out", default="runs/hspace", help="output folder (resumable)")
+    p.add_argument("--quick", action="store_true",
+                   help="smoke run: tiny untrained prior, random ResNet50, mini-CUB clean/degraded/restored groups")
+    p.add_argument("--prior", default=None, help=f"ADM checkpoint ({PRIOR_FILE}); required in paper mode")
+    p.add_argument("--prior-config", default=None, choices=prior_choices,
+                   help="prior architecture (default: adm256-uncond; tiny with --quick)")
+    p.add_argument("--weights", default=None,
+                   help=f"ResNet50 weights: 'imagenet' (torchvision, from the torch cache offline), a path "
+                        f"({RESNET50_FILE}) or 'none' (random; quick mode default)")
+    p.add_argument("--group", action="append", type=_parse_group, default=None, metavar="NAME=PATH",
+                   help="an image group: a CUB root or an image folder; repeat (quick mode: built-in groups)")
+    p.add_argument("--split", default=d.split, choices=("train", "test", "all"), help="split of CUB-root groups")
+    p.add_argument("--images-per-group", type=int, default=None,
+                   help=f"images per group, <= 0 for all (default {d.images_per_group}; "
+                        f"{QUICK_DEFAULTS['images_per_group']} with --quick)")
+    p.add_argument("--t0", type=int, default=d.t0, help="start timestep (of 1000): x_t0 from the image")
+    p.add_argument("--steps", type=int, default=None,
+                   help=f"DDIM timesteps in [0, t0] (default {d.steps}; {QUICK_DEFAULTS['steps']} with --quick)")
+    p.add_argument("--t-edit", type=int, default=d.t_edit, help="edit h at the steps with t >= t_edit")
+    p.add_argument("--levels", type=int, default=len(d.alphas), help="number of perturbation levels K")
+    p.add_argument("--scale", type=float, default=d.alphas[0],
+                   help="alpha_k = scale * k: the top singular value s1 becomes (1 + alpha_k) s1")
+    p.add_argument("--alphas", type=_parse_floats, default=None,
+                   help="explicit comma-separated alpha_1..alpha_K (overrides --levels/--scale)")
+    p.add_argument("--svd-mode", default=d.svd_mode, choices=SVD_MODES,
+                   help="sample: per-sample SVD of h (C x HW); batch-pca: PCA of flattened h over a batch's images")
+    p.add_argument("--start", default=d.start, choices=START_MODES,
+                   help="how to reach x_t0: seeded q_sample noise or DDIM inversion")
+    p.add_argument("--seed", type=int, default=d.seed, help="seed of the image selection and the q_sample noise")
+    p.add_argument("--batch-images", type=int, default=None,
+                   help=f"images per UNet batch, each with 1+K samples (default {d.batch_images}; "
+                        f"{QUICK_DEFAULTS['batch_images']} with --quick)")
+    p.add_argument("--grid-images", type=int, default=None,
+                   help=f"images per group in the level grid (default {d.grid_images}; "
+                        f"{QUICK_DEFAULTS['grid_images']} with --quick)")
+    p.add_argument("--feature-size", type=int, default=None,
+                   help=f"ResNet50 input size (default 224; {QUICK_DEFAULTS['feature_size']} with --quick)")
+    p.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda, cuda:1, ...")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch CPU threads (default: 1 with --quick, where it is faster on a shared CPU; else torch's)")
+    p.add_argument("--quick-corruption", default="lowlight", choices=corruption_choices, help="quick mode: the corruption of the degraded group")
+    p.add_argument("--quick-severity", type=int, default=3, choices=range(1, 6), help="quick mode: its severity")
+    p.add_argument("--no-restored", action="store_true",
+                   help="quick mode: skip the restored groups (no demo restorer training)")
+    p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    return p
+
+
+def make_config(quick: bool = False, *, levels: int = 4, scale: float = 0.5,
+                alphas: Sequence[float] | None = None, **overrides) -> HSpaceConfig:
+    """An `HSpaceConfig` with the paper-mode defaults, or the quick-mode ones (`QUICK_DEFAULTS`) for
+    ``quick``; ``overrides`` (HSpaceConfig fields) that are None keep the default. The alphas are
+    ``make_alphas(levels, scale, alphas)``."""
+    fields = {k: v for k, v in overrides.items() if v is not None}
+    unknown = sorted(set(fields) - set(HSpaceConfig.__dataclass_fields__))
+    if unknown:
+        raise ValueError(f"unknown protocol setting(s) {unknown}; valid: {sorted(HSpaceConfig.__dataclass_fields__)}")
+    if quick:
+        for k, v in QUICK_DEFAULTS.items():
+            if k in HSpaceConfig.__dataclass_fields__:
+                fields.setdefault(k, v)
+    return HSpaceConfig(alphas=make_alphas(levels, scale, alphas), **fields)
+
+
+def config_from_args(args: argparse.Namespace) -> HSpaceConfig:
+    """The `HSpaceConfig` of parsed CLI arguments (quick-mode defaults where a flag was not given)."""
+    return make_config(
+        args.quick, levels=args.levels, scale=args.scale, alphas=args.alphas, t0=args.t0, steps=args.steps,
+        t_edit=args.t_edit, svd_mode=args.svd_mode, start=args.start, seed=args.seed,
+        images_per_group=args.images_per_group, split=args.split, batch_images=args.batch_images,
+        grid_images=args.grid_images,
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    args = build_parser().parse_args(argv)
+    groups = dict(args.group) if args.group else None
+    if groups is not None and len(groups) != len(args.group):
+        print("error: --group names must be unique", file=sys.stderr)
+        return 2
+    try:
+        config = config_from_args(args)
+        result = run(args.out, quick=args.quick, groups=groups, prior=args.prior, prior_config=args.prior_config,
+                     weights=args.weights, feature_size=args.feature_size, device=args.device, config=config,
+                     quick_corruption=args.quick_corruption, quick_severity=args.quick_severity,
+                     quick_restored=not args.no_restored, threads=args.threads, progress=not args.no_progress)
+    except (FileNotFoundError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(f"h-space study: {len(result.rows)} distances, {len(result.groups)} groups, "
+          f"{result.seconds_per_image:.2f} s/image ({result.unet_evals_per_image} UNet evaluations/image)")
+    for s in summarize_distances(result.rows):
+        print(f"  {s['group']:>14s} level {s['level']} (alpha {s['alpha']:g}): median {s['median']:.4g} "
+              f"mean {s['mean']:.4g} (n={s['n']})")
+    print(f"outputs in {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,533 @@
+"""The frozen diffusion prior: guided-diffusion's ADM UNet and its GaussianDiffusion.
+
+We wrap guided-diffusion (the ``guided-diffusion-sdk`` package) and never fork it: models are built
+with ``guided_diffusion.script_util.create_model_and_diffusion`` from a named config in
+:data:`PRIOR_CONFIGS` (or a dict of its keyword arguments), weights come from a local checkpoint, and
+the returned UNet is frozen (``eval()``, ``requires_grad_(False)``, ``train()`` keeps it in eval).
+
+Names:
+    ``adm256-uncond``  the paper's prior (ImageNet 256x256 unconditional ADM, 552,814,086 parameters);
+                       weights: ``256x256_diffusion_uncond.pt`` (about 2.1 GB, see :data:`PRIOR_CHECKPOINTS`).
+    ``tiny``           32x32, the same architecture family (learned sigma, residual up/down-sampling,
+                       scale-shift norm, attention, middle block with attention) with 32-64 channels:
+                       for tests and CPU demos, random weights only.
+    ``tiny64``         the same at 64x64 (four resolution levels).
+
+Random weights (``checkpoint=None``) are drawn from ``init_seed`` and never touch the caller's global
+RNG. guided-diffusion zero-initialises the last convolution of every residual block, every attention
+projection and the output convolution, so such a model predicts exactly zero noise and every DiffLoss
+term and gradient is 0: :func:`randomize_zero_init_` re-draws those layers, and ``load_adm`` does it for
+every random prior.
+"""
+from __future__ import annotations
+
+import copy
+import logging
+import math
+import types
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping
+
+import torch
+import torch.utils.checkpoint
+from torch import nn
+
+log = logging.getLogger(__name__)
+
+with warnings.catch_warnings():
+    # guided-diffusion decorates its checkpoint function with the deprecated torch.cuda.amp.custom_fwd.
+    warnings.simplefilter("ignore", FutureWarning)
+    from guided_diffusion import unet as _gd_unet
+    from guided_diffusion.script_util import create_model_and_diffusion, model_and_diffusion_defaults
+
+__all__ = [
+    "PRIOR_CONFIGS", "PRIOR_CHECKPOINTS", "CheckpointInfo", "PriorCheckpointMismatch",
+    "prior_kwargs", "load_adm", "randomize_zero_init_", "zero_initialised_layers", "freeze_",
+    "convert_prior_dtype_", "set_activation_checkpointing", "CHECKPOINT_IMPLS", "compile_prior_", "count_parameters",
+    "count_prior_parameters", "size_multiple", "describe_valid_sizes", "clone_prior",
+]
+
+# ---------------------------------------------------------------------------------------------------
+# Registry: name -> create_model_and_diffusion keyword arguments (on top of model_and_diffusion_defaults())
+# ---------------------------------------------------------------------------------------------------
+_ADM_FAMILY = dict(
+    class_cond=False,
+    learn_sigma=True,
+    diffusion_steps=1000,
+    noise_schedule="linear",
+    resblock_updown=True,
+    use_scale_shift_norm=True,
+)
+
+PRIOR_CONFIGS: dict[str, dict[str, Any]] = {
+    # The paper's flags (PAPER.md; openai/guided-diffusion README, "256x256 model (unconditional)").
+    "adm256-uncond": dict(
+        _ADM_FAMILY,
+        attention_resolutions="32,16,8",
+        image_size=256,
+        num_channels=256,
+        num_head_channels=64,
+        num_res_blocks=2,
+    ),
+    # 3 levels (32, 16, 8 px): inputs must be multiples of 4. 32 channels is the floor (GroupNorm(32)).
+    "tiny": dict(
+        _ADM_FAMILY,
+        attention_resolutions="16,8",
+        image_size=32,
+        num_channels=32,
+        channel_mult="1,1,2",
+        num_head_channels=32,
+        num_res_blocks=1,
+    ),
+    # 4 levels (64 .. 8 px): inputs must be multiples of 8.
+    "tiny64": dict(
+        _ADM_FAMILY,
+        attention_resolutions="16,8",
+        image_size=64,
+        num_channels=32,
+        channel_mult="1,1,2,2",
+        num_head_channels=32,
+        num_res_blocks=1,
+    ),
+}
+
+
+@dataclass(frozen=True)
+class CheckpointInfo:
+    """Where the released weights of a prior config come from (nothing is ever downloaded)."""
+
+    filename: str
+    url: str
+    size: str
+    num_parameters: int
+
+
+PRIOR_CHECKPOINTS: dict[str, CheckpointInfo] = {
+    "adm256-uncond": CheckpointInfo(
+        filename="256x256_diffusion_uncond.pt",
+        url="https://openaipublic.blob.core.windows.net/diffusion/jul-2021/256x256_diffusion_uncond.pt",
+        size="about 2.1 GB",
+        num_parameters=552_814_086,
+    ),
+}
+
+_DTYPES = {torch.float32: "float32", torch.float16: "float16", torch.bfloat16: "bfloat16"}
+
+
+class PriorCheckpointMismatch(ValueError):
+    """A checkpoint's keys or shapes do not match the UNet built from the chosen config."""
+
+
+# ---------------------------------------------------------------------------------------------------
+# Config handling
+# ---------------------------------------------------------------------------------------------------
+def _config_name(config: str | Mapping[str, Any]) -> str:
+    return config if isinstance(config, str) else "<custom config>"
+
+
+def prior_kwargs(config: str | Mapping[str, Any] = "adm256-uncond") -> dict[str, Any]:
+    """Full ``create_model_and_diffusion`` kwargs for ``config``.
+
+    ``config`` is a :data:`PRIOR_CONFIGS` name or a dict of overrides of guided-diffusion's
+    ``model_and_diffusion_defaults()`` (so any released guided-diffusion checkpoint can be described).
+    """
+    if isinstance(config, str):
+        if config not in PRIOR_CONFIGS:
+            raise ValueError(
+                f"unknown prior config {config!r}; valid names: {sorted(PRIOR_CONFIGS)} "
+                "(or pass a dict of create_model_and_diffusion keyword arguments)"
+            )
+        overrides = PRIOR_CONFIGS[config]
+    elif isinstance(config, Mapping):
+        overrides = dict(config)
+    else:
+        raise TypeError(f"config must be a prior name or a dict of kwargs, got {type(config).__name__}")
+    kwargs = model_and_diffusion_defaults()
+    unknown = sorted(set(overrides) - set(kwargs))
+    if unknown:
+        raise ValueError(
+            f"unknown create_model_and_diffusion argument(s) {unknown} in config {_config_name(config)}; "
+            f"valid ones: {sorted(kwargs)}"
+        )
+    kwargs.update(overrides)
+    return kwargs
+
+
+def _build(kwargs: Mapping[str, Any], device: torch.device | str) -> tuple[nn.Module, Any]:
+    kw = dict(kwargs)
+    kw["use_fp16"] = False  # precision is load_adm's dtype argument (convert_prior_dtype_), not a flag
+    with torch.device(device):
+        return create_model_and_diffusion(**kw)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Zero-initialised layers
+# ---------------------------------------------------------------------------------------------------
+def zero_initialised_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    """The layers guided-diffusion zero-initialises (``zero_module``): the last convolution of each
+    ResBlock, each AttentionBlock's ``proj_out`` and the UNet's output convolution. (name, module)."""
+    names = {id(m): n for n, m in model.named_modules()}
+    found: list[tuple[str, nn.Module]] = []
+    for module in model.modules():
+        if isinstance(module, _gd_unet.ResBlock):
+            layer = module.out_layers[-1]
+        elif isinstance(module, _gd_unet.AttentionBlock):
+            layer = module.proj_out
+        elif isinstance(module, _gd_unet.UNetModel):
+            layer = module.out[-1]
+        else:
+            continue
+        found.append((names[id(layer)], layer))
+    return found
+
+
+@torch.no_grad()
+def randomize_zero_init_(model: nn.Module, generator: torch.Generator) -> nn.Module:
+    """Re-draw guided-diffusion's zero-initialised layers in place (PyTorch's default conv init,
+    U(-1/sqrt(fan_in), 1/sqrt(fan_in)) for weights and biases) from ``generator``; returns ``model``.
+
+    A freshly built UNet outputs exactly 0 and DiffLoss's ``nat`` term and gradient vanish; use this
+    for random priors in tests and benchmarks. Values are drawn on the generator's device and copied,
+    so the result does not depend on where the model lives.
+    """
+    if not isinstance(generator, torch.Generator):
+        raise TypeError(f"generator must be a torch.Generator, got {type(generator).__name__}")
+    layers = zero_initialised_layers(model)
+    if not layers:
+        raise ValueError(
+            f"found no guided-diffusion ResBlock/AttentionBlock/UNetModel in {type(model).__name__}; "
+            "randomize_zero_init_ expects a guided_diffusion UNetModel"
+        )
+    for _, layer in layers:
+        weight = torch.empty(layer.weight.shape, dtype=torch.float32, device=generator.device)
+        nn.init.kaiming_uniform_(weight, a=math.sqrt(5), generator=generator)
+        layer.weight.copy_(weight)
+        if layer.bias is not None:
+            fan_in = weight[0].numel()
+            bound = 1.0 / math.sqrt(fan_in)
+            bias = torch.empty(layer.bias.shape, dtype=torch.float32, device=generator.device)
+            bias.uniform_(-bound, bound, generator=generator)
+            layer.bias.copy_(bias)
+    return model
+
+
+# ---------------------------------------------------------------------------------------------------
+# Freezing, precision, checkpointing, compilation
+# ---------------------------------------------------------------------------------------------------
+def _train_keeps_eval(self: nn.Module, mode: bool = True) -> nn.Module:
+    # A frozen prior stays in eval mode whatever its parent asks (torchmetrics' _NoTrainLpips).
+    return nn.Module.train(self, False)
+
+
+_train_keeps_eval.__name__ = "train"  # pickle restores bound methods by name
+
+
+def freeze_(model: nn.Module) -> nn.Module:
+    """``eval()`` + ``requires_grad_(False)`` in place, and make ``model.train()`` keep eval mode."""
+    model.requires_grad_(False)
+    model.train = types.MethodType(_train_keeps_eval, model)  # instance-level override
+    model.eval()
+    return model
+
+
+def convert_prior_dtype_(model: nn.Module, dtype: torch.dtype) -> nn.Module:
+    """Run the UNet's torso in ``dtype`` (float32, float16 or bfloat16), in place.
+
+    Mirrors guided-diffusion's own ``convert_to_fp16`` / ``use_fp16``: the convolutions of
+    input/middle/output blocks are cast and ``model.dtype`` (the type the input is cast to inside
+    ``forward``) is set; GroupNorm, the timestep embedding and the output head stay float32, so the
+    UNet's output is float32 whatever ``dtype`` is. For mixed precision on a GPU prefer float32
+    weights under ``torch.autocast``.
+    """
+    if dtype not in _DTYPES:
+        raise ValueError(f"dtype must be one of {list(_DTYPES.values())}, got {dtype}")
+    torso = [model.input_blocks, model.middle_block, model.output_blocks]
+    for part in torso:
+        for module in part.modules():
+            if isinstance(module, (nn.Conv1d, nn.Conv2d, nn.Conv3d)):
+                module.weight.data = module.weight.data.to(dtype)
+                if module.bias is not None:
+                    module.bias.data = module.bias.data.to(dtype)
+    model.dtype = dtype
+    return model
+
+
+CHECKPOINT_IMPLS = ("guided-diffusion", "torch")
+
+
+def _torch_checkpointed_forward(self: nn.Module, *args: torch.Tensor) -> torch.Tensor:
+    # bound per instance with types.MethodType, so deepcopy/clone_prior rebinds it to the copy
+    if not torch.is_grad_enabled():
+        return self._forward(*args)
+    return torch.utils.checkpoint.checkpoint(self._forward, *args, use_reentrant=False)
+
+
+_torch_checkpointed_forward.__name__ = "forward"
+
+
+def set_activation_checkpointing(
+    model: nn.Module, enabled: bool = True, impl: str = "guided-diffusion"
+) -> nn.Module:
+    """Recompute the activations of every ResBlock and AttentionBlock in the backward pass (in place).
+
+    ``impl="guided-diffusion"``: the UNet's own ``use_checkpoint`` flag. guided-diffusion-sdk's
+    ``CheckpointFunction`` differentiates only the inputs that require grad, so with frozen parameters
+    it still returns the input gradient (tested: equal to the gradient without checkpointing). It
+    replays CUDA autocast in the backward pass but not CPU autocast: on CPU use it in float32 only.
+    ``impl="torch"``: ``torch.utils.checkpoint`` (non-reentrant) around each block's ``_forward``; works
+    under any autocast. ``enabled=False`` turns both off.
+    """
+    if impl not in CHECKPOINT_IMPLS:
+        raise ValueError(f"unknown checkpointing impl {impl!r}; valid: {list(CHECKPOINT_IMPLS)}")
+    count = 0
+    for module in model.modules():
+        if not hasattr(module, "use_checkpoint"):
+            continue
+        count += 1
+        module.use_checkpoint = bool(enabled) and impl == "guided-diffusion"
+        module.__dict__.pop("forward", None)  # undo an earlier impl="torch"
+        if enabled and impl == "torch" and isinstance(module, (_gd_unet.ResBlock, _gd_unet.AttentionBlock)):
+            module.forward = types.MethodType(_torch_checkpointed_forward, module)
+    if count == 0:
+        raise ValueError(f"{type(model).__name__} has no `use_checkpoint` blocks (not a guided-diffusion UNet?)")
+    return model
+
+
+def compile_prior_(model: nn.Module, **compile_kwargs: Any) -> nn.Module:
+    """``torch.compile`` the UNet's blocks in place (``nn.Module.compile`` on each input/middle/output
+    block, the time embedding and the head). ``middle_block`` itself stays eager so h-space forward
+    hooks can come and go without recompilation. ``compile_kwargs`` go to ``torch.compile``."""
+    parts: list[nn.Module] = [model.time_embed, model.out]
+    parts += list(model.input_blocks) + list(model.middle_block) + list(model.output_blocks)
+    for part in parts:
+        part.compile(**compile_kwargs)
+    return model
+
+
+def count_parameters(model: nn.Module) -> int:
+    """Number of scalar parameters of ``model`` (frozen or not)."""
+    return sum(p.numel() for p in model.parameters())
+
+
+def count_prior_parameters(config: str | Mapping[str, Any] = "adm256-uncond") -> int:
+    """Parameters of the UNet built from ``config``, counted on the meta device (no memory, ~0.2 s)."""
+    model, _ = _build(prior_kwargs(config), "meta")
+    return count_parameters(model)
+
+
+def size_multiple(model: nn.Module) -> int:
+    """Height and width given to the UNet must be multiples of this (2 ** number of downsamplings)."""
+    return 2 ** (len(model.channel_mult) - 1)
+
+
+def describe_valid_sizes(model: nn.Module) -> str:
+    """One sentence on which input sizes the UNet takes and which one it was trained for."""
+    m = size_multiple(model)
+    s = model.image_size
+    return (
+        f"height and width must be positive multiples of {m} (the UNet halves the resolution "
+        f"{len(model.channel_mult) - 1} times, e.g. {m}, {2 * m}, ..., {s}); the prior was trained at "
+        f"{s}x{s}, the size to use (random {s}x{s} crops)"
+    )
+
+
+# ---------------------------------------------------------------------------------------------------
+# Loading
+# ---------------------------------------------------------------------------------------------------
+def _missing_checkpoint_message(path: Path, config: str | Mapping[str, Any]) -> str:
+    info = PRIOR_CHECKPOINTS.get(config) if isinstance(config, str) else None
+    if info is None:
+        info = PRIOR_CHECKPOINTS["adm256-uncond"]
+        which = (
+            f"no released weights are registered for config {_config_name(config)!r}; the paper's prior is"
+        )
+    else:
+        which = f"config {config!r} expects"
+    return (
+        f"prior checkpoint not found: {str(path)!r}. {which} {info.filename!r} ({info.size}), "
+        f"from the openai/guided-diffusion README (https://github.com/openai/guided-diffusion): "
+        f"{info.url} . Download it yourself (this toolkit never downloads weights) and pass its path "
+        f"with --prior PATH (python -m diffloss.train ...) or load_adm(checkpoint=PATH); "
+        f"checkpoint=None builds an untrained prior for tests."
+    )
+
+
+def _unwrap_state_dict(obj: Any, path: Path) -> dict[str, torch.Tensor]:
+    if isinstance(obj, Mapping):
+        for key in ("state_dict", "model", "ema"):  # common wrappers around the bare state dict
+            if isinstance(obj.get(key), Mapping):
+                obj = obj[key]
+                break
+    if not isinstance(obj, Mapping) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise PriorCheckpointMismatch(
+            f"{str(path)!r} does not hold a UNet state dict (found {type(obj).__name__}); expected the "
+            "dict of tensors guided-diffusion saves (e.g. 256x256_diffusion_uncond.pt)"
+        )
+    sd = dict(obj)
+    if sd and all(k.startswith("module.") for k in sd):  # saved from DataParallel/DDP
+        sd = {k[len("module."):]: v for k, v in sd.items()}
+    return sd
+
+
+def _mismatch_hints(expected: Mapping[str, torch.Size], found: Mapping[str, torch.Tensor]) -> list[str]:
+    """Guess which create_model_and_diffusion flags differ between the config and a checkpoint."""
+    hints: list[str] = []
+
+    def shape(d, k):
+        v = d.get(k)
+        return None if v is None else tuple(v.shape if isinstance(v, torch.Tensor) else v)
+
+    if ("label_emb.weight" in found) != ("label_emb.weight" in expected):
+        hints.append(f"class_cond={'label_emb.weight' in found}")
+    se, sf = shape(expected, "out.2.weight"), shape(found, "out.2.weight")
+    if se and sf and se[0] != sf[0]:
+        hints.append(f"learn_sigma={sf[0] == 6} (checkpoint outputs {sf[0]} channels)")
+    se, sf = shape(expected, "input_blocks.0.0.weight"), shape(found, "input_blocks.0.0.weight")
+    if se and sf and se[0] != sf[0]:
+        hints.append(f"num_channels={sf[0]}")
+
+    def n_blocks(d, prefix):
+        return len({k.split(".")[1] for k in d if k.startswith(prefix)})
+
+    if n_blocks(expected, "input_blocks.") != n_blocks(found, "input_blocks."):
+        hints.append(
+            "num_res_blocks / channel_mult / image_size (checkpoint has "
+            f"{n_blocks(found, 'input_blocks.')} input blocks, config {n_blocks(expected, 'input_blocks.')})"
+        )
+    for k, v in found.items():
+        if k.endswith("emb_layers.1.weight") and k in expected:
+            if v.shape[0] == 2 * expected[k][0]:
+                hints.append("use_scale_shift_norm=True")
+                break
+            if 2 * v.shape[0] == expected[k][0]:
+                hints.append("use_scale_shift_norm=False")
+                break
+    qkv_e = {k for k in expected if ".qkv." in k}
+    qkv_f = {k for k in found if ".qkv." in k}
+    if qkv_e != qkv_f:
+        hints.append("attention_resolutions")
+    op_e = any(k.endswith(".op.weight") for k in expected)
+    op_f = any(k.endswith(".op.weight") for k in found)
+    if op_e != op_f:
+        hints.append(f"resblock_updown={not op_f}")
+    return hints
+
+
+def _check_state_dict(
+    sd: Mapping[str, torch.Tensor], model: nn.Module, path: Path, config: str | Mapping[str, Any]
+) -> None:
+    expected = {k: v.shape for k, v in model.state_dict().items()}
+    missing = sorted(set(expected) - set(sd))
+    unexpected = sorted(set(sd) - set(expected))
+    wrong = sorted(k for k in set(expected) & set(sd) if tuple(sd[k].shape) != tuple(expected[k]))
+    if not (missing or unexpected or wrong):
+        return
+
+    def few(keys, n=5):
+        return ", ".join(keys[:n]) + (f", ... ({len(keys)} in all)" if len(keys) > n else "")
+
+    parts = [f"checkpoint {str(path)!r} does not match prior config {_config_name(config)!r}:"]
+    if missing:
+        parts.append(f"missing keys: {few(missing)};")
+    if unexpected:
+        parts.append(f"unexpected keys: {few(unexpected)};")
+    if wrong:
+        parts.append(
+            "shape mismatches: "
+            + few([f"{k} checkpoint {tuple(sd[k].shape)} vs model {tuple(expected[k])}" for k in wrong], 3)
+            + ";"
+        )
+    hints = _mismatch_hints(expected, sd)
+    parts.append(
+        "flags that most likely differ: " + (", ".join(hints) if hints else "num_heads/num_head_channels or channel_mult")
+        + "."
+    )
+    parts.append(
+        "Pass config= a PRIOR_CONFIGS name or a dict of create_model_and_diffusion kwargs with the flags the "
+        "checkpoint was trained with (listed in the openai/guided-diffusion README)."
+    )
+    raise PriorCheckpointMismatch(" ".join(parts))
+
+
+def _load_state_dict_file(path: Path) -> Any:
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except RuntimeError as err:  # legacy (non-zip) serialisation cannot be memory-mapped
+        if "mmap" not in str(err):
+            raise
+        return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def load_adm(
+    checkpoint: str | Path | None = None,
+    config: str | Mapping[str, Any] = "adm256-uncond",
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype = torch.float32,
+    init_seed: int = 0,
+) -> tuple[nn.Module, Any]:
+    """Build the frozen guided-diffusion prior; returns ``(model, diffusion)``.
+
+    Args:
+        checkpoint: path to a guided-diffusion state dict (e.g. ``256x256_diffusion_uncond.pt``), loaded
+            with ``torch.load(weights_only=True)`` and a strict key/shape check; a folder holding the
+            config's released file also works. ``None``: random weights drawn from ``init_seed`` (the
+            zero-initialised layers re-drawn too), with a logged "untrained prior" warning.
+        config: a :data:`PRIOR_CONFIGS` name or a dict of ``create_model_and_diffusion`` kwargs.
+        device: where the model lives ("meta" builds a shape-only model without memory).
+        dtype: float32 (default), float16 or bfloat16 for the UNet torso (see :func:`convert_prior_dtype_`).
+        init_seed: seed of the random weights when ``checkpoint`` is None; the global RNG is not touched.
+
+    Returns:
+        ``model``: a ``guided_diffusion.unet.UNetModel`` in eval mode with ``requires_grad_(False)``
+        (its ``train()`` keeps eval); input ``[-1, 1] NCHW`` at ``model.image_size``, called as
+        ``model(x_t, t)``; output ``[B, 6, H, W]`` with ``learn_sigma`` (3 noise + 3 variance channels).
+        ``diffusion``: the matching ``GaussianDiffusion`` (a ``SpacedDiffusion`` over all steps).
+
+    Raises:
+        FileNotFoundError: the checkpoint does not exist (the message names the file and its URL).
+        PriorCheckpointMismatch (a ValueError): keys/shapes differ; names them and the likely flags.
+    """
+    kwargs = prior_kwargs(config)
+    device = torch.device(device)
+    if dtype not in _DTYPES:
+        raise ValueError(f"dtype must be one of {list(_DTYPES.values())}, got {dtype}")
+
+    if checkpoint is not None:
+        path = Path(checkpoint).expanduser()
+        info = PRIOR_CHECKPOINTS.get(config) if isinstance(config, str) else None
+        if path.is_dir() and info is not None and (path / info.filename).is_file():
+            path = path / info.filename
+        if not path.is_file():
+            raise FileNotFoundError(_missing_checkpoint_message(path, config))
+        model, diffusion = _build(kwargs, "meta")  # no 2.2 GB random init just to overwrite it
+        sd = _unwrap_state_dict(_load_state_dict_file(path), path)
+        _check_state_dict(sd, model, path, config)
+        model.load_state_dict({k: v.float() for k, v in sd.items()}, strict=True, assign=True)
+        model.to(device)
+        log.info("loaded prior %s (%s, %d parameters) from %s", _config_name(config),
+                 _DTYPES[dtype], count_parameters(model), path)
+    elif device.type == "meta":
+        model, diffusion = _build(kwargs, "meta")
+    else:
+        # Third-party init draws from the global CPU generator: fork it so the caller's state is untouched.
+        with torch.random.fork_rng(devices=[]):
+            torch.default_generator.manual_seed(int(init_seed))
+            model, diffusion = _build(kwargs, "cpu")
+        randomize_zero_init_(model, torch.Generator().manual_seed(int(init_seed) + 1))
+        model.to(device)
+        log.warning(
+            "untrained prior: %s built with random weights (init_seed=%d). DiffLoss with it is only good "
+            "for tests and timing; pass checkpoint=PATH (e.g. 256x256_diffusion_uncond.pt) for real use.",
+            _config_name(config), init_seed,
+        )
+    if dtype != torch.float32:
+        convert_prior_dtype_(model, dtype)
+    freeze_(model)
+    return model, diffusion
+
+
+def clone_prior(model: nn.Module) -> nn.Module:
+    """A deep copy of a (frozen) prior, e.g. to give a benchmark variant its own checkpointing flags."""
+    return freeze_(copy.deepcopy(model))

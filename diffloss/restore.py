@@ -1,0 +1,214 @@
+"""Restore every image of a CUB-layout root with a trained restoration network.
+
+    python -m diffloss.restore --ckpt runs/ll3-on/ckpt.pt --in degraded/lowlight/3 --out restored/ll3-on
+
+Each image is restored at full resolution (padded to the multiple the network needs, then cropped back);
+images of equal size are batched. The output is a valid CUB root (`cubdata.read_cub` accepts it) listing
+the same images under the same relative paths with the same metadata files; images are written as
+lossless PNG by default (``images/<class>/<stem>.png``; the reader resolves the extension). Every file is
+written atomically; ``restore_manifest.json`` records what is done, so an interrupted run resumes where it
+stopped, and a manifest made with another checkpoint is refused instead of silently mixing two networks.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import logging
+import os
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from tqdm.auto import tqdm
+
+from cubdata import atomic_write_bytes, atomic_write_text, encode_image, load_rgb, read_cub, write_cub_metadata
+
+from .nets import pad_multiple_of, restore_tensor
+from .train import load_checkpoint
+
+log = logging.getLogger(__name__)
+
+__all__ = ["restore_cub_root", "restore_array", "output_rel_path", "MANIFEST", "build_parser", "main"]
+
+MANIFEST = "restore_manifest.json"
+FORMATS = ("png", "jpeg")
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def output_rel_path(rel_path: str, fmt: str) -> str:
+    """Where the restored image of ``rel_path`` goes under ``images/``: same folder and stem; ``.png`` for
+    PNG; for JPEG the original name when it already ends in .jpg/.jpeg, else ``.jpg``."""
+    p = Path(rel_path)
+    if fmt == "png":
+        return p.with_suffix(".png").as_posix()
+    return p.as_posix() if p.suffix.lower() in (".jpg", ".jpeg") else p.with_suffix(".jpg").as_posix()
+
+
+@torch.no_grad()
+def restore_array(net: torch.nn.Module, images: list[np.ndarray], device: str | torch.device = "cpu") -> list[np.ndarray]:
+    """Restore a list of ``uint8 HxWx3`` images of one size as one batch -> list of ``uint8 HxWx3``."""
+    if not images:
+        return []
+    shapes = {im.shape for im in images}
+    if len(shapes) != 1:
+        raise ValueError(f"restore_array batches images of one size, got {sorted(shapes)}")
+    x = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).float().div_(255.0).to(device)
+    y = restore_tensor(net, x)
+    y = (y * 255.0).round_().clamp_(0, 255).to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+    return [np.ascontiguousarray(a) for a in y]
+
+
+def _header_size(path: Path) -> tuple[int, int]:
+    """(H, W) after EXIF orientation, read from the file header only (no full decode)."""
+    try:
+        with Image.open(path) as im:
+            w, h = im.size
+            orientation = im.getexif().get(274, 1)
+    except Exception:  # undecodable files fail loudly later, in load_rgb
+        return (-1, -1)
+    return (w, h) if orientation in (5, 6, 7, 8) else (h, w)
+
+
+def restore_cub_root(
+    ckpt: str | os.PathLike,
+    in_root: str | os.PathLike,
+    out_root: str | os.PathLike,
+    device: str = "cpu",
+    batch_size: int = 8,
+    split: str = "test",
+    fmt: str = "png",
+    quality: int = 95,
+    overwrite: bool = False,
+    progress: bool = True,
+) -> dict:
+    """Restore the ``split`` images (``"train"``, ``"test"`` or ``"all"``) of the CUB root ``in_root`` with
+    the network in ``ckpt`` (a ``ckpt.pt`` of `diffloss.train`) into the CUB root ``out_root``.
+
+    Resumable: images recorded in ``out_root/restore_manifest.json`` (and present) are skipped. A manifest
+    from another checkpoint, input root, split or format raises ValueError unless ``overwrite=True``.
+    Returns a summary dict (counts, seconds, images per second, network, paths).
+    """
+    if fmt not in FORMATS:
+        raise ValueError(f"fmt must be one of {FORMATS}, got {fmt!r}")
+    if int(batch_size) < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    ckpt_path = Path(ckpt)
+    if ckpt_path.is_dir():
+        ckpt_path = ckpt_path / "ckpt.pt"
+    in_root, out_root = Path(in_root), Path(out_root)
+    if in_root.resolve() == out_root.resolve():
+        raise ValueError(f"--out must differ from --in (both {in_root}); restoring in place would destroy the input")
+    index = read_cub(in_root)
+    records = index.split(split)
+    if not records:
+        raise ValueError(f"{in_root} has no {split!r} images (it lists {len(index.records)} images in all)")
+    net, info = load_checkpoint(ckpt_path, device)
+    identity = {"ckpt_sha256": _sha256(ckpt_path), "in_root": str(in_root.resolve()), "split": split, "fmt": fmt}
+
+    out_root.mkdir(parents=True, exist_ok=True)
+    manifest_path = out_root / MANIFEST
+    done: dict[str, str] = {}
+    if manifest_path.is_file():
+        old = json.loads(manifest_path.read_text())
+        mismatch = [f"{k}: {old.get(k)!r} vs {v!r}" for k, v in identity.items() if old.get(k) != v]
+        if mismatch and not overwrite:
+            raise ValueError(
+                f"{out_root} was restored with other settings ({'; '.join(mismatch)}); pass overwrite=True "
+                "(--overwrite) to redo it, or choose another output folder"
+            )
+        if not mismatch:
+            done = {k: v for k, v in old.get("done", {}).items() if (out_root / "images" / v).is_file()}
+
+    def save_manifest(complete: bool) -> None:
+        atomic_write_text(manifest_path, json.dumps(
+            {**identity, "ckpt": str(ckpt_path), "net": info["net"], "net_kwargs": info.get("net_kwargs", {}),
+             "step": info.get("step"), "complete": complete, "done": done}, indent=1) + "\n")
+
+    todo = [r for r in records if str(r.image_id) not in done]
+    multiple = pad_multiple_of(net)
+    buckets: dict[tuple[int, int], list] = defaultdict(list)
+    for rec in todo:
+        h, w = _header_size(index.image_path(rec))
+        buckets[(-(-h // multiple) * multiple, -(-w // multiple) * multiple)].append(rec)
+
+    t0 = time.perf_counter()
+    n_done = 0
+    bar = tqdm(total=len(todo), desc=f"restore {in_root.name}", disable=not progress, dynamic_ncols=True)
+    try:
+        for _, recs in sorted(buckets.items()):
+            for i in range(0, len(recs), batch_size):
+                chunk = recs[i : i + batch_size]
+                images = [load_rgb(index.image_path(r)) for r in chunk]
+                by_shape: dict[tuple, list[int]] = defaultdict(list)  # header sizes can lie (odd EXIF)
+                for j, im in enumerate(images):
+                    by_shape[im.shape].append(j)
+                for idxs in by_shape.values():
+                    outs = restore_array(net, [images[j] for j in idxs], device)
+                    for j, arr in zip(idxs, outs):
+                        rel = output_rel_path(chunk[j].rel_path, fmt)
+                        atomic_write_bytes(out_root / "images" / rel, encode_image(arr, fmt, quality))
+                        done[str(chunk[j].image_id)] = rel
+                n_done += len(chunk)
+                bar.update(len(chunk))
+                save_manifest(False)
+    finally:
+        bar.close()
+    # Metadata last: a folder without images.txt is visibly unfinished.
+    write_cub_metadata(index, out_root, records=records)
+    save_manifest(True)
+    seconds = time.perf_counter() - t0
+    read_cub(out_root)  # the result must be a valid CUB root
+    summary = {
+        "in_root": str(in_root), "out_root": str(out_root), "ckpt": str(ckpt_path), "net": info["net"],
+        "split": split, "n_images": len(records), "n_restored": n_done, "n_skipped": len(records) - len(todo),
+        "seconds": round(seconds, 3), "images_per_second": round(n_done / seconds, 3) if n_done and seconds > 0 else None,
+        "fmt": fmt,
+    }
+    log.info("restored %d images (%d already done) of %s into %s in %.1f s", n_done, summary["n_skipped"],
+             in_root, out_root, seconds)
+    return summary
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m diffloss.restore", description=__doc__,
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--ckpt", required=True, help="ckpt.pt of python -m diffloss.train (or its run folder)")
+    p.add_argument("--in", dest="in_root", required=True, help="CUB-layout root to restore (e.g. a degraded variant)")
+    p.add_argument("--out", required=True, help="output CUB root")
+    p.add_argument("--split", choices=("test", "train", "all"), default="test", help="which images to restore")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="torch device")
+    p.add_argument("--batch-size", type=int, default=8, help="images per forward pass (images of equal size only)")
+    p.add_argument("--format", choices=FORMATS, default="png", help="output image format")
+    p.add_argument("--quality", type=int, default=95, help="JPEG quality (with --format jpeg)")
+    p.add_argument("--overwrite", action="store_true", help="redo an output folder made with other settings")
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    return p
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
+    s = restore_cub_root(args.ckpt, args.in_root, args.out, device=args.device, batch_size=args.batch_size,
+                         split=args.split, fmt=args.format, quality=args.quality, overwrite=args.overwrite,
+                         progress=not args.no_progress)
+    print(f"{s['out_root']}: {s['n_restored']} restored, {s['n_skipped']} already done, {s['seconds']:.1f} s "
+          f"({s['net']})")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

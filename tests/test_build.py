@@ -1,0 +1,320 @@
+"""corruptions.build: valid CUB roots, byte-identical across workers and re-runs, resume, failures, CLI errors."""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from cubdata import generate_mini_cub, load_rgb, read_cub
+from corruptions import corrupt, image_rng
+from corruptions.build import (
+    MANIFEST_NAME,
+    BuildConfigError,
+    _severity_list,
+    build_degraded_cub,
+    main,
+    variant_root,
+)
+
+CORR = ("fog", "rain", "lowlight")
+SEVS = (1, 3)
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def small_root(tmp_path_factory) -> Path:
+    """2 classes x 4 images (2 test per class): 4 test images."""
+    root = tmp_path_factory.mktemp("small-cub") / "CUB_200_2011"
+    generate_mini_cub(root, n_classes=2, per_class=4)
+    return root
+
+
+def tree_bytes(out: Path) -> dict[str, bytes]:
+    """Every image file under ``out`` (relative path -> bytes)."""
+    return {p.relative_to(out).as_posix(): p.read_bytes() for p in sorted(out.rglob("images/*/*")) if p.is_file()}
+
+
+@pytest.fixture(scope="module")
+def reference(small_root, tmp_path_factory) -> tuple[Path, dict]:
+    """An uninterrupted single-process build: the bytes every other build must reproduce."""
+    out = tmp_path_factory.mktemp("ref") / "degraded"
+    summary = build_degraded_cub(small_root, out, CORR, SEVS, workers=1, seed=0, progress=False)
+    return out, summary
+
+
+def test_build_writes_valid_cub_roots_with_manifest(small_root, reference):
+    out, summary = reference
+    src = read_cub(small_root)
+    test_recs = src.split("test")
+    assert summary["failed"] == 0 and summary["written"] == len(CORR) * len(SEVS) * len(test_recs) == 24
+    assert set(summary["variants"]) == {f"{c}/{s}" for c in CORR for s in SEVS}
+    for c in CORR:
+        for s in SEVS:
+            root = variant_root(out, c, s)
+            idx = read_cub(root)  # a valid CUB root
+            assert [r.rel_path for r in idx.records] == [r.rel_path for r in test_recs]
+            assert [r.class_id for r in idx.records] == [r.class_id for r in test_recs]
+            assert all(not r.is_train for r in idx.records) and idx.classes == src.classes
+            assert all(r.bbox == q.bbox for r, q in zip(idx.records, test_recs))
+            man = json.loads((root / MANIFEST_NAME).read_text())
+            assert man["complete"] and man["counts"] == {"ok": 4, "failed": 0}
+            assert man["corruption"] == c and man["severity"] == s and man["seed"] == 0
+            assert man["parameters"] and man["quality"] == 95 and man["image_format"] == "jpeg"
+            assert {"numpy", "scipy", "imagecorruptions", "pillow", "python"} <= set(man["versions"])
+            for rec in test_recs:
+                entry = man["images"][str(rec.image_id)]
+                data = (root / entry["path"]).read_bytes()
+                assert entry["status"] == "ok" and entry["sha256"] == hashlib.sha256(data).hexdigest()
+                assert load_rgb(root / entry["path"]).shape == load_rgb(src.image_path(rec)).shape
+
+
+def test_png_output_is_exactly_corrupt_with_image_rng(small_root, tmp_path):
+    """Lossless output shows the per-image generator is default_rng([seed, image_id, corruption id, severity])."""
+    out = tmp_path / "png"
+    build_degraded_cub(small_root, out, ("rain", "fog"), (2,), seed=3, fmt="png", progress=False)
+    src = read_cub(small_root)
+    for name in ("rain", "fog"):
+        idx = read_cub(variant_root(out, name, 2))
+        for rec in idx.records:
+            assert rec.rel_path.endswith(".png")
+            clean = load_rgb(src.image_path(src.record(rec.image_id)))
+            expected = corrupt(clean, name, 2, image_rng(3, rec.image_id, name, 2))
+            assert np.array_equal(load_rgb(idx.image_path(rec)), expected)
+
+
+def test_one_and_two_workers_give_identical_bytes(small_root, reference, tmp_path):
+    ref_out, _ = reference
+    out = tmp_path / "w2"
+    summary = build_degraded_cub(small_root, out, CORR, SEVS, workers=2, seed=0, progress=False)
+    assert summary["written"] == 24 and summary["failed"] == 0
+    assert tree_bytes(out) == tree_bytes(ref_out)
+    for c in CORR:  # manifests agree too, apart from nothing
+        for s in SEVS:
+            a = json.loads((variant_root(out, c, s) / MANIFEST_NAME).read_text())
+            b = json.loads((variant_root(ref_out, c, s) / MANIFEST_NAME).read_text())
+            assert a["images"] == b["images"]
+
+
+def test_rerun_skips_verified_files_and_other_seed_differs(small_root, reference, tmp_path):
+    ref_out, _ = reference
+    out = tmp_path / "again"
+    shutil.copytree(ref_out, out)
+    mtimes = {p: p.stat().st_mtime_ns for p in out.rglob("*.jpg")}
+    summary = build_degraded_cub(small_root, out, CORR, SEVS, workers=1, seed=0, progress=False)
+    assert summary["written"] == 0 and summary["skipped"] == 24
+    assert {p: p.stat().st_mtime_ns for p in out.rglob("*.jpg")} == mtimes
+    other = build_degraded_cub(small_root, tmp_path / "seed1", ("rain",), (3,), seed=1, progress=False)
+    assert other["written"] == 4
+    a, b = tree_bytes(tmp_path / "seed1"), tree_bytes(ref_out)
+    assert all(a[k] != b[k] for k in a)
+
+
+def test_resume_after_interruption_matches_uninterrupted(small_root, reference, tmp_path):
+    """Lost manifest entries, a missing file, a damaged file and a stray temp file: the re-run redoes
+    exactly those and the result is byte-identical to the uninterrupted build."""
+    ref_out, _ = reference
+    out = tmp_path / "resume"
+    shutil.copytree(ref_out, out)
+    fog1 = variant_root(out, "fog", 1)
+    man = json.loads((fog1 / MANIFEST_NAME).read_text())
+    first, second = sorted(man["images"], key=int)[:2]
+    del man["images"][first]  # killed before the manifest was saved
+    (fog1 / MANIFEST_NAME).write_text(json.dumps(man))
+    rain3 = variant_root(out, "rain", 3)
+    files = sorted((rain3 / "images").rglob("*.jpg"))
+    files[0].unlink()  # never written
+    files[1].write_bytes(files[1].read_bytes()[:100])  # damaged after the fact: checksum mismatch
+    stray = files[2].parent / f".{files[2].name}.abc123.tmp"  # what atomic_write_bytes leaves on kill -9
+    stray.write_bytes(b"partial")
+    (variant_root(out, "lowlight", 3) / MANIFEST_NAME).unlink()  # a whole manifest lost
+    summary = build_degraded_cub(small_root, out, CORR, SEVS, workers=1, seed=0, progress=False)
+    assert summary["written"] == 1 + 2 + 4 and summary["skipped"] == 24 - 7
+    assert not stray.exists()
+    assert tree_bytes(out) == tree_bytes(ref_out)
+
+
+def test_interrupted_run_leaves_no_partial_files_and_resumes(small_root, reference, tmp_path, monkeypatch):
+    import corruptions.build as build
+
+    ref_out, _ = reference
+    out = tmp_path / "interrupted"
+    real = build._process_image
+    calls = {"n": 0}
+
+    def flaky(task):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt  # Ctrl-C after two source images
+        return real(task)
+
+    monkeypatch.setattr(build, "_process_image", flaky)
+    with pytest.raises(KeyboardInterrupt):
+        build_degraded_cub(small_root, out, CORR, SEVS, workers=1, seed=0, progress=False)
+    monkeypatch.setattr(build, "_process_image", real)
+    for c in CORR:
+        for s in SEVS:
+            root = variant_root(out, c, s)
+            man = json.loads((root / MANIFEST_NAME).read_text())  # saved on the way out
+            assert man["complete"] is False and len(man["images"]) == 2
+            on_disk = {p.relative_to(root).as_posix() for p in (root / "images").rglob("*") if p.is_file()}
+            assert on_disk == {e["path"] for e in man["images"].values()}
+            assert not (root / "images.txt").exists()  # not a CUB root until complete
+    summary = build_degraded_cub(small_root, out, CORR, SEVS, workers=1, seed=0, progress=False)
+    assert summary["skipped"] == 12 and summary["written"] == 12
+    assert tree_bytes(out) == tree_bytes(ref_out)
+
+
+def test_kill_9_midrun_then_resume(small_root, reference, tmp_path):
+    """A real SIGKILL of the CLI: no partial file under a final name, resume reproduces the reference."""
+    ref_out, _ = reference
+    out = tmp_path / "killed"
+    cmd = [sys.executable, "-m", "corruptions.build", "--cub-root", str(small_root), "--out", str(out),
+           "--severities", "1,3", "--no-progress"]
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and proc.poll() is None:
+        if len(list(out.rglob("*.jpg"))) >= 3:
+            break
+        time.sleep(0.005)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    ref = tree_bytes(ref_out)
+    for rel, data in tree_bytes(out).items():
+        if not Path(rel).name.startswith("."):
+            assert data == ref[rel], f"{rel} is partial or wrong after kill -9"
+    summary = build_degraded_cub(small_root, out, CORR, SEVS, workers=1, seed=0, progress=False)
+    assert summary["failed"] == 0 and summary["written"] + summary["skipped"] == 24
+    assert tree_bytes(out) == ref
+
+
+def test_unreadable_image_is_recorded_failed_and_run_goes_on(small_root, tmp_path, capsys):
+    root = tmp_path / "broken-cub"
+    shutil.copytree(small_root, root)
+    idx = read_cub(root)
+    bad, good = idx.split("test")[0], idx.split("test")[1:]
+    path = idx.image_path(bad)
+    path.write_bytes(path.read_bytes()[:300])  # truncated JPEG
+    out = tmp_path / "out"
+    rc = main(["--cub-root", str(root), "--out", str(out), "--corruptions", "rain,lowlight", "--severities", "2",
+               "--no-progress"])
+    captured = capsys.readouterr()
+    assert rc == 1
+    assert f"image {bad.image_id} {bad.rel_path}" in captured.err and "FAILED: 2 degraded image(s)" in captured.err
+    for name in ("rain", "lowlight"):
+        vroot = variant_root(out, name, 2)
+        man = json.loads((vroot / MANIFEST_NAME).read_text())
+        entry = man["images"][str(bad.image_id)]
+        assert entry["status"] == "failed" and "cannot decode" in entry["error"]
+        assert man["counts"] == {"ok": len(good), "failed": 1} and man["complete"] is True
+        assert not (vroot / "images" / bad.rel_path).exists()
+        assert [r.image_id for r in read_cub(vroot).records] == [r.image_id for r in good]
+    # fixing the image and re-running retries only the failed one
+    shutil.copy(small_root / "images" / bad.rel_path, path)
+    summary = build_degraded_cub(root, out, ("rain", "lowlight"), (2,), progress=False)
+    assert summary["failed"] == 0 and summary["written"] == 2 and summary["skipped"] == 2 * len(good)
+
+
+def test_default_root_is_the_mini_benchmark(mini_root, tmp_path):
+    summary = build_degraded_cub(None, tmp_path / "mini", ("lowlight",), (4,), progress=False)
+    assert Path(summary["source_root"]) == mini_root
+    assert summary["written"] == len(read_cub(mini_root).split("test")) == 60
+
+
+def test_other_settings_into_same_out_are_refused(small_root, reference, tmp_path):
+    ref_out, _ = reference
+    out = tmp_path / "mismatch"
+    shutil.copytree(ref_out, out)
+    with pytest.raises(BuildConfigError, match=r"seed: 0 there, 1 now.*another --out"):
+        build_degraded_cub(small_root, out, ("fog",), (1,), seed=1, progress=False)
+    with pytest.raises(BuildConfigError, match="quality: 95 there, 80 now"):
+        build_degraded_cub(small_root, out, ("fog",), (1,), quality=80, progress=False)
+
+
+# ------------------------------------------------------------------------------------------- errors
+def test_severity_list_type():
+    import argparse
+
+    assert _severity_list("1,2,3") == (1, 2, 3)
+    assert _severity_list(" 5 ") == (5,)
+    for bad, msg in (("0", "severity must be in 1..5, got 0"), ("1,6", "got 6"), ("1,x", "integers in 1..5")):
+        with pytest.raises(argparse.ArgumentTypeError, match=msg):
+            _severity_list(bad)
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--corruptions", "fog,snow"], "unknown corruption 'snow'; valid names: fog, rain, lowlight"),
+        (["--severities", "1,6"], "severity must be in 1..5, got 6"),
+        (["--workers", "0"], "expected an integer >= 1"),
+        (["--split", "val"], "invalid choice: 'val'"),
+    ],
+)
+def test_cli_rejects_bad_arguments(argv, message, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(argv + ["--out", "unused-never-written"])
+    assert exc.value.code == 2
+    assert message in capsys.readouterr().err
+    assert not Path("unused-never-written").exists()
+
+
+def test_cli_bad_root_names_the_missing_file(tmp_path, capsys):
+    root = tmp_path / "CUB_200_2011"
+    root.mkdir()
+    (root / "images.txt").write_text("1 001.A/a.jpg\n")
+    assert main(["--cub-root", str(root), "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert "missing image_class_labels.txt, train_test_split.txt, classes.txt" in err
+
+
+def test_library_argument_errors(small_root, tmp_path):
+    with pytest.raises(ValueError, match="valid names: fog, rain, lowlight"):
+        build_degraded_cub(small_root, tmp_path, ("haze",))
+    with pytest.raises(ValueError, match="severity must be in 1..5, got 0"):
+        build_degraded_cub(small_root, tmp_path, severities=(0,))
+    with pytest.raises(ValueError, match="split must be"):
+        build_degraded_cub(small_root, tmp_path, split="val")
+    with pytest.raises(ValueError, match="workers must be an integer >= 1"):
+        build_degraded_cub(small_root, tmp_path, workers=0)
+    with pytest.raises(ValueError, match="fmt must be 'jpeg' or 'png'"):
+        build_degraded_cub(small_root, tmp_path, fmt="webp")
+    assert not any(tmp_path.iterdir())
+
+
+def test_preview_cli_writes_a_figure(small_root, tmp_path, capsys):
+    from corruptions.preview import main as preview_main
+
+    img = read_cub(small_root)
+    src = img.image_path(img.records[0])
+    out = tmp_path / "grid.png"
+    assert preview_main([str(src), "--out", str(out), "--severities", "1,5", "--dpi", "40"]) == 0
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and load_rgb(out).shape[1] > 100
+    assert "2 severities" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        preview_main([str(src), "--out", str(out), "--corruptions", "snow"])
+
+
+def test_worker_exception_propagates_with_image_named(small_root, tmp_path, monkeypatch):
+    """A corruption that raises is a bug: the error reaches the caller from a worker process (not swallowed
+    as in an apply_async without error callback), naming the image; manifests are still saved."""
+    (tmp_path / "exploding_corr.py").write_text(
+        "def explode(image, severity, rng):\n    raise ArithmeticError('kaboom')\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(tmp_path), str(REPO)]))
+    out = tmp_path / "out"
+    with pytest.raises(RuntimeError, match=r"exploding_corr:explode severity 2 failed on image \d+ .*kaboom"):
+        build_degraded_cub(small_root, out, ("lowlight", "exploding_corr:explode"), (2,), workers=2, progress=False)
+    man = json.loads((variant_root(out, "lowlight", 2) / MANIFEST_NAME).read_text())
+    assert man["complete"] is False
+    sys.modules.pop("exploding_corr", None)

@@ -1,0 +1,232 @@
+"""classifiers/: registry, ImageNet weights (offline errors, hub cache, local files), fine-tuning on mini-CUB
+(above chance, checkpoint contents, exact resume), checkpoint loading errors."""
+from __future__ import annotations
+
+import dataclasses
+import os
+
+import pytest
+import torch
+from torch import nn
+
+import classifiers
+from classifiers import (
+    CLASSIFIERS,
+    build_backbone,
+    build_classifier,
+    default_preprocess,
+    eval_transform,
+    imagenet_weights_file,
+    load_classifier,
+)
+from classifiers.finetune import FinetuneConfig, build_parser, finetune
+from classifiers.finetune import main as finetune_main
+from classifiers.predict import evaluate_top1
+from cubdata import CubDataset, cache_dir, read_cub
+
+# Shared with tests/test_classify.py (same settings -> the cached checkpoints are reused across files).
+TINY_SETTINGS = {"img_size": 48, "epochs": 14, "batch_size": 12, "lr": 0.05, "threads": 1}
+
+
+@pytest.fixture(scope="session")
+def tiny_ckpts(mini_root):
+    from analysis.classify import demo_classifiers
+
+    return demo_classifiers(cache_dir() / "demo-classifiers", device="cpu", progress=False, settings=TINY_SETTINGS)
+
+
+def _no_network(monkeypatch):
+    def boom(*a, **k):
+        raise AssertionError(f"network access attempted: {a[:1]}")
+
+    monkeypatch.setattr(torch.hub, "load_state_dict_from_url", boom)
+    monkeypatch.setattr(torch.hub, "download_url_to_file", boom)
+
+
+# ---------------------------------------------------------------------------------------------- registry
+def test_unknown_arch_lists_valid_names():
+    with pytest.raises(ValueError) as e:
+        build_classifier("resnet51", 10)
+    for name in CLASSIFIERS:
+        assert name in str(e.value)
+
+
+@pytest.mark.parametrize("arch", sorted(CLASSIFIERS))
+def test_new_head_has_num_classes(arch):
+    with torch.device("meta"):  # no memory, no init cost: checks the head surgery only
+        model = build_classifier(arch, 200, "none")
+    _, head = classifiers.classifier_head(model, arch)
+    assert isinstance(head, nn.Linear) and head.out_features == 200
+
+
+@pytest.mark.parametrize("arch", ["vgg-mini", "resnet-mini"])
+def test_mini_nets_forward_any_size(arch):
+    model = build_classifier(arch, 10, "none").eval()
+    for size in (32, 48, 71):
+        assert model(torch.rand(2, 3, size, size)).shape == (2, 10)
+
+
+def test_user_factory_spec(tmp_path, monkeypatch):
+    (tmp_path / "my_nets.py").write_text(
+        "from classifiers import ResNetMini\n"
+        "def tiny(num_classes, weights):\n"
+        "    assert weights == 'none'\n"
+        "    return ResNetMini(num_classes, widths=(8, 8, 8, 8))\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    model = build_classifier("my_nets:tiny", 7)
+    assert model(torch.rand(1, 3, 32, 32)).shape == (1, 7)
+    with pytest.raises(ValueError, match="no attribute"):
+        build_classifier("my_nets:nope", 7)
+
+
+def test_default_preprocess_and_eval_transform():
+    assert default_preprocess("resnet50")["img_size"] == 448 and default_preprocess("resnet50")["resize"] == 512
+    assert default_preprocess("vgg16", 224)["resize"] == 256
+    from PIL import Image
+
+    x = eval_transform(default_preprocess("resnet-mini", 48))(Image.new("RGB", (120, 90), (255, 0, 0)))
+    assert x.shape == (3, 48, 48)
+    assert torch.allclose(x[0], torch.full((48, 48), (1 - 0.485) / 0.229))
+
+
+# ---------------------------------------------------------------------------------------------- weights
+@pytest.mark.parametrize("arch,fname", [("resnet50", "resnet50-0676ba61.pth"), ("vgg16", "vgg16-397923af.pth")])
+def test_imagenet_weights_offline_error(arch, fname, tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "empty-torch-home"))
+    _no_network(monkeypatch)
+    assert imagenet_weights_file(arch) == tmp_path / "empty-torch-home" / "hub" / "checkpoints" / fname
+    with pytest.raises(FileNotFoundError) as e:
+        build_backbone(arch, "imagenet")
+    msg = str(e.value)
+    assert fname in msg and str(tmp_path / "empty-torch-home" / "hub" / "checkpoints") in msg
+    assert "--weights PATH" in msg and "download.pytorch.org" in msg
+
+
+def test_imagenet_weights_read_from_hub_cache(tmp_path, monkeypatch):
+    # same file-name logic as the real resnet50, with a small network standing in for the 100 MB one
+    small = dataclasses.replace(CLASSIFIERS["resnet50"], build_imagenet_head=lambda: classifiers.ResNetMini(1000))
+    monkeypatch.setitem(CLASSIFIERS, "resnet50", small)
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    _no_network(monkeypatch)
+    ref = classifiers.ResNetMini(1000)
+    path = tmp_path / "hub" / "checkpoints" / "resnet50-0676ba61.pth"
+    path.parent.mkdir(parents=True)
+    torch.save(ref.state_dict(), path)
+    got = build_backbone("resnet50", "imagenet")
+    for k, v in ref.state_dict().items():
+        assert torch.equal(got.state_dict()[k], v), k
+    # and with a new head for fine-tuning: body weights kept, head replaced
+    clf = build_classifier("resnet50", 10, "imagenet")
+    assert torch.equal(clf.layers[0].conv1.weight, ref.layers[0].conv1.weight) and clf.fc.out_features == 10
+
+
+def test_weights_path_roundtrip_wrong_arch_and_missing(tmp_path):
+    ref = build_backbone("resnet-mini", "none")
+    path = tmp_path / "w.pth"
+    torch.save({"state_dict": {f"module.{k}": v for k, v in ref.state_dict().items()}}, path)  # DDP-style file
+    got = build_backbone("resnet-mini", path)
+    assert all(torch.equal(got.state_dict()[k], v) for k, v in ref.state_dict().items())
+    with pytest.raises(ValueError, match="do not fit architecture 'vgg-mini'"):
+        build_backbone("vgg-mini", path)
+    with pytest.raises(FileNotFoundError, match="nope.pth"):
+        build_backbone("resnet50", tmp_path / "nope.pth")
+    with pytest.raises(ValueError, match="no ImageNet-pretrained weights"):
+        build_backbone("vgg-mini", "imagenet")
+
+
+# ---------------------------------------------------------------------------------------------- fine-tuning
+def test_tiny_finetune_clearly_above_chance(tiny_ckpts, mini_root):
+    for arch, ckpt in tiny_ckpts.items():
+        model, info = load_classifier(ckpt, expect_arch=arch)
+        assert info["arch"] == arch and info["num_classes"] == 10 and info["complete"]
+        idx = read_cub(mini_root)
+        assert info["class_names"] == [idx.classes[k] for k in sorted(idx.classes)]
+        assert info["preprocess"]["img_size"] == 48
+        # 10 classes: chance is 10 %
+        assert info["clean_test_top1"] >= 50.0, (arch, info["clean_test_top1"])
+        # the recorded clean accuracy is what the loaded model scores
+        ds = CubDataset(mini_root, "test", transform=eval_transform(info["preprocess"]))
+        assert evaluate_top1(model, ds) == pytest.approx(info["clean_test_top1"])
+        assert not model.training and not any(p.requires_grad for p in model.parameters())
+
+
+def _tiny_config(mini_root, out, **kw):
+    base = dict(arch="resnet-mini", cub_root=str(mini_root), out=str(out), weights="none", img_size=32, epochs=3,
+                batch_size=16, lr=0.05, workers=0, progress=False, threads=1)
+    base.update(kw)
+    return FinetuneConfig(**base)
+
+
+def test_resume_equals_uninterrupted_and_global_rng_untouched(mini_root, tmp_path):
+    rng_before = torch.get_rng_state()
+    straight = finetune(_tiny_config(mini_root, tmp_path / "a.pt"))
+    assert torch.equal(torch.get_rng_state(), rng_before)
+
+    class Stop(Exception):
+        pass
+
+    def stop_after_two(epoch, record):
+        if epoch == 1:
+            raise Stop
+
+    with pytest.raises(Stop):
+        finetune(_tiny_config(mini_root, tmp_path / "b.pt"), on_epoch_end=stop_after_two)
+    partial = torch.load(tmp_path / "b.pt", weights_only=True)
+    assert partial["epoch"] == 2 and not partial["complete"] and partial["clean_test_top1"] is None
+    with pytest.raises(FileExistsError, match="--resume"):
+        finetune(_tiny_config(mini_root, tmp_path / "b.pt"))
+    with pytest.raises(ValueError, match="settings differ"):
+        finetune(_tiny_config(mini_root, tmp_path / "b.pt", lr=0.01, resume=True))
+    resumed = finetune(_tiny_config(mini_root, tmp_path / "b.pt", resume=True))
+    a = torch.load(tmp_path / "a.pt", weights_only=True)
+    b = torch.load(tmp_path / "b.pt", weights_only=True)
+    assert b["complete"] and b["epoch"] == 3
+    for k in a["state_dict"]:
+        assert torch.equal(a["state_dict"][k], b["state_dict"][k]), k
+    assert resumed["clean_test_top1"] == straight["clean_test_top1"]
+    # a finished run is reused, not retrained
+    again = finetune(_tiny_config(mini_root, tmp_path / "b.pt", resume=True))
+    assert again["skipped"] and again["clean_test_top1"] == straight["clean_test_top1"]
+
+
+def test_load_classifier_errors(tiny_ckpts, tmp_path):
+    ckpt = tiny_ckpts["resnet-mini"]
+    with pytest.raises(ValueError, match="holds a 'resnet-mini' classifier, but 'vgg-mini' was expected"):
+        load_classifier(ckpt, expect_arch="vgg-mini")
+    tampered = torch.load(ckpt, weights_only=True)
+    tampered["arch"] = "vgg-mini"
+    torch.save(tampered, tmp_path / "tampered.pt")
+    with pytest.raises(ValueError, match="do not fit architecture 'vgg-mini'"):
+        load_classifier(tmp_path / "tampered.pt")
+    torch.save({"weights": torch.zeros(1)}, tmp_path / "other.pt")
+    with pytest.raises(ValueError, match="not a classifier checkpoint"):
+        load_classifier(tmp_path / "other.pt")
+    with pytest.raises(FileNotFoundError, match="missing.pt"):
+        load_classifier(tmp_path / "missing.pt")
+
+
+def test_finetune_cli_clear_errors(mini_root, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch-home"))
+    _no_network(monkeypatch)
+    out = str(tmp_path / "x.pt")
+    assert finetune_main(["--arch", "resnet50", "--cub-root", str(mini_root), "--out", out]) == 2
+    err = capsys.readouterr().err
+    assert "resnet50-0676ba61.pth" in err and "--weights PATH" in err
+    assert finetune_main(["--arch", "resnet-mini", "--cub-root", str(mini_root), "--out", out,
+                          "--weights", str(tmp_path / "missing.pth")]) == 2
+    assert "missing.pth" in capsys.readouterr().err
+    assert not os.path.exists(out)
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["--arch", "resnet51", "--cub-root", "x", "--out", "y"])
+    args = build_parser().parse_args(["--arch", "pkg.mod:factory", "--cub-root", "x", "--out", "y"])
+    assert args.arch == "pkg.mod:factory"
+
+
+def test_finetune_cli_trains(mini_root, tmp_path, capsys):
+    out = tmp_path / "cli.pt"
+    rc = finetune_main(["--arch", "vgg-mini", "--cub-root", str(mini_root), "--out", str(out), "--weights", "none",
+                        "--img-size", "32", "--epochs", "1", "--workers", "0", "--no-progress", "--threads", "1"])
+    assert rc == 0 and "clean test top-1" in capsys.readouterr().out
+    _, info = load_classifier(out)
+    assert info["arch"] == "vgg-mini" and info["epochs"] == 1 and 0.0 <= info["clean_test_top1"] <= 100.0

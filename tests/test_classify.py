@@ -1,0 +1,424 @@
+"""analysis.classify (Table 2) and analysis.stats: statistics against hand computations, the table formats,
+--from-predictions, spec files, bad inputs, the mini benchmark's degraded variants, the embedded demo."""
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+from math import comb
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import analysis.classify as ac
+from analysis.classify import (
+    MCNEMAR_COLUMNS,
+    TABLE_COLUMNS,
+    SetSpec,
+    Table2Spec,
+    check_same_test_split,
+    load_mcnemar,
+    load_predictions,
+    load_table,
+    main,
+    parse_set_arg,
+    score_table2,
+)
+from analysis.stats import bootstrap_ci, mcnemar_counts, mcnemar_exact_p, mcnemar_test, top1_with_ci
+from cubdata import MINI_VERSION, cache_dir, encode_image, load_rgb, read_cub, write_cub_metadata
+
+# Same settings and folder as tests/test_classifiers.py (and the demo's cache folder), so the session trains
+# the tiny classifiers once and the fast demo test reuses them.
+TINY_SETTINGS = {"img_size": 48, "epochs": 14, "batch_size": 12, "lr": 0.05, "threads": 1}
+
+
+@pytest.fixture(scope="session")
+def tiny_ckpts(mini_root):
+    return ac.demo_classifiers(cache_dir() / "demo-classifiers", device="cpu", progress=False, settings=TINY_SETTINGS)
+
+
+# ---------------------------------------------------------------------------------------------- statistics
+def test_bootstrap_ci_hand_cases():
+    assert bootstrap_ci(np.ones(7)) == (1.0, 1.0)
+    assert bootstrap_ci(np.zeros(7)) == (0.0, 0.0)
+    # two values {0, 1}: resample means are 0, 0.5, 1 with probabilities 1/4, 1/2, 1/4; the 2.5% and 97.5%
+    # quantiles of 1000 draws are therefore 0 and 1.
+    assert bootstrap_ci([0, 1], n_boot=1000, seed=3) == (0.0, 1.0)
+    # a narrower interval: both tails are at the middle value with confidence 0.2 (quantiles 0.4 / 0.6)
+    assert bootstrap_ci([0, 1], n_boot=4000, confidence=0.2, seed=3) == (0.5, 0.5)
+
+
+def test_bootstrap_ci_equals_a_plain_loop_and_is_seeded():
+    values = np.random.default_rng(5).random(37)
+    rng = np.random.default_rng(11)
+    means = [values[rng.integers(0, 37, size=37)].mean() for _ in range(500)]
+    expected = tuple(np.quantile(means, [0.025, 0.975]))
+    got = bootstrap_ci(values, n_boot=500, seed=11, chunk_elems=37 * 7)  # several chunks
+    assert got == pytest.approx(expected, abs=1e-12)
+    assert bootstrap_ci(values, n_boot=500, seed=11) == got
+    assert bootstrap_ci(values, n_boot=500, seed=12) != got
+
+
+def test_bootstrap_ci_matches_binomial_theory():
+    # 0/1 data: the bootstrap distribution of the mean is Binomial(n, p)/n; n=400, p=0.8 -> sd 0.02
+    correct = np.r_[np.ones(320), np.zeros(80)]
+    lo, hi = bootstrap_ci(correct, n_boot=4000, seed=0)
+    assert lo == pytest.approx(0.8 - 1.96 * 0.02, abs=0.006) and hi == pytest.approx(0.8 + 1.96 * 0.02, abs=0.006)
+
+
+def test_bootstrap_ci_rejects_bad_input():
+    with pytest.raises(ValueError, match="empty"):
+        bootstrap_ci([])
+    with pytest.raises(ValueError, match="1-D"):
+        bootstrap_ci(np.ones((2, 2)))
+    with pytest.raises(ValueError, match="confidence"):
+        bootstrap_ci([1, 0], confidence=95)
+
+
+def test_top1_with_ci_in_percent():
+    r = top1_with_ci([True, True, True, False], n_boot=200, seed=0)
+    assert r["n"] == 4 and r["correct"] == 3 and r["top1"] == 75.0
+    assert 0.0 <= r["ci_low"] <= 75.0 <= r["ci_high"] <= 100.0
+    with pytest.raises(ValueError, match="0/1"):
+        top1_with_ci([0, 2, 1])
+
+
+def test_mcnemar_exact_hand_cases():
+    # b=1, c=5: two-sided exact binomial p = 2 * (C(6,0) + C(6,1)) / 2^6
+    assert mcnemar_exact_p(1, 5) == pytest.approx(2 * (comb(6, 0) + comb(6, 1)) / 2**6) == pytest.approx(0.21875)
+    assert mcnemar_exact_p(0, 6) == pytest.approx(2 / 64)
+    assert mcnemar_exact_p(3, 3) == 1.0
+    assert mcnemar_exact_p(0, 0) == 1.0
+    # b=2, c=10: 2 * sum_{k<=2} C(12,k) / 2^12
+    assert mcnemar_exact_p(10, 2) == pytest.approx(2 * (1 + 12 + 66) / 4096)
+    a = np.array([1, 1, 0, 0, 1, 0, 1], bool)
+    b = np.array([1, 0, 1, 1, 1, 1, 0], bool)
+    assert mcnemar_counts(a, b) == (2, 3)
+    assert mcnemar_test(a, b) == {"n": 7, "b": 2, "c": 3, "p_value": pytest.approx(1.0)}
+    with pytest.raises(ValueError, match="same length"):
+        mcnemar_counts(a, b[:3])
+
+
+# ---------------------------------------------------------------------------------------------- parsing
+def test_parse_set_arg():
+    assert parse_set_arg("w/o DiffLoss/fog=/data/x=1") == SetSpec("w/o DiffLoss", "fog", "/data/x=1")
+    assert parse_set_arg("degraded/fog=rel/root") == SetSpec("degraded", "fog", "rel/root")
+    for bad in ("degraded=root", "degraded/fog", "/fog=root", "degraded/=root", "degraded/fog="):
+        with pytest.raises(ValueError, match="CONFIG/DEGRADATION=ROOT"):
+            parse_set_arg(bad)
+
+
+# ---------------------------------------------------------------------------------------------- fixtures
+def _variant(mini_root: Path, dst: Path, fn=None, records=None) -> Path:
+    """A test-split copy of mini-CUB; ``fn`` maps uint8 HxWx3 -> uint8 HxWx3 (None: byte-identical copy)."""
+    idx = read_cub(mini_root)
+    recs = idx.split("test") if records is None else records
+    write_cub_metadata(idx, dst, records=recs)
+    for r in recs:
+        src = idx.image_path(r)
+        out = dst / "images" / r.rel_path
+        out.parent.mkdir(parents=True, exist_ok=True)
+        if fn is None:
+            shutil.copyfile(src, out)
+        else:
+            out.write_bytes(encode_image(fn(load_rgb(src)), "jpeg", 95))
+    return dst
+
+
+def _gray(a: np.ndarray) -> np.ndarray:
+    g = a.astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32)
+    return np.repeat(g[..., None], 3, axis=2).round().astype(np.uint8)
+
+
+def _half_gray(a: np.ndarray) -> np.ndarray:
+    return ((a.astype(np.float32) + _gray(a)) / 2).round().astype(np.uint8)
+
+
+def _dark(a: np.ndarray) -> np.ndarray:
+    return (a.astype(np.float32) * 0.15).round().astype(np.uint8)
+
+
+@pytest.fixture(scope="module")
+def variants(mini_root, tmp_path_factory):
+    base = tmp_path_factory.mktemp("variants")
+    return {
+        "gray": _variant(mini_root, base / "gray", _gray),
+        "half": _variant(mini_root, base / "half", _half_gray),
+        "copy": _variant(mini_root, base / "copy"),
+        "dark": _variant(mini_root, base / "dark", _dark),
+    }
+
+
+def _argv(tiny_ckpts, mini_root, variants, out):
+    return ["--classifier", f"vgg-mini={tiny_ckpts['vgg-mini']}", "--classifier", f"resnet-mini={tiny_ckpts['resnet-mini']}",
+            "--clean", str(mini_root),
+            "--set", f"degraded/gray={variants['gray']}", "--set", f"w/o DiffLoss/gray={variants['half']}",
+            "--set", f"w/ DiffLoss/gray={variants['copy']}", "--set", f"degraded/dark={variants['dark']}",
+            "--set", f"w/ DiffLoss/dark={variants['copy']}",
+            "--out", str(out), "--workers", "0", "--batch-size", "16", "--no-progress", "--n-boot", "500"]
+
+
+@pytest.fixture(scope="module")
+def table_run(tiny_ckpts, mini_root, variants, tmp_path_factory):
+    out = tmp_path_factory.mktemp("table2")
+    assert main(_argv(tiny_ckpts, mini_root, variants, out)) == 0
+    return out
+
+
+# ---------------------------------------------------------------------------------------------- the table
+def _read_predictions(out: Path) -> dict[tuple[str, str, str], list[dict]]:
+    groups = {}
+    for f in sorted((out / "predictions").glob("*.csv")):
+        with open(f, newline="") as fh:
+            for r in csv.DictReader(fh):
+                groups.setdefault((r["config"], r["degradation"], r["classifier"]), []).append(r)
+    return groups
+
+
+def test_table_csv_is_tidy_and_consistent_with_predictions(table_run):
+    with open(table_run / "table.csv", newline="") as fh:
+        assert next(csv.reader(fh)) == list(TABLE_COLUMNS)
+    rows = load_table(table_run)
+    assert all(isinstance(r["n"], int) and isinstance(r["top1"], float) for r in rows)
+    keys = [(r["config"], r["degradation"], r["classifier"]) for r in rows]
+    assert keys[:2] == [("clean", "clean", "vgg-mini"), ("clean", "clean", "resnet-mini")]
+    assert len(keys) == 2 * 6 and len(set(keys)) == len(keys)
+    preds = _read_predictions(table_run)
+    assert set(preds) == set(keys)
+    for r in rows:
+        p = preds[(r["config"], r["degradation"], r["classifier"])]
+        correct = sum(int(x["label"]) == int(x["pred"]) for x in p)
+        assert r["n"] == len(p) == 60 and r["correct"] == correct
+        assert r["top1"] == pytest.approx(100 * correct / 60, abs=1e-4)
+        assert r["ci_low"] <= r["top1"] <= r["ci_high"]
+
+
+def test_degradations_lower_and_identical_copy_equal(table_run):
+    cell = {(r["config"], r["degradation"], r["classifier"]): r for r in load_table(table_run)}
+    preds = _read_predictions(table_run)
+    for clf in ("vgg-mini", "resnet-mini"):
+        clean = cell[("clean", "clean", clf)]["top1"]
+        assert cell[("degraded", "gray", clf)]["top1"] < clean - 15
+        assert cell[("degraded", "dark", clf)]["top1"] < clean - 15
+        # a byte-identical copy of the clean images is scored exactly like the clean set
+        same = [x["pred"] for x in preds[("w/ DiffLoss", "gray", clf)]]
+        assert same == [x["pred"] for x in preds[("clean", "clean", clf)]]
+
+
+def test_mcnemar_rows_match_hand_counts(table_run):
+    with open(table_run / "mcnemar.csv", newline="") as fh:
+        assert next(csv.reader(fh)) == list(MCNEMAR_COLUMNS)
+    tests = load_mcnemar(table_run)
+    pairs = {(t["config_a"], t["config_b"], t["degradation"], t["classifier"]) for t in tests}
+    for clf in ("vgg-mini", "resnet-mini"):
+        assert ("w/o DiffLoss", "w/ DiffLoss", "gray", clf) in pairs
+        assert ("degraded", "w/o DiffLoss", "gray", clf) in pairs and ("degraded", "w/ DiffLoss", "gray", clf) in pairs
+        assert ("degraded", "w/ DiffLoss", "dark", clf) in pairs
+    assert not any("clean" in (t["config_a"], t["config_b"]) for t in tests)
+    preds = _read_predictions(table_run)
+    for t in tests:
+        a = preds[(t["config_a"], t["degradation"], t["classifier"])]
+        b = preds[(t["config_b"], t["degradation"], t["classifier"])]
+        ok_a = [x["label"] == x["pred"] for x in a]
+        ok_b = [x["label"] == x["pred"] for x in b]
+        hand_b = sum(x and not y for x, y in zip(ok_a, ok_b))
+        hand_c = sum(y and not x for x, y in zip(ok_a, ok_b))
+        assert (t["n"], t["b"], t["c"]) == (60, hand_b, hand_c)
+        assert t["p_value"] == pytest.approx(mcnemar_exact_p(hand_b, hand_c), rel=1e-5)
+
+
+def test_markdown_latex_json_formats(table_run):
+    md = (table_run / "table.md").read_text()
+    lines = md.splitlines()
+    assert lines[0] == ("| config | gray · vgg-mini | gray · resnet-mini | dark · vgg-mini | dark · resnet-mini |")
+    assert [l.split(" | ")[0] for l in lines[2:6]] == ["| clean", "| degraded", "| w/o DiffLoss", "| w/ DiffLoss"]
+    assert "–" in lines[4]  # no w/o DiffLoss set for "dark"
+    rows = load_table(table_run)
+    c = next(r for r in rows if r["config"] == "degraded" and r["degradation"] == "gray" and r["classifier"] == "vgg-mini")
+    assert f"{c['top1']:.1f} [{c['ci_low']:.1f}, {c['ci_high']:.1f}]" in lines[3]
+    assert "McNemar" in md and "500 resamples" in md
+    tex = (table_run / "table.tex").read_text()
+    assert r"\begin{tabular}{l|cc|cc}" in tex and r"\multicolumn{2}{c}{gray}" in tex and r"\bottomrule" in tex
+    assert r"w/o DiffLoss & " in tex and r"{\scriptsize[" in tex
+    doc = json.loads((table_run / "table.json").read_text())
+    assert doc["columns"] == list(TABLE_COLUMNS) and doc["meta"]["n_boot"] == 500
+    assert [r["config"] for r in doc["rows"]] == [r["config"] for r in rows]
+    assert [r["top1"] for r in doc["rows"]] == pytest.approx([r["top1"] for r in rows], abs=1e-4)
+    assert set(doc["meta"]["classifiers"]) == {"vgg-mini", "resnet-mini"}
+
+
+def test_from_predictions_remakes_identical_tables(table_run, tmp_path, capsys):
+    shutil.copytree(table_run / "predictions", tmp_path / "src" / "predictions")
+    assert main(["--from-predictions", str(tmp_path / "src"), "--out", str(tmp_path / "again"), "--n-boot", "500"]) == 0
+    assert "| config |" in capsys.readouterr().out
+    for name in ("table.csv", "mcnemar.csv", "table.md", "table.tex", "table.json"):
+        assert (tmp_path / "again" / name).read_bytes() == (table_run / name).read_bytes(), name
+    # in place (no --out): writes next to the predictions
+    assert main(["--from-predictions", str(tmp_path / "src"), "--n-boot", "500"]) == 0
+    assert (tmp_path / "src" / "table.csv").read_bytes() == (table_run / "table.csv").read_bytes()
+    # without the manifest the CSVs alone are enough (order: clean first, then file order)
+    (tmp_path / "src" / "predictions" / "manifest.json").unlink()
+    preds, _ = load_predictions(tmp_path / "src")
+    assert preds[0].config == "clean" and len(preds) == 12
+
+
+def test_spec_file_yaml_and_json(tiny_ckpts, mini_root, variants, tmp_path):
+    import yaml
+
+    spec = {"clean": str(mini_root),
+            "classifiers": {"vgg-mini": str(tiny_ckpts["vgg-mini"])},
+            "sets": {"degraded": {"gray": str(variants["gray"])}, "w/ DiffLoss/gray": str(variants["copy"])}}
+    (tmp_path / "spec.yaml").write_text(yaml.safe_dump(spec))
+    (tmp_path / "spec.json").write_text(json.dumps(spec))
+    common = ["--workers", "0", "--no-progress", "--n-boot", "200"]
+    assert main(["--spec", str(tmp_path / "spec.yaml"), "--out", str(tmp_path / "y")] + common) == 0
+    assert main(["--spec", str(tmp_path / "spec.json"), "--out", str(tmp_path / "j")] + common) == 0
+    assert (tmp_path / "y" / "table.csv").read_bytes() == (tmp_path / "j" / "table.csv").read_bytes()
+    rows = load_table(tmp_path / "y")
+    assert [(r["config"], r["degradation"]) for r in rows] == [("clean", "clean"), ("degraded", "gray"), ("w/ DiffLoss", "gray")]
+    (tmp_path / "bad.yaml").write_text("clean: x\nclasifiers: {}\n")
+    assert main(["--spec", str(tmp_path / "bad.yaml")]) == 2
+
+
+def test_set_not_matching_clean_test_split(tiny_ckpts, mini_root, tmp_path, capsys):
+    idx = read_cub(mini_root)
+    fewer = _variant(mini_root, tmp_path / "fewer", records=idx.split("test")[:-1])
+    with pytest.raises(ValueError) as e:
+        check_same_test_split(idx, read_cub(fewer), what="set 'degraded/x'")
+    missing_id = idx.split("test")[-1].image_id
+    assert "1 clean test image(s) missing" in str(e.value) and str(missing_id) in str(e.value)
+    # the whole training split instead of the test split
+    other = _variant(mini_root, tmp_path / "train-split", records=idx.split("train"))
+    with pytest.raises(ValueError, match="does not match the clean test split"):
+        check_same_test_split(idx, read_cub(other))
+    # same ids, another image under one of them
+    renamed = _variant(mini_root, tmp_path / "renamed")
+    first = idx.split("test")[0]
+    new_rel = first.rel_path.rsplit("/", 1)[0] + "/someone_else.jpg"
+    (renamed / "images" / first.rel_path).rename(renamed / "images" / new_rel)
+    text = (renamed / "images.txt").read_text().replace(first.rel_path, new_rel)
+    (renamed / "images.txt").write_text(text)
+    argv = ["--classifier", f"vgg-mini={tiny_ckpts['vgg-mini']}", "--clean", str(mini_root),
+            "--set", f"degraded/x={renamed}", "--out", str(tmp_path / "o"), "--workers", "0", "--no-progress"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "another file name" in err and f"id {first.image_id}" in err and "degraded/x" in err
+    assert "someone_else" in err and not (tmp_path / "o").exists()
+
+
+def test_bad_classifier_inputs(tiny_ckpts, mini_root, tmp_path, capsys):
+    base = ["--clean", str(mini_root), "--out", str(tmp_path / "o"), "--workers", "0", "--no-progress"]
+    # a checkpoint of the wrong architecture under an architecture's name
+    assert main(["--classifier", f"vgg-mini={tiny_ckpts['resnet-mini']}"] + base) == 2
+    assert "holds a 'resnet-mini' classifier, but 'vgg-mini' was expected" in capsys.readouterr().err
+    assert main(["--classifier", f"resnet50={tmp_path / 'missing.pt'}"] + base) == 2
+    assert "missing.pt" in capsys.readouterr().err
+    assert main(["--set", "degraded/fog=x", "--clean", str(mini_root)]) == 2
+    assert "--classifier" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="reserved"):
+        Table2Spec(str(mini_root), {"a": "b"}, [SetSpec("clean", "fog", "x")]).validate()
+    with pytest.raises(ValueError, match="twice"):
+        Table2Spec(str(mini_root), {"a": "b"}, [SetSpec("d", "fog", "x"), SetSpec("d", "fog", "y")]).validate()
+
+
+def test_bbox_crop(tiny_ckpts, mini_root, variants, tmp_path):
+    spec = Table2Spec(str(mini_root), {"resnet-mini": str(tiny_ckpts["resnet-mini"])},
+                      [SetSpec("degraded", "gray", str(variants["gray"]))], bbox_crop=True)
+    preds, meta = score_table2(spec, device="cpu", batch_size=16, workers=0, progress=False)
+    assert meta["bbox_crop"] is True and [p.config for p in preds] == ["clean", "degraded"]
+    whole, _ = score_table2(Table2Spec(spec.clean, spec.classifiers), device="cpu", workers=0, progress=False)
+    assert len(preds[0].pred) == len(whole[0].pred) == 60
+
+
+# ---------------------------------------------------------------------------------------------- mini benchmark
+@pytest.fixture(scope="module")
+def demo_degraded(mini_root):
+    from corruptions.build import build_degraded_cub
+
+    out = cache_dir() / f"demo-degraded-{MINI_VERSION}"  # the demo's own cache folder: built once per session
+    build_degraded_cub(mini_root, out, corruptions=ac.DEMO_CORRUPTIONS, severities=(ac.DEMO_SEVERITY,), split="test",
+                       progress=False)
+    return {c: out / c / str(ac.DEMO_SEVERITY) for c in ac.DEMO_CORRUPTIONS}
+
+
+def test_mini_degraded_variants_score_below_clean(tiny_ckpts, mini_root, demo_degraded):
+    spec = Table2Spec(str(mini_root), {k: str(v) for k, v in tiny_ckpts.items()},
+                      [SetSpec("degraded", c, str(root)) for c, root in demo_degraded.items()])
+    preds, _ = score_table2(spec, device="cpu", batch_size=32, workers=0, progress=False)
+    acc = {p.key: float(p.correct.mean()) for p in preds}
+    for clf in tiny_ckpts:
+        clean = acc[("clean", "clean", clf)]
+        for c in demo_degraded:
+            assert acc[("degraded", c, clf)] < clean, (c, clf, acc)
+
+
+def _fake_restorers(calls, mini_root):
+    """Stand-ins for diffloss' demo restorers: 'w/ DiffLoss' returns the clean images, 'w/o' the degraded."""
+
+    def ensure_demo_restorers(corruptions=ac.DEMO_CORRUPTIONS, severity=3, cache=None):
+        out = {}
+        for c in corruptions:
+            d = cache_dir() / "fake-restorers" / c
+            d.mkdir(parents=True, exist_ok=True)
+            (d / "wo.pt").write_bytes(b"wo")
+            (d / "w.pt").write_bytes(b"w")
+            out[c] = {"w/o DiffLoss": d / "wo.pt", "w/ DiffLoss": d / "w.pt"}
+        return out
+
+    def restore_cub_root(ckpt, in_root, out_root, device="cpu", batch_size=8, split="test"):
+        calls.append((Path(ckpt).name, str(in_root)))
+        if Path(ckpt).name == "w.pt":
+            _variant(mini_root, Path(out_root))
+        else:
+            shutil.copytree(in_root, out_root, dirs_exist_ok=True)
+        return {}
+
+    return ensure_demo_restorers, restore_cub_root
+
+
+def test_embedded_demo_fast(tiny_ckpts, demo_degraded, mini_root, monkeypatch, tmp_path, capsys):
+    """`python -m analysis.classify` with no arguments, with the tiny classifier recipe (already cached) and
+    stand-in restorers, so it runs in seconds; the full-size demo is test_embedded_demo_full (slow)."""
+    monkeypatch.setattr(ac, "DEMO_FINETUNE", dict(ac.DEMO_FINETUNE, **TINY_SETTINGS))
+    calls = []
+    monkeypatch.setattr(ac, "_restorers_available", lambda: (_fake_restorers(calls, mini_root), ""))
+    monkeypatch.chdir(tmp_path)
+    assert main(["--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert "SYNTHETIC SMOKE BENCHMARK" in out and "python -m classifiers.finetune --arch resnet50" in out
+    rows = load_table(tmp_path / "runs" / "demo-table2")
+    configs = {r["config"] for r in rows}
+    assert configs == {"clean", "degraded", "w/o DiffLoss", "w/ DiffLoss"}
+    assert {r["degradation"] for r in rows} == {"clean", "fog", "rain", "lowlight"}
+    assert len(calls) == 6
+    cell = {(r["config"], r["degradation"], r["classifier"]): r["top1"] for r in rows}
+    for clf in ac.DEMO_ARCHS:
+        for c in ac.DEMO_CORRUPTIONS:
+            assert cell[("w/ DiffLoss", c, clf)] == cell[("clean", "clean", clf)]  # the stand-in restores perfectly
+            assert cell[("w/o DiffLoss", c, clf)] == cell[("degraded", c, clf)]
+    # second run: everything cached (no retraining, no re-restoring)
+    calls.clear()
+    assert main(["--no-progress", "--out", str(tmp_path / "second")]) == 0
+    assert calls == []
+    assert (tmp_path / "second" / "table.csv").read_bytes() == (tmp_path / "runs" / "demo-table2" / "table.csv").read_bytes()
+    # without restorers: clean + degraded rows only, and the reader is told why
+    monkeypatch.setattr(ac, "_restorers_available", lambda: (None, "ImportError: no diffloss.restore"))
+    assert main(["--no-progress", "--out", str(tmp_path / "third")]) == 0
+    out = capsys.readouterr().out
+    assert "Restoration rows (w/o / w/ DiffLoss) are absent" in out and "no diffloss.restore" in out
+    assert {r["config"] for r in load_table(tmp_path / "third")} == {"clean", "degraded"}
+
+
+@pytest.mark.slow
+def test_embedded_demo_full(tmp_path, monkeypatch, capsys):
+    """The real `make demo` path: full recipe, real restorers when diffloss provides them."""
+    monkeypatch.setenv("DIFFLOSS_CACHE", str(tmp_path / "cache"))
+    monkeypatch.chdir(tmp_path)
+    assert main(["--no-progress"]) == 0
+    rows = load_table(tmp_path / "runs" / "demo-table2")
+    cell = {(r["config"], r["degradation"], r["classifier"]): r["top1"] for r in rows}
+    for clf in ac.DEMO_ARCHS:
+        assert cell[("clean", "clean", clf)] > 80.0
+        for c in ac.DEMO_CORRUPTIONS:
+            assert cell[("degraded", c, clf)] < cell[("clean", "clean", clf)]

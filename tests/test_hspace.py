@@ -1,0 +1,449 @@
+"""analysis.hspace (the Fig. 2 h-space study), analysis.hspace_plots and analysis.table2_plot."""
+from __future__ import annotations
+
+import csv
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from analysis import hspace as H
+
+
+# ------------------------------------------------------------------------------------------------ fixtures
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    """The tiny UNet gains nothing from 2 threads, and on a shared 2-core machine 2 threads are up to 8x
+    slower (measured); restore the suite's setting afterwards."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
+@pytest.fixture(scope="module")
+def tiny_prior():
+    from diffloss import load_adm
+
+    return load_adm(None, config="tiny", init_seed=0)
+
+
+@pytest.fixture(scope="module")
+def extractor():
+    return H.build_feature_extractor("none", size=32, init_seed=0)
+
+
+@pytest.fixture(scope="module")
+def folder_group(tmp_path_factory, mini_root):
+    """An image folder holding copies (as PNG, other names) of three mini-CUB test images."""
+    from cubdata import encode_image, load_rgb, read_cub
+
+    idx = read_cub(mini_root)
+    dst = tmp_path_factory.mktemp("folder-group")
+    for rec in idx.split("test")[:3]:
+        img = load_rgb(idx.image_path(rec))[::-1].copy()  # flipped: a different image
+        (dst / "sub").mkdir(exist_ok=True)
+        (dst / "sub" / f"img_{rec.image_id:03d}.png").write_bytes(encode_image(img, "png"))
+    return dst
+
+
+def _h(seed=0, shape=(3, 16, 4, 4)):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(shape, generator=g) + 0.5
+
+
+def _svd(h):
+    B, C, Hh, W = h.shape
+    return torch.linalg.svd(h.reshape(B, C, Hh * W).double(), full_matrices=True)
+
+
+# ------------------------------------------------------------------------------------------------ perturbation
+def test_perturb_alpha_zero_returns_h_unchanged():
+    h = _h()
+    assert H.perturb_principal(h, 0.0) is h
+    assert H.perturb_principal(h, torch.zeros(3)) is h
+    mixed = H.perturb_principal(h, torch.tensor([0.0, 1.0, 0.0]))
+    assert torch.equal(mixed[0], h[0]) and torch.equal(mixed[2], h[2])  # bit-identical
+    assert not torch.allclose(mixed[1], h[1])
+
+
+@pytest.mark.parametrize("shape", [(3, 16, 4, 4), (2, 4, 3, 3)])  # C >= HW and C < HW code paths
+def test_principal_component_matches_svd(shape):
+    h = _h(1, shape)
+    U, S, Vh = _svd(h)
+    ref = (S[:, 0, None, None] * U[:, :, :1] @ Vh[:, :1, :]).reshape(shape)
+    got = H.principal_component(h)
+    assert got.shape == h.shape and got.dtype == torch.float32
+    torch.testing.assert_close(got.double(), ref, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("alpha", [0.5, 2.0, -0.5])
+def test_perturbation_changes_only_the_principal_component(alpha):
+    h = _h(2).double()
+    U, S, Vh = _svd(h)
+    delta = (H.perturb_principal(h, alpha) - h).reshape(3, 16, 16)
+    coeff = U.transpose(1, 2) @ delta @ Vh.transpose(1, 2)   # delta in the basis of h's singular vectors
+    expected = torch.zeros_like(coeff)
+    expected[:, 0, 0] = alpha * S[:, 0]
+    torch.testing.assert_close(coeff, expected, atol=1e-10, rtol=1e-10)
+    # singular values: s1 -> (1 + alpha) s1, the others untouched
+    S_new = torch.linalg.svdvals(H.perturb_principal(h, alpha).reshape(3, 16, 16))
+    want = torch.cat([(1 + alpha) * S[:, :1], S[:, 1:]], dim=1).abs().sort(dim=1, descending=True).values
+    torch.testing.assert_close(S_new, want, atol=1e-10, rtol=1e-10)
+
+
+def test_larger_alpha_moves_h_further():
+    h = _h(3)
+    s1 = _svd(h)[1][:, 0]
+    dists = []
+    for a in H.make_alphas(4, 0.5):
+        d = torch.linalg.vector_norm((H.perturb_principal(h, a) - h).reshape(3, -1), dim=1)
+        torch.testing.assert_close(d.double(), a * s1, rtol=1e-5, atol=1e-5)  # ||h' - h||_F = alpha s1
+        dists.append(d)
+    for lo, hi in zip(dists, dists[1:]):
+        assert bool((hi > lo).all())
+
+
+def test_perturb_validation():
+    with pytest.raises(ValueError, match="B=3"):
+        H.perturb_principal(_h(), torch.ones(2))
+    with pytest.raises(ValueError, match=r"\[B, C, H, W\]"):
+        H.perturb_principal(torch.zeros(4, 4), 1.0)
+    with pytest.raises(TypeError):
+        H.perturb_principal(np.zeros((1, 2, 2, 2)), 1.0)
+
+
+def test_batch_pca_direction_and_perturbation():
+    h = _h(4, (5, 8, 2, 2))
+    v, sd = H.batch_principal_direction(h)
+    X = h.reshape(5, -1).double()
+    X = X - X.mean(0)
+    S = torch.linalg.svdvals(X)
+    assert math.isclose(sd, float(S[0]) / 2.0, rel_tol=1e-9)     # sqrt(n - 1) = 2
+    assert math.isclose(float(v.double().norm()), 1.0, rel_tol=1e-5)
+    proj = (X @ v.reshape(-1).double()).std(unbiased=True)
+    assert math.isclose(float(proj), sd, rel_tol=1e-5)
+    out = H.perturb_along(h, torch.tensor([0.0, 1.0, 0, 0, 2.0]), v, sd)
+    assert torch.equal(out[0], h[0])
+    torch.testing.assert_close(out[4] - h[4], 2.0 * sd * v, atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match="at least 2"):
+        H.batch_principal_direction(h[:1])
+
+
+def test_make_alphas_and_schedule():
+    assert H.make_alphas(4, 0.5) == (0.5, 1.0, 1.5, 2.0)
+    assert H.make_alphas(alphas=[1, -2]) == (1.0, -2.0)
+    with pytest.raises(ValueError, match="non-zero"):
+        H.make_alphas(alphas=[0.0, 1.0])
+    ts = H.ddim_schedule(500, 6)
+    assert ts[0] == 0 and ts[-1] == 500 and len(ts) == 6 and ts == sorted(set(ts))
+    assert H.ddim_schedule(10, 11) == list(range(11))
+    with pytest.raises(ValueError, match="steps"):
+        H.ddim_schedule(10, 12)
+    with pytest.raises(ValueError, match="t0"):
+        H.ddim_schedule(1000, 5)
+
+
+# ------------------------------------------------------------------------------------------------ sampling
+def test_ddim_generate_is_guided_diffusion_ddim_and_keeps_global_rng(tiny_prior):
+    model, diffusion = tiny_prior
+    spaced = H.spaced_diffusion(diffusion, H.ddim_schedule(400, 4))
+    x_t = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    state = torch.get_rng_state()
+    ours = H.ddim_generate(model, spaced, x_t)
+    assert torch.equal(torch.get_rng_state(), state)
+    ref = spaced.ddim_sample_loop(model, x_t.shape, noise=x_t, clip_denoised=True, eta=0.0)
+    torch.testing.assert_close(ours, ref, atol=0, rtol=0)
+    assert ours.abs().max() <= 1.0
+
+
+def test_unperturbed_generation_is_deterministic_for_a_seed(tiny_prior):
+    model, diffusion = tiny_prior
+    spaced = H.spaced_diffusion(diffusion, H.ddim_schedule(300, 3))
+    x0 = torch.rand(1, 3, 32, 32, generator=torch.Generator().manual_seed(1)) * 2 - 1
+
+    def gen(seed):
+        x_t = H.start_latent(model, spaced, x0, "noise", torch.Generator().manual_seed(seed))
+        return H.ddim_generate(model, spaced, x_t)
+
+    a, b, c = gen(7), gen(7), gen(8)
+    assert torch.equal(a, b)
+    assert not torch.allclose(a, c)
+    inv1 = H.start_latent(model, spaced, x0, "ddim-inversion")
+    inv2 = H.start_latent(model, spaced, x0, "ddim-inversion")
+    assert torch.equal(inv1, inv2)
+    with pytest.raises(ValueError, match="Generator"):
+        H.start_latent(model, spaced, x0, "noise", None)
+
+
+def test_levels_batched_edit_only_after_t_edit(tiny_prior):
+    from diffloss.hooks import hspace_hook
+
+    model, diffusion = tiny_prior
+    timesteps = H.ddim_schedule(400, 5)                       # [0, 100, 200, 300, 400]
+    spaced = H.spaced_diffusion(diffusion, timesteps)
+    x_t = torch.randn(1, 3, 32, 32, generator=torch.Generator().manual_seed(2))
+    edits = []
+
+    def recording_hook(m, edit=None):
+        edits.append(edit)
+        return hspace_hook(m, edit=edit)
+
+    alphas = torch.tensor([0.0, 1.0, 3.0])
+    out = H.ddim_generate(model, spaced, x_t.repeat(3, 1, 1, 1), alphas, t_edit=250, hook=recording_hook)
+    assert edits[0].calls == 2                                # t = 400 and 300 only
+    alone = H.ddim_generate(model, spaced, x_t)
+    torch.testing.assert_close(out[0:1], alone, atol=1e-5, rtol=1e-4)   # level 0 = unperturbed generation
+    d1, d2 = (out[1] - out[0]).norm(), (out[2] - out[0]).norm()
+    assert 0 < d1 < d2
+    same = H.ddim_generate(model, spaced, x_t.repeat(2, 1, 1, 1), torch.tensor([0.0, 1.0]), t_edit=401)
+    torch.testing.assert_close(same[0], same[1], atol=0, rtol=0)        # no step reaches t_edit: no edit
+
+
+# ------------------------------------------------------------------------------------------------ features
+def test_feature_distances_hand_computation():
+    f = torch.tensor([[[0.0, 0.0], [3.0, 4.0], [6.0, 8.0]],
+                      [[1.0, 1.0], [1.0, 1.0], [2.0, 1.0]]])
+    d = H.feature_distances(f)
+    assert d.shape == (2, 2)
+    torch.testing.assert_close(d, torch.tensor([[5.0, 10.0], [0.0, 1.0]], dtype=torch.float64))
+    with pytest.raises(ValueError, match=r"\[N, 1\+K, D\]"):
+        H.feature_distances(torch.zeros(2, 1, 3))
+
+
+def test_resnet_features_frozen_and_2048d(extractor):
+    x = torch.rand(2, 3, 40, 40, requires_grad=True)
+    extractor.train()
+    assert not extractor.training and not extractor.backbone.training
+    f = extractor(x)
+    assert f.shape == (2, 2048)
+    f.sum().backward()
+    assert x.grad is not None and x.grad.abs().sum() > 0
+    assert all(p.grad is None and not p.requires_grad for p in extractor.parameters())
+
+
+# ------------------------------------------------------------------------------------------------ images
+def test_groups_and_selection(mini_root, folder_group):
+    cub = H.list_group_images(mini_root)
+    assert len(cub) == 60 and cub[0].key.isdigit() and cub[0].path.is_file()
+    folder = H.list_group_images(folder_group)
+    assert [it.key for it in folder] == sorted(it.key for it in folder) and folder[0].key.startswith("sub/img_")
+    sel = H.select_images({"a": cub, "b": list(reversed(cub))}, 5, seed=3)
+    assert {it.key for it in sel["a"]} == {it.key for it in sel["b"]}              # the same images in both
+    assert len(sel["a"]) == 5 and sel == H.select_images({"a": cub, "b": list(reversed(cub))}, 5, seed=3)
+    mixed = H.select_images({"a": cub, "f": folder}, 2, seed=0)   # no shared keys: per group
+    assert len(mixed["a"]) == 2 and len(mixed["f"]) == 2
+    img = H.load_image_tensor(cub[0].path, 32)
+    assert img.shape == (3, 32, 32) and 0 <= float(img.min()) and float(img.max()) <= 1
+    with pytest.raises(FileNotFoundError, match="CUB root or"):
+        H.list_group_images(folder_group / "missing")
+
+
+# ------------------------------------------------------------------------------------------------ statistics
+def _rows():
+    rows = []
+    for g, vals in (("clean", [4.0, 5.0, 6.0]), ("degraded", [1.0, 2.0, 3.0])):
+        for i, v in enumerate(vals):
+            for level in (1, 2):
+                rows.append({"group": g, "image_id": str(i), "level": level, "alpha": 0.5 * level,
+                             "distance": v * level, "path": f"x/{i}.png"})
+    return rows
+
+
+def test_summary_and_mann_whitney_hand_values():
+    rows = _rows()
+    s = {(r["group"], r["level"]): r for r in H.summarize_distances(rows)}
+    assert s[("clean", 1)]["mean"] == 5.0 and s[("clean", 1)]["median"] == 5.0 and s[("clean", 1)]["n"] == 3
+    assert math.isclose(s[("degraded", 2)]["std"], 2.0)        # values 2, 4, 6
+    tests = H.mann_whitney_tests(rows)
+    assert len(tests) == 2
+    t = tests[0]
+    assert (t["group_a"], t["group_b"], t["level"]) == ("clean", "degraded", 1)
+    assert t["u_statistic"] == 9.0                             # every clean > every degraded: U = 3 * 3
+    assert math.isclose(t["p_value"], 0.1, rel_tol=1e-9)        # exact two-sided: 2 / C(6, 3)
+
+
+def test_csv_round_trip(tmp_path):
+    rows = _rows()
+    H.write_csv(tmp_path / "distances.csv", rows, H.DISTANCE_COLUMNS)
+    back = H.read_distances(tmp_path)
+    assert back == [{**r, "image_id": str(r["image_id"])} for r in rows]
+    with pytest.raises(FileNotFoundError, match="python -m analysis.hspace"):
+        H.read_distances(tmp_path / "nope")
+
+
+# ------------------------------------------------------------------------------------------------ the study
+def _config(**kw):
+    base = dict(t0=300, steps=3, t_edit=100, alphas=(1.0, 2.0), images_per_group=2, batch_images=2, grid_images=1)
+    base.update(kw)
+    return H.HSpaceConfig(**base)
+
+
+def test_study_is_deterministic_and_resumes(tmp_path, tiny_prior, extractor, mini_root, folder_group):
+    model, diffusion = tiny_prior
+    groups = {"clean": mini_root, "flipped": folder_group}
+    r1 = H.run_hspace_study(groups, model, diffusion, extractor, _config(), out=tmp_path / "a", progress=False)
+    assert len(r1.rows) == 2 * 2 * 2                           # groups x images x levels
+    assert {r["level"] for r in r1.rows} == {1, 2}
+    assert all(r["distance"] >= 0 for r in r1.rows)
+    assert r1.unet_evals_per_image == 3 * 3 and r1.seconds_per_image > 0
+    key, inp, gens = r1.grid["clean"][0]
+    assert inp.dtype == np.uint8 and inp.shape == (32, 32, 3) and len(gens) == 3
+    r2 = H.run_hspace_study(groups, model, diffusion, extractor, _config(), out=tmp_path / "b", progress=False)
+    assert [r["distance"] for r in r1.rows] == [r["distance"] for r in r2.rows]
+    assert np.array_equal(r1.grid["clean"][0][2][0], r2.grid["clean"][0][2][0])
+
+    def no_unet(*a, **k):
+        raise AssertionError("a resumed run must not generate again")
+
+    r3 = H.run_hspace_study(groups, model, diffusion, extractor, _config(), out=tmp_path / "a", progress=False,
+                            hook=no_unet)
+    assert r3.rows == r1.rows and np.array_equal(r3.grid["clean"][0][1], inp)
+    # another protocol -> recomputed (not mixed)
+    r4 = H.run_hspace_study(groups, model, diffusion, extractor, _config(alphas=(1.0, 3.0)), out=tmp_path / "a",
+                            progress=False)
+    assert r4.rows[1]["alpha"] == 3.0 and r4.rows[0]["distance"] == r1.rows[0]["distance"]
+
+
+def test_write_outputs_and_figures(tmp_path, tiny_prior, extractor, mini_root):
+    model, diffusion = tiny_prior
+    res = H.run_hspace_study({"clean": mini_root, "again": mini_root}, model, diffusion, extractor,
+                             _config(steps=2), out=tmp_path, progress=False)
+    paths = H.write_study_outputs(res, tmp_path)
+    for stem in ("histograms", "histogram_overlay", "grid"):
+        for ext in ("png", "pdf"):
+            assert (tmp_path / f"{stem}.{ext}").stat().st_size > 1000
+    with open(paths["mannwhitney"]) as fh:
+        mw = list(csv.DictReader(fh))
+    assert len(mw) == 2 and float(mw[0]["p_value"]) == 1.0      # identical groups
+    info = json.loads((tmp_path / "summary.json").read_text())
+    assert info["seconds_per_image"] > 0 and info["protocol"]["alphas"] == [1.0, 2.0]
+    grid = H.load_grid(tmp_path)
+    assert np.array_equal(grid["clean"][0][2][1], res.grid["clean"][0][2][1])
+
+
+def test_study_ddim_inversion_and_batch_pca(tiny_prior, extractor, mini_root):
+    model, diffusion = tiny_prior
+    cfg = _config(start="ddim-inversion", svd_mode="batch-pca", images_per_group=2, batch_images=2)
+    res = H.run_hspace_study({"clean": mini_root}, model, diffusion, extractor, cfg, progress=False)
+    assert len(res.rows) == 4 and res.unet_evals_per_image == 3 * 3 + 2
+    with pytest.raises(ValueError, match="batch-images >= 2"):
+        H.HSpaceConfig(svd_mode="batch-pca", batch_images=1)
+
+
+# ------------------------------------------------------------------------------------------------ CLI / errors
+def test_paper_mode_missing_prior_errors(tmp_path, mini_root, capsys):
+    with pytest.raises(ValueError, match="256x256_diffusion_uncond.pt"):
+        H.run(tmp_path, groups={"clean": mini_root}, prior=None)
+    rc = H.main(["--prior", str(tmp_path / "256x256_diffusion_uncond.pt"), "--group", f"clean={mini_root}",
+                 "--out", str(tmp_path / "o")])
+    err = capsys.readouterr().err
+    assert rc == 2 and "prior checkpoint not found" in err and "--prior PATH" in err
+    assert "openaipublic" in err
+
+
+def test_paper_mode_missing_resnet_weights_errors(tmp_path, mini_root, capsys, monkeypatch):
+    prior = tmp_path / "256x256_diffusion_uncond.pt"
+    prior.write_bytes(b"never loaded: the weights check comes first")
+    rc = H.main(["--prior", str(prior), "--group", f"clean={mini_root}", "--weights", str(tmp_path / "r50.pth"),
+                 "--out", str(tmp_path / "o")])
+    err = capsys.readouterr().err
+    assert rc == 2 and "resnet50-0676ba61.pth" in err and "--weights PATH" in err
+    # the default ("imagenet" from the torch hub cache): offline and not cached -> clear error, no download
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "empty-torch-home"))
+    rc = H.main(["--prior", str(prior), "--group", f"clean={mini_root}", "--out", str(tmp_path / "o")])
+    err = capsys.readouterr().err
+    assert rc == 2 and "resnet50" in err and "--weights PATH" in err
+
+
+def test_cli_parser_flags():
+    p = H.build_parser()
+    args = p.parse_args(["--quick", "--alphas", "1,2,3", "--group", "a=x", "--group", "w/ DiffLoss=y"])
+    cfg = H.config_from_args(args)
+    assert cfg.alphas == (1.0, 2.0, 3.0) and cfg.steps == H.QUICK_DEFAULTS["steps"]
+    assert dict(args.group) == {"a": "x", "w/ DiffLoss": "y"}
+    assert H.config_from_args(p.parse_args([])).steps == H.HSpaceConfig().steps
+    with pytest.raises(SystemExit):
+        p.parse_args(["--group", "novalue"])
+    with pytest.raises(SystemExit):
+        p.parse_args(["--svd-mode", "nope"])
+
+
+@pytest.mark.slow
+def test_quick_cli_default_under_two_minutes(tmp_path, capsys):
+    """The documented quick run, restored groups included (trains the demo restorers once)."""
+    import time
+
+    t = time.perf_counter()
+    rc = H.main(["--quick", "--out", str(tmp_path), "--no-progress", "--device", "cpu"])
+    seconds = time.perf_counter() - t
+    assert rc == 0, capsys.readouterr().err
+    rows = H.read_distances(tmp_path)
+    groups = {r["group"] for r in rows}
+    assert {"clean", "degraded"} <= groups
+    n_img, K = H.QUICK_DEFAULTS["images_per_group"], len(H.HSpaceConfig().alphas)
+    assert len(rows) == len(groups) * n_img * K
+    assert "s/image" in capsys.readouterr().out
+    assert (tmp_path / "histograms.pdf").is_file() and (tmp_path / "grid.png").is_file()
+    assert seconds < 120, f"quick mode took {seconds:.0f} s"
+
+
+# ------------------------------------------------------------------------------------------------ plots
+def test_plot_functions_take_axes(tmp_path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from analysis.hspace_plots import plot_group_histogram, plot_histogram_overlay, plot_level_grid, save_figure
+
+    fig, ax = plt.subplots()
+    assert plot_group_histogram(_rows(), "clean", ax=ax) is ax
+    assert len(ax.patches) > 0
+    assert plot_histogram_overlay(_rows(), ax=ax, level=2) is ax
+    with pytest.raises(ValueError, match="groups present"):
+        plot_group_histogram(_rows(), "nope", ax=ax)
+    img = np.zeros((8, 8, 3), np.uint8)
+    g = plot_level_grid({"clean": [("1", img, [img, img, img])]}, alphas=(1.0, 2.0))
+    assert len(g.axes) == 4
+    paths = save_figure(g, tmp_path / "grid")
+    assert [p.suffix for p in paths] == [".png", ".pdf"] and all(p.stat().st_size > 0 for p in paths)
+    plt.close("all")
+
+
+def _table_rows():
+    rows = []
+    for clf in ("vgg16", "resnet50"):
+        rows.append(dict(config="clean", degradation="clean", classifier=clf, n=60, correct=50, top1=83.3,
+                         ci_low=72.0, ci_high=90.7))
+        for deg in ("fog", "lowlight"):
+            for i, cfg in enumerate(("degraded", "w/o DiffLoss", "w/ DiffLoss")):
+                t = 30.0 + 10 * i
+                rows.append(dict(config=cfg, degradation=deg, classifier=clf, n=60, correct=int(0.6 * t),
+                                 top1=t, ci_low=t - 5, ci_high=t + 6))
+    return rows
+
+
+def test_table2_bars():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from analysis.table2_plot import plot_table2_bars
+
+    fig, ax = plt.subplots()
+    assert plot_table2_bars(_table_rows(), ax=ax, classifier="resnet50") is ax
+    heights = sorted(round(b.get_height(), 3) for b in ax.patches if hasattr(b, "get_height") and b.get_width() < 1)
+    assert heights == [30.0, 30.0, 40.0, 40.0, 50.0, 50.0]        # 2 degradations x 3 configs
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["fog", "lowlight"]
+    assert "clean" in [t.get_text() for t in ax.get_legend().get_texts()]
+    fig2, ax2 = plt.subplots()
+    plot_table2_bars(_table_rows(), ax=ax2)
+    assert len(ax2.get_xticklabels()) == 4                      # (fog, lowlight) x (vgg16, resnet50)
+    with pytest.raises(ValueError, match="present"):
+        plot_table2_bars(_table_rows(), ax=ax2, classifier="alexnet")
+    plt.close("all")

@@ -1,0 +1,166 @@
+"""Image-quality metrics (analysis.quality): PSNR/SSIM against hand-computed values, file pairing, the
+report files, and the offline behaviour of LPIPS/FID (clear errors; local weight files work)."""
+from __future__ import annotations
+
+import csv
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from analysis import quality
+from analysis.quality import evaluate_quality, format_markdown, match_images, psnr, ssim
+
+
+def _save(path: Path, arr: np.ndarray) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(arr).save(path)
+
+
+def test_psnr_of_a_constant_offset_is_10_log10_one_over_mse():
+    g = torch.Generator().manual_seed(0)
+    gt = torch.rand(2, 3, 17, 23, generator=g) * 0.8
+    for delta in (0.01, 0.1):
+        expected = 10 * math.log10(1 / delta**2)  # MSE = delta^2 for a constant offset
+        got = psnr(gt + delta, gt)
+        assert got.shape == (2,)
+        assert got.tolist() == pytest.approx([expected, expected], abs=1e-4)
+
+
+def test_ssim_of_constant_images_matches_the_formula():
+    # constant images: both variances and the covariance vanish, so SSIM = (2ab + C1) / (a^2 + b^2 + C1)
+    a, b, c1 = 0.3, 0.5, (0.01 * 1.0) ** 2
+    x, y = torch.full((1, 3, 32, 32), a), torch.full((1, 3, 32, 32), b)
+    assert float(ssim(x, y)[0]) == pytest.approx((2 * a * b + c1) / (a * a + b * b + c1), rel=1e-5)
+    z = torch.rand(1, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    assert float(ssim(z, z)[0]) == pytest.approx(1.0, abs=1e-6)
+    assert float(ssim(z, 1 - z)[0]) < 0
+
+
+def test_metric_input_validation():
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        psnr(torch.full((1, 3, 8, 8), 2.0), torch.zeros(1, 3, 8, 8))
+    with pytest.raises(ValueError, match="same shape"):
+        ssim(torch.zeros(1, 3, 8, 8), torch.zeros(1, 3, 8, 9))
+    with pytest.raises(TypeError, match="NCHW"):
+        psnr(torch.zeros(3, 8, 8), torch.zeros(3, 8, 8))
+
+
+@pytest.fixture()
+def folders(tmp_path):
+    """gt: a CUB-like root with JPEG names; pred: PNGs offset by +5 (so PSNR = 20 log10(255 / 5))."""
+    rng = np.random.default_rng(0)
+    gt_root, pred_root = tmp_path / "gt", tmp_path / "pred"
+    (gt_root / "images.txt").parent.mkdir(parents=True)
+    (gt_root / "images.txt").write_text("")
+    for i, cls in enumerate(["001.A", "001.A", "002.B"]):
+        arr = rng.integers(20, 200, (40 + i, 50, 3), dtype=np.uint8)
+        _save(gt_root / "images" / cls / f"x{i}.png", arr)  # lossless, so the offset is exact
+        _save(pred_root / cls / f"x{i}.png", arr + 5)
+    _save(gt_root / "images" / "002.B" / "extra.png", np.zeros((48, 48, 3), np.uint8))  # gt extras are fine
+    return pred_root, gt_root
+
+
+def test_evaluate_quality_on_folders(folders):
+    pred, gt = folders
+    res = evaluate_quality(pred, gt, "psnr,ssim", progress=False)
+    expected = 20 * math.log10(255 / 5)
+    assert res["summary"]["n"] == 3
+    assert [r["image"] for r in res["per_image"]] == ["001.A/x0", "001.A/x1", "002.B/x2"]
+    assert all(r["psnr"] == pytest.approx(expected, abs=1e-4) for r in res["per_image"])
+    assert res["summary"]["psnr"] == pytest.approx(expected, abs=1e-4)
+    assert 0 < res["summary"]["ssim"] < 1
+
+
+def test_pairing_errors(folders, tmp_path):
+    pred, gt = folders
+    _save(pred / "003.C" / "lonely.png", np.zeros((8, 8, 3), np.uint8))
+    with pytest.raises(ValueError, match="lonely"):
+        match_images(pred, gt)
+    (pred / "003.C" / "lonely.png").unlink()
+    _save(pred / "001.A" / "x0.png", np.zeros((8, 8, 3), np.uint8))
+    with pytest.raises(ValueError, match="original size"):
+        evaluate_quality(pred, gt, "psnr", progress=False)
+    with pytest.raises(ValueError, match="psnr, ssim, lpips, fid"):
+        evaluate_quality(pred, gt, "psnr,niqe", progress=False)
+
+
+def test_cli_writes_per_image_and_summary(folders, tmp_path, capsys):
+    pred, gt = folders
+    out = tmp_path / "report"
+    assert quality.main(["--pred", str(pred), str(gt), "--names", "offset,identical", "--gt", str(gt),
+                         "--metrics", "psnr,ssim", "--out", str(out), "--no-progress"]) == 0
+    with open(out / "summary.csv") as fh:
+        rows = list(csv.DictReader(fh))
+    assert [r["method"] for r in rows] == ["offset", "identical"]
+    assert float(rows[0]["psnr"]) == pytest.approx(20 * math.log10(255 / 5), abs=1e-4)
+    assert float(rows[1]["ssim"]) == pytest.approx(1.0)
+    with open(out / "per_image.csv") as fh:
+        per = list(csv.DictReader(fh))
+    assert len(per) == 3 + 4 and set(per[0]) == {"method", "image", "psnr", "ssim"}
+    md = (out / "summary.md").read_text()
+    assert "PSNR ↑" in md and "SSIM ↑" in md and "| offset | 3 |" in md and "**1.0000**" in md
+    assert "| identical |" in capsys.readouterr().out
+
+
+def test_markdown_marks_the_best_per_metric():
+    md = format_markdown([{"method": "a", "n": 2, "lpips": 0.3}, {"method": "b", "n": 2, "lpips": 0.1}], ["lpips"])
+    assert "LPIPS ↓" in md and "| b | 2 | **0.1000** |" in md
+
+
+def test_lpips_and_fid_fail_offline_naming_the_file(folders, tmp_path, monkeypatch):
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "empty-hub"))
+    pred, gt = folders
+    with pytest.raises(FileNotFoundError) as err:
+        evaluate_quality(pred, gt, "psnr,lpips", progress=False)
+    assert "alexnet-owt-7be5be79.pth" in str(err.value) and "--lpips-weights" in str(err.value)
+    pytest.importorskip("torch_fidelity")
+    with pytest.raises(FileNotFoundError) as err:
+        evaluate_quality(pred, gt, "fid", progress=False)
+    assert quality.FID_WEIGHTS in str(err.value) and "--fid-weights" in str(err.value)
+
+
+def test_lpips_with_a_local_backbone_file(folders, tmp_path):
+    import torchvision
+
+    with torch.device("meta"):  # only the key names and shapes of torchvision's AlexNet (fast)
+        meta = torchvision.models.alexnet(weights=None).state_dict()
+    g = torch.Generator().manual_seed(0)
+    feats = {k: 0.05 * torch.randn(v.shape, generator=g) for k, v in meta.items() if k.startswith("features.")}
+    path = tmp_path / "alexnet-random.pth"
+    torch.save(feats, path)
+    model = quality.load_lpips("alex", path)
+    assert not any(p.requires_grad for p in model.parameters())
+    x = torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    assert model(x, x, normalize=True).abs().max() < 1e-6
+    assert (model(x, x.flip(-1), normalize=True) > 0).all()
+    pred, gt = folders
+    res = evaluate_quality(pred, gt, "lpips", lpips_weights=path, progress=False)
+    assert res["summary"]["lpips"] > 0
+    same = evaluate_quality(gt, gt, "lpips", lpips_weights=path, progress=False)
+    assert same["summary"]["lpips"] == pytest.approx(0.0, abs=1e-6)
+    torch.save({"features.0.weight": feats["features.0.weight"]}, tmp_path / "partial.pth")
+    with pytest.raises(ValueError, match="not a torchvision alexnet"):
+        quality.load_lpips("alex", tmp_path / "partial.pth")
+
+
+@pytest.mark.slow
+def test_fid_with_a_local_inception_file(folders, tmp_path, monkeypatch):
+    """FID plumbing with randomly initialised InceptionV3 weights saved to a local file (about 100 MB)."""
+    fe = pytest.importorskip("torch_fidelity.feature_extractor_inceptionv3")
+    with monkeypatch.context() as m:  # build torch-fidelity's network without its (downloaded) weights
+        m.setattr(fe, "load_state_dict_from_url", lambda *a, **k: {})
+        m.setattr(fe.FeatureExtractorInceptionV3, "load_state_dict", lambda self, *a, **k: None)
+        with torch.random.fork_rng():
+            torch.manual_seed(0)
+            net = fe.FeatureExtractorInceptionV3("inception-v3-compat", ["2048"])
+    path = tmp_path / quality.FID_WEIGHTS
+    torch.save(net.state_dict(), path)
+    pred, gt = folders
+    same = evaluate_quality(gt, gt, "fid", fid_weights=path, progress=False)
+    assert same["summary"]["n"] == 4 and abs(same["summary"]["fid"]) < 1e-6
+    res = evaluate_quality(pred, gt, "psnr,fid", fid_weights=path, progress=False)
+    assert math.isfinite(res["summary"]["fid"]) and res["summary"]["fid"] >= -1e-6

@@ -1,0 +1,250 @@
+"""Restoration networks, the training harness (DiffLoss on/off, exact resume), restoring a CUB root, and
+the cached demo restorers. Small and CPU-only: crop 32 (the tiny prior's size), a handful of steps."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from cubdata import generate_mini_cub, load_rgb, read_cub
+from diffloss import train as train_mod
+from diffloss.nets import RESTORATION_NETS, build_net, clamp01_ste, count_parameters, parameter_counts, restore_tensor
+from diffloss.restore import MANIFEST, restore_array, restore_cub_root
+from diffloss.train import TrainConfig, fit_to_prior, load_checkpoint, read_log, train_restoration
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    # These nets are tiny: one thread is fastest, and robust on a shared, oversubscribed CPU.
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
+def _cfg(out, mini_root, **kw) -> TrainConfig:
+    base = dict(out=str(out), pairs=f"synthetic:lowlight:3:{mini_root}", crop=32, batch=4, lr=2e-3, steps=10,
+                val_every=0, ckpt_every=0, val_images=4, progress=False, plot=False)
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+# ------------------------------------------------------------------------------------------- networks
+@pytest.mark.parametrize("name", sorted(RESTORATION_NETS))
+def test_registry_nets_map_unit_range_images(name):
+    torch.manual_seed(0)
+    net = build_net(name, **({"depth": 5} if name == "dncnn" else {})).eval()
+    x = torch.rand(2, 3, 37, 50)  # odd size: restore_tensor pads to the net's multiple and crops back
+    with torch.no_grad():
+        y = restore_tensor(net, x)
+    assert y.shape == x.shape and float(y.min()) >= 0 and float(y.max()) <= 1
+
+
+def test_parameter_counts():
+    counts = parameter_counts()
+    assert set(counts) == set(RESTORATION_NETS)
+    assert 85_000 <= counts["iat"] <= 95_000  # "You Only Need 90K Parameters"
+    assert counts["small-unet"] == count_parameters(build_net("small-unet"))
+    assert counts["dncnn"] == 558_403  # 17 layers, 64 features, 3 colour channels (hand count below)
+    conv = lambda cin, cout, bias=True: cin * cout * 9 + (cout if bias else 0)  # noqa: E731
+    assert counts["dncnn"] == conv(3, 64) + 15 * (conv(64, 64, False) + 2 * 64) + conv(64, 3)
+
+
+def test_small_unet_starts_as_identity_and_clamp_passes_gradients():
+    x = torch.rand(1, 3, 16, 16)
+    assert torch.equal(build_net("small-unet")(x), x)
+    z = torch.tensor([-0.5, 0.5, 1.5], requires_grad=True)
+    y = clamp01_ste(z)
+    y.sum().backward()
+    assert y.tolist() == [0.0, 0.5, 1.0] and z.grad.tolist() == [1.0, 1.0, 1.0]
+
+
+def test_build_net_specs_and_errors():
+    net = build_net("diffloss.nets:SmallUNet", base=4, depth=1)
+    assert net.pad_multiple == 2 and count_parameters(net) < count_parameters(build_net("small-unet"))
+    with pytest.raises(ValueError, match="small-unet"):
+        build_net("unet9000")
+    with pytest.raises(TypeError, match="nn.Module"):
+        build_net("builtins:dict", a=1)
+    with pytest.raises(ValueError, match="no attribute"):
+        build_net("diffloss.nets:NoSuchNet")
+
+
+def test_fit_to_prior():
+    r = torch.rand(2, 3, 64, 48, requires_grad=True)
+    c = torch.rand(2, 3, 64, 48)
+    a, b = fit_to_prior(r, c, 32, "resize")
+    assert a.shape == b.shape == (2, 3, 32, 32)
+    a.sum().backward()
+    assert r.grad is not None and float(r.grad.abs().sum()) > 0
+    a, b = fit_to_prior(r, c, 32, "crop")
+    assert torch.equal(b, c[..., 16:48, 8:40])
+    same = torch.rand(1, 3, 32, 32)
+    assert fit_to_prior(same, same, 32, "resize")[0] is same
+
+
+# ------------------------------------------------------------------------------------------- training
+@pytest.fixture(scope="module")
+def l2_run(mini_root, tmp_path_factory):
+    """A short L2-only run through the CLI (shared by the restore tests)."""
+    out = tmp_path_factory.mktemp("runs") / "l2"
+    argv = ["--out", str(out), "--pairs", f"synthetic:lowlight:3:{mini_root}", "--crop", "32", "--lr", "3e-3",
+            "--steps", "20", "--val-every", "10", "--val-images", "4", "--ckpt-every", "10", "--no-progress"]
+    assert train_mod.main(argv) == 0
+    return out
+
+
+def test_l2_training_lowers_the_loss(l2_run):
+    rows = read_log(l2_run / "log.csv")
+    assert [r["step"] for r in rows] == list(range(1, 21))
+    assert all(np.isnan(r["nat"]) and np.isnan(r["sem"]) for r in rows)  # DiffLoss off: no diffusion terms
+    assert all(r["total"] == pytest.approx(r["pixel"]) for r in rows)
+    first, last = np.mean([r["pixel"] for r in rows[:3]]), np.mean([r["pixel"] for r in rows[-3:]])
+    assert last < 0.5 * first
+    val = read_log(l2_run / "val.csv")
+    assert [v["step"] for v in val] == [10, 20]
+    _, ckpt = load_checkpoint(l2_run / "ckpt.pt")
+    input_psnr = train_mod.validate_restorer(build_net("small-unet"), train_mod.open_pairs(ckpt["config"]["pairs"], "val"), 4)["psnr"]
+    assert val[-1]["psnr"] > input_psnr + 3  # the untrained net is the identity, so this is the degraded PSNR
+    assert (l2_run / "loss_curve.png").stat().st_size > 1000
+    assert ckpt["net"] == "small-unet" and ckpt["net_kwargs"] == {} and ckpt["step"] == 20 and ckpt["final"]
+    assert set(ckpt["rng"]) == {"diffloss", "torch"} and "optimizer" in ckpt
+
+
+def test_diffloss_training_logs_all_terms_and_lowers_the_loss(mini_root, tmp_path):
+    cfg = _cfg(tmp_path / "dl", mini_root, diffloss=True, steps=8, lr=3e-3)
+    rows = read_log(train_restoration(cfg) / "log.csv")
+    for r in rows:
+        assert r["nat"] > 0 and r["sem"] > 0
+        # crop == prior size: the loss is DiffLoss's total, pixel + gamma * (nat + lam * sem)
+        assert r["total"] == pytest.approx(r["pixel"] + 1e-3 * (r["nat"] + 1e-2 * r["sem"]), rel=1e-5)
+    assert np.mean([r["pixel"] for r in rows[-3:]]) < 0.7 * np.mean([r["pixel"] for r in rows[:3]])
+    done = json.loads((tmp_path / "dl" / "done.json").read_text())
+    assert done["step"] == 8 and done["config"]["diffloss"] is True
+
+
+def test_diffloss_fit_resize_with_larger_crops(mini_root, tmp_path):
+    cfg = _cfg(tmp_path / "fit", mini_root, diffloss=True, steps=2, crop=48, val_images=0)
+    rows = read_log(train_restoration(cfg) / "log.csv")
+    assert len(rows) == 2 and all(r["nat"] > 0 for r in rows)
+
+
+def test_resume_gives_the_same_weights_as_an_uninterrupted_run(mini_root, tmp_path):
+    common = dict(diffloss=True, batch=2, steps=6, val_images=0, ckpt_every=3)
+    full = train_restoration(_cfg(tmp_path / "full", mini_root, **common))
+    part = _cfg(tmp_path / "part", mini_root, **{**common, "steps": 3})
+    train_restoration(part)
+    resumed = train_restoration(_cfg(tmp_path / "part", mini_root, **common, resume=True))
+    a = torch.load(full / "ckpt.pt", weights_only=False)
+    b = torch.load(resumed / "ckpt.pt", weights_only=False)
+    assert a["step"] == b["step"] == 6
+    for k in a["state_dict"]:
+        assert torch.equal(a["state_dict"][k], b["state_dict"][k]), k
+    for s_a, s_b in zip(a["optimizer"]["state"].values(), b["optimizer"]["state"].values()):
+        assert torch.equal(s_a["exp_avg_sq"], s_b["exp_avg_sq"])
+    la, lb = read_log(full / "log.csv"), read_log(resumed / "log.csv")
+    assert [(r["step"], r["total"], r["nat"]) for r in la] == [(r["step"], r["total"], r["nat"]) for r in lb]
+
+
+def test_resume_refuses_other_settings_and_existing_runs(mini_root, tmp_path):
+    cfg = _cfg(tmp_path / "r", mini_root, steps=2, val_images=0)
+    train_restoration(cfg)
+    with pytest.raises(ValueError, match="--resume"):
+        train_restoration(cfg)
+    with pytest.raises(ValueError, match="lr"):
+        train_restoration(_cfg(tmp_path / "r", mini_root, steps=4, val_images=0, lr=1e-4, resume=True))
+    with pytest.raises(ValueError, match="steps must be a positive integer"):
+        TrainConfig(out=str(tmp_path / "x"), steps=0).validate()
+
+
+def test_global_rng_untouched(mini_root, tmp_path):
+    torch.manual_seed(123)
+    expected = torch.rand(3)
+    torch.manual_seed(123)
+    train_restoration(_cfg(tmp_path / "g", mini_root, steps=2, val_images=0))
+    assert torch.equal(torch.rand(3), expected)
+
+
+# ------------------------------------------------------------------------------------------- restore
+@pytest.fixture(scope="module")
+def small_cub(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("cub") / "CUB_200_2011"
+    generate_mini_cub(root, n_classes=2, per_class=4, seed=5)
+    return root
+
+
+def test_restore_cub_root_writes_a_valid_root(l2_run, small_cub, tmp_path):
+    out = tmp_path / "restored"
+    s = restore_cub_root(l2_run / "ckpt.pt", small_cub, out, batch_size=3, progress=False)
+    src, dst = read_cub(small_cub), read_cub(out)
+    test = src.split("test")
+    assert s["n_images"] == s["n_restored"] == len(test) == 4 and s["n_skipped"] == 0
+    assert [r.rel_path for r in dst.records] == [r.rel_path for r in test]  # same relative paths
+    assert [(r.image_id, r.class_id, r.is_train, r.bbox) for r in dst.records] == \
+        [(r.image_id, r.class_id, r.is_train, r.bbox) for r in test]
+    assert (out / "classes.txt").read_text() == (small_cub / "classes.txt").read_text()
+    net, _ = load_checkpoint(l2_run / "ckpt.pt")
+    for rec in test:
+        img_in, img_out = load_rgb(src.image_path(rec)), load_rgb(dst.image_path(rec))
+        assert dst.image_path(rec).suffix == ".png" and img_out.shape == img_in.shape  # full resolution
+        np.testing.assert_array_equal(img_out, restore_array(net, [img_in])[0])
+
+    # re-running skips finished work; a lost file is redone
+    again = restore_cub_root(l2_run / "ckpt.pt", small_cub, out, progress=False)
+    assert again["n_restored"] == 0 and again["n_skipped"] == 4
+    dst.image_path(test[0]).unlink()
+    redo = restore_cub_root(l2_run / "ckpt.pt", small_cub, out, progress=False)
+    assert redo["n_restored"] == 1
+    manifest = json.loads((out / MANIFEST).read_text())
+    assert manifest["complete"] and len(manifest["done"]) == 4
+
+
+def test_restore_refuses_a_folder_made_with_another_checkpoint(l2_run, small_cub, tmp_path):
+    out = tmp_path / "restored"
+    restore_cub_root(l2_run / "ckpt.pt", small_cub, out, split="train", progress=False)
+    other = tmp_path / "other.pt"
+    ck = torch.load(l2_run / "ckpt.pt", weights_only=False)
+    ck["step"] = 99
+    torch.save(ck, other)
+    with pytest.raises(ValueError, match="other settings"):
+        restore_cub_root(other, small_cub, out, split="train", progress=False)
+    s = restore_cub_root(other, small_cub, out, split="train", overwrite=True, progress=False)
+    assert s["n_restored"] == 4
+    with pytest.raises(ValueError, match="must differ"):
+        restore_cub_root(other, small_cub, small_cub, progress=False)
+
+
+def test_restore_cli(l2_run, small_cub, tmp_path, capsys):
+    from diffloss.restore import main
+
+    assert main(["--ckpt", str(l2_run), "--in", str(small_cub), "--out", str(tmp_path / "o"), "--split", "all",
+                 "--format", "jpeg", "--no-progress"]) == 0
+    idx = read_cub(tmp_path / "o")
+    assert len(idx.records) == 8 and all(idx.image_path(r).suffix == ".jpg" for r in idx.records)
+    assert "8 restored" in capsys.readouterr().out
+
+
+# ------------------------------------------------------------------------------------------- demo
+def test_ensure_demo_restorers_trains_once_then_reuses(monkeypatch, tmp_path):
+    monkeypatch.setitem(train_mod.DEMO_SETTINGS, "warmup_steps", 2)
+    monkeypatch.setitem(train_mod.DEMO_SETTINGS, "steps", 1)
+    monkeypatch.setitem(train_mod.DEMO_SETTINGS, "val_images", 1)
+    out = train_mod.ensure_demo_restorers(("rain",), severity=2, cache=tmp_path)
+    assert set(out) == {"rain"} and set(out["rain"]) == {"w/o DiffLoss", "w/ DiffLoss"}
+    for path in out["rain"].values():
+        assert path.name == "ckpt.pt" and path.is_file()
+    on = read_log(out["rain"]["w/ DiffLoss"].parent / "log.csv")
+    off = read_log(out["rain"]["w/o DiffLoss"].parent / "log.csv")
+    assert on[0]["nat"] > 0 and np.isnan(off[0]["nat"])
+    assert on[0]["pixel"] == off[0]["pixel"]  # same warm start, same first batch
+    adam = torch.load(out["rain"]["w/ DiffLoss"], weights_only=True)["optimizer"]["state"][0]
+    assert float(adam["step"]) == 2 + 1  # the warm-up's Adam state continues (init_optimizer)
+    mtime = out["rain"]["w/ DiffLoss"].stat().st_mtime_ns
+    assert train_mod.ensure_demo_restorers(("rain",), severity=2, cache=tmp_path) == out
+    assert out["rain"]["w/ DiffLoss"].stat().st_mtime_ns == mtime  # reused, not retrained
+    monkeypatch.setitem(train_mod.DEMO_SETTINGS, "steps", 2)  # a changed schedule retrains
+    train_mod.ensure_demo_restorers(("rain",), severity=2, cache=tmp_path)
+    assert torch.load(out["rain"]["w/ DiffLoss"], weights_only=False)["step"] == 2
