@@ -12,7 +12,8 @@ from which --from-predictions re-makes every table without a model).
         --set "w/o DiffLoss/fog=data/restored/fog-l2" --set "w/ DiffLoss/fog=data/restored/fog-diffloss" --out runs/table2
 
 --set takes CONFIG/DEGRADATION=ROOT (the last '/' before '=' separates them, so 'w/o DiffLoss/fog' works).
-The same can be given as a JSON/YAML --spec file. Without --classifier, --spec or --from-predictions it
+The same can be given as a JSON/YAML --spec file. --bbox-crop scores box-cropped images instead (URIE's CUB-C
+protocol: crop to the box, resize to 256x256, centre-crop 227; --bbox-size changes the two sizes). Without --classifier, --spec or --from-predictions it
 runs the embedded demo: a synthetic smoke benchmark on the built-in mini-CUB that needs no data.
 """
 from __future__ import annotations
@@ -44,7 +45,8 @@ log = logging.getLogger(__name__)
 
 __all__ = [
     "CLEAN", "TABLE_COLUMNS", "MCNEMAR_COLUMNS", "PREDICTION_COLUMNS", "DEMO_CORRUPTIONS", "DEMO_SEVERITY",
-    "DEMO_ARCHS", "SetSpec", "Table2Spec", "Predictions", "ScoringDataset", "parse_set_arg",
+    "DEMO_ARCHS", "URIE_BBOX_SIZE", "SetSpec", "Table2Spec", "Predictions", "ScoringDataset", "parse_set_arg",
+    "parse_bbox_size",
     "parse_classifier_arg", "load_spec", "check_same_test_split", "score_table2", "summarize", "format_markdown",
     "format_latex", "write_outputs", "load_table", "load_mcnemar", "load_predictions", "run_table2",
     "demo_classifiers", "demo_spec", "run_demo", "build_parser", "main",
@@ -56,6 +58,8 @@ MCNEMAR_COLUMNS = ("config_a", "config_b", "degradation", "classifier", "n", "b"
 PREDICTION_COLUMNS = ("config", "degradation", "classifier", "image_id", "rel_path", "label", "pred", "correct")
 PREDICTIONS_FORMAT = "diffloss-toolkit/table2-predictions-v1"
 DEFAULT_OUT = "runs/table2"
+#: URIE's CUB-C protocol (Son et al. 2020): crop to the box, resize to 256x256, centre-crop 227.
+URIE_BBOX_SIZE = (256, 227)
 DEMO_OUT = "runs/demo-table2"
 
 
@@ -75,12 +79,16 @@ class SetSpec:
 @dataclass
 class Table2Spec:
     """The clean CUB root, the classifiers (name -> checkpoint, in column order) and the sets (row order =
-    first appearance of each config). ``bbox_crop`` scores box-cropped images (URIE's CUB-C protocol)."""
+    first appearance of each config). ``bbox_crop`` scores box-cropped images (URIE's CUB-C protocol):
+    each image is cropped to its box, resized to ``bbox_size[0]`` x ``bbox_size[0]`` and centre-cropped to
+    ``bbox_size[1]`` (default URIE's 256 / 227); ``bbox_size=None`` uses each classifier's own resize / crop
+    size instead."""
 
     clean: str
     classifiers: dict[str, str]
     sets: list[SetSpec] = field(default_factory=list)
     bbox_crop: bool = False
+    bbox_size: tuple[int, int] | None = URIE_BBOX_SIZE
 
     def validate(self) -> None:
         if not self.clean:
@@ -98,6 +106,25 @@ class Table2Spec:
             if key in seen:
                 raise ValueError(f"set '{s.config}/{s.degradation}' is given twice")
             seen.add(key)
+        if self.bbox_size is not None:
+            resize, crop = (int(v) for v in self.bbox_size)
+            if not 16 <= crop <= resize:
+                raise ValueError(f"bbox_size must be (resize, crop) with 16 <= crop <= resize, got {self.bbox_size}")
+
+
+def parse_bbox_size(text: str | Sequence[int] | None) -> tuple[int, int] | None:
+    """``"256,227"`` / ``[256, 227]`` -> ``(256, 227)``; ``"classifier"`` / ``None`` -> ``None`` (each
+    classifier's own resize and crop size)."""
+    if text is None or (isinstance(text, str) and text.strip().lower() == "classifier"):
+        return None
+    parts = text.split(",") if isinstance(text, str) else list(text)
+    try:
+        resize, crop = (int(str(v).strip()) for v in parts)
+    except ValueError:
+        raise ValueError(f"expected RESIZE,CROP (e.g. '256,227') or 'classifier', got {text!r}") from None
+    if not 16 <= crop <= resize:
+        raise ValueError(f"bbox size needs 16 <= CROP <= RESIZE, got resize {resize}, crop {crop}")
+    return resize, crop
 
 
 def parse_set_arg(text: str) -> SetSpec:
@@ -128,7 +155,8 @@ def load_spec(path: str | Path) -> tuple[Table2Spec, dict[str, Any]]:
 
     Keys: ``clean`` (root), ``classifiers`` (mapping name -> checkpoint, or list of ``"NAME=CKPT"``),
     ``sets`` (mapping ``"CONFIG/DEGRADATION"`` -> root, nested mapping config -> {degradation: root}, or a
-    list of ``{config, degradation, root}``), optional ``bbox_crop``, ``out``. Relative paths are relative
+    list of ``{config, degradation, root}``), optional ``bbox_crop``, ``bbox_size`` (``"256,227"``,
+    ``[256, 227]`` or ``"classifier"``), ``out``. Relative paths are relative
     to the spec file's folder.
     """
     path = Path(path)
@@ -144,7 +172,7 @@ def load_spec(path: str | Path) -> tuple[Table2Spec, dict[str, Any]]:
     if not isinstance(doc, dict):
         raise ValueError(f"spec file {path} must hold a mapping with 'clean', 'classifiers', 'sets'; found "
                          f"{type(doc).__name__}")
-    known = {"clean", "classifiers", "sets", "bbox_crop", "out"}
+    known = {"clean", "classifiers", "sets", "bbox_crop", "bbox_size", "out"}
     unknown = set(doc) - known
     if unknown:
         raise ValueError(f"spec file {path}: unknown keys {sorted(unknown)}; valid keys: {sorted(known)}")
@@ -180,7 +208,8 @@ def load_spec(path: str | Path) -> tuple[Table2Spec, dict[str, Any]]:
     extra = {k: doc[k] for k in ("out",) if k in doc}
     if "out" in extra:
         extra["out"] = _resolve(base, str(extra["out"]))
-    return Table2Spec(clean, classifiers, sets, bool(doc.get("bbox_crop", False))), extra
+    bbox_size = parse_bbox_size(doc["bbox_size"]) if "bbox_size" in doc else URIE_BBOX_SIZE
+    return Table2Spec(clean, classifiers, sets, bool(doc.get("bbox_crop", False)), bbox_size), extra
 
 
 # --------------------------------------------------------------------------------------------------
@@ -319,7 +348,10 @@ def score_table2(spec: Table2Spec, device: str | torch.device = "auto", batch_si
         paths = [idx.image_path(idx.record(i)) for i in ids]
         found: dict[str, dict[str, np.ndarray]] = {}
         for key, names in groups.items():
-            transform = eval_transform(json.loads(key), bbox_crop=spec.bbox_crop)
+            preprocess = json.loads(key)
+            if spec.bbox_crop and spec.bbox_size is not None:
+                preprocess.update(resize=int(spec.bbox_size[0]), img_size=int(spec.bbox_size[1]))
+            transform = eval_transform(preprocess, bbox_crop=spec.bbox_crop)
             ds = ScoringDataset(paths, labels, ids, transform, bboxes)
             loader = make_loader(ds, batch_size, min(workers, len(ds)), device)
             desc = "clean" if config == CLEAN else f"{config}/{degradation}"
@@ -334,6 +366,7 @@ def score_table2(spec: Table2Spec, device: str | torch.device = "auto", batch_si
     meta = {
         "clean_root": str(clean.root),
         "bbox_crop": bool(spec.bbox_crop),
+        "bbox_size": (list(spec.bbox_size) if spec.bbox_crop and spec.bbox_size is not None else None),
         "classifiers": {n: {"ckpt": str(spec.classifiers[n]), "arch": infos[n]["arch"],
                             "preprocess": infos[n]["preprocess"],
                             "clean_test_top1_at_training": infos[n]["clean_test_top1"]} for n in spec.classifiers},
@@ -435,7 +468,10 @@ def format_markdown(rows: Sequence[dict], tests: Sequence[dict] = (), meta: dict
              f"n = {', '.join(map(str, ns))} images per cell."
              + (" The clean row repeats each classifier's clean accuracy under every degradation." if order["degradations"] else "")]
     if meta.get("bbox_crop"):
-        notes.append("Images cropped to their bounding boxes (URIE's CUB-C protocol).")
+        size = meta.get("bbox_size")
+        notes.append("Images cropped to their bounding boxes, " + (
+            f"resized to {size[0]}x{size[0]} and centre-cropped to {size[1]} (URIE's CUB-C protocol)."
+            if size else "then resized and centre-cropped with each classifier's own sizes."))
     text = "\n".join(lines) + "\n\n" + "\n".join(notes) + "\n"
     if tests:
         t = ["", "McNemar's exact test (same images; b = A right & B wrong, c = A wrong & B right):", "",
@@ -722,7 +758,8 @@ def demo_spec(cache: str | Path | None = None, device: str = "auto", progress: b
     else:
         ensure_demo_restorers, restore_cub_root = funcs
         t0 = time.perf_counter()
-        restorers = ensure_demo_restorers(corruptions=DEMO_CORRUPTIONS, severity=DEMO_SEVERITY)
+        kw = {} if cache is None else {"cache": base / "demo-restorers"}  # default: cache_dir()/demo-restorers
+        restorers = ensure_demo_restorers(corruptions=DEMO_CORRUPTIONS, severity=DEMO_SEVERITY, **kw)
         log.info("demo restorers ready in %.1f s", time.perf_counter() - t0)
         t0 = time.perf_counter()
         for config in ("w/o DiffLoss", "w/ DiffLoss"):
@@ -741,15 +778,26 @@ def demo_spec(cache: str | Path | None = None, device: str = "auto", progress: b
 
 def run_demo(out: str | Path = DEMO_OUT, device: str = "auto", batch_size: int = 64, workers: int = 0,
              n_boot: int = 1000, seed: int = 0, progress: bool = True, restore: bool = True,
-             cache: str | Path | None = None) -> dict[str, Any]:
+             cache: str | Path | None = None, threads: int | None = 1) -> dict[str, Any]:
     """The embedded default: `demo_spec`, then `run_table2` into ``out``. Returns `run_table2`'s dict plus
-    ``notes`` and ``seconds``."""
+    ``notes`` and ``seconds``.
+
+    ``threads``: torch CPU threads for the whole run (restored afterwards; ``None`` leaves torch's setting
+    alone). 1 by default: the demo's nets are tiny, and on a shared 2-core machine two intra-op threads
+    competing with another process made restoration 2.5-10x slower (measured: 2.8 s vs 7-28 s per set).
+    """
     t0 = time.perf_counter()
-    spec, notes = demo_spec(cache, device=device, progress=progress, restore=restore)
-    meta = {"synthetic": True, "benchmark": "built-in mini-CUB (synthetic smoke benchmark)",
-            "severity": DEMO_SEVERITY, "notes": notes}
-    result = run_table2(spec, out, device=device, batch_size=batch_size, workers=workers, n_boot=n_boot,
-                        seed=seed, progress=progress, extra_meta=meta)
+    old_threads = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(int(threads))
+    try:
+        spec, notes = demo_spec(cache, device=device, progress=progress, restore=restore)
+        meta = {"synthetic": True, "benchmark": "built-in mini-CUB (synthetic smoke benchmark)",
+                "severity": DEMO_SEVERITY, "notes": notes}
+        result = run_table2(spec, out, device=device, batch_size=batch_size, workers=workers, n_boot=n_boot,
+                            seed=seed, progress=progress, extra_meta=meta)
+    finally:
+        torch.set_num_threads(old_threads)
     result.update(notes=notes, seconds=time.perf_counter() - t0)
     return result
 
@@ -771,6 +819,9 @@ def build_parser() -> argparse.ArgumentParser:
                                                "--from-predictions: that folder)")
     p.add_argument("--bbox-crop", action="store_true",
                    help="score images cropped to their bounding boxes (URIE's CUB-C protocol)")
+    p.add_argument("--bbox-size", default=None, metavar="RESIZE,CROP",
+                   help="with --bbox-crop: resize the box to RESIZE x RESIZE and centre-crop CROP; 'classifier' "
+                        "uses each checkpoint's own sizes (default: URIE's 256,227, or the spec file's bbox_size)")
     p.add_argument("--from-predictions", default=None, metavar="DIR",
                    help="re-make every table from DIR/predictions without running any model")
     p.add_argument("--device", default="auto", help="'auto', 'cpu', 'cuda', 'cuda:1' ...")
@@ -809,6 +860,8 @@ def main(argv: list[str] | None = None) -> int:
             spec.classifiers[name] = ckpt
         spec.sets.extend(parse_set_arg(t) for t in args.set)
         spec.bbox_crop = spec.bbox_crop or args.bbox_crop
+        if args.bbox_size is not None:
+            spec.bbox_size = parse_bbox_size(args.bbox_size)
         out = Path(args.out or extra.get("out") or DEFAULT_OUT)
         result = run_table2(spec, out, device=args.device, batch_size=args.batch_size, workers=args.workers,
                             n_boot=args.n_boot, confidence=args.confidence, seed=args.seed, progress=progress)

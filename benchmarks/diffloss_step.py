@@ -1,8 +1,9 @@
 """Time and memory of one DiffLoss training step against one plain UNet forward.
 
     python benchmarks/diffloss_step.py                                  # CPU: tiny prior, batch 8, fp32
-    python benchmarks/diffloss_step.py --config adm256-uncond --batch 1 # CPU: the paper's prior, one step
+    python benchmarks/diffloss_step.py --config adm256-uncond --batch 1 --steps 1 --warmup 0  # CPU, full size
     python benchmarks/diffloss_step.py --device cuda                    # GPU: adm256-uncond, batch 4, bf16
+    python benchmarks/diffloss_step.py --device cuda --checkpointing torch --channels-last --compile
 
 For each setting it prints the median wall time and peak memory of
   * ``unet fwd``: one inference forward of the prior (no grad) on B images, the unit of cost;
@@ -32,17 +33,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-from diffloss.criterion import DiffLoss  # noqa: E402
-from diffloss.prior import (  # noqa: E402
-    CHECKPOINT_IMPLS,
-    PRIOR_CONFIGS,
-    compile_prior_,
-    count_parameters,
-    load_adm,
-    set_activation_checkpointing,
-)
+from diffloss.criterion import AUTOCAST_DTYPES, DiffLoss  # noqa: E402
+from diffloss.prior import CHECKPOINT_IMPLS, PRIOR_CONFIGS, count_parameters, load_adm  # noqa: E402
 
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 GIB = 1024 ** 3
 
 
@@ -127,15 +120,18 @@ def benchmark_step(
     dev = torch.device(device)
     model, diffusion = load_adm(prior, config=config, device=dev, init_seed=seed)
     size = size or model.image_size
-    if checkpointing != "off":
-        set_activation_checkpointing(model, True, impl=checkpointing)
     fmt = torch.channels_last if channels_last else torch.contiguous_format
-    if channels_last:
-        model.to(memory_format=torch.channels_last)
-    if compile:
-        compile_prior_(model)
-    amp_dtype = DTYPES[dtype]
-    autocast = (lambda: torch.autocast(dev.type, dtype=amp_dtype)) if amp_dtype != torch.float32 else contextlib.nullcontext
+    amp_dtype = AUTOCAST_DTYPES[dtype]
+    autocast = (lambda: torch.autocast(dev.type, dtype=amp_dtype)) if amp_dtype is not None else contextlib.nullcontext
+    # The criteria set the speed options on the shared prior (the first one compiles and checkpoints it),
+    # so the plain forward below runs the same (compiled, channels_last) UNet.
+    crits = {}
+    for i, batched in enumerate(batch_branches):
+        crits[batched] = DiffLoss(
+            model, diffusion, batch_branches=batched, generator=seed, autocast=dtype,
+            channels_last=channels_last, checkpointing=False if checkpointing == "off" or i else checkpointing,
+            compile=compile and i == 0,
+        )
 
     g = torch.Generator().manual_seed(seed)
     clean = torch.rand(batch, 3, size, size, generator=g).to(dev).contiguous(memory_format=fmt)
@@ -156,14 +152,11 @@ def benchmark_step(
                       gpu=torch.cuda.get_device_name(dev) if dev.type == "cuda" else None),
         "unet fwd": _measure(unet_forward, dev, warmup, repeats, resident),
     }
-    for batched in batch_branches:
-        crit = DiffLoss(model, diffusion, batch_branches=batched, generator=seed)
+    for batched, crit in crits.items():
 
-        def step() -> None:
+        def step(crit: DiffLoss = crit) -> None:
             restored = restored0.detach().requires_grad_(True)  # stands in for the network's output
-            with autocast():
-                out = crit(restored, clean)
-            out.total.backward()
+            crit(restored, clean).total.backward()
 
         results[f"diffloss (batch_branches={batched})"] = _measure(step, dev, warmup, repeats, resident)
     return results
@@ -182,16 +175,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--prior", default=None, help="optional checkpoint path (random weights without it)")
     p.add_argument("--batch", type=int, default=None, help="batch size (default: 4 on CUDA, 8 on CPU)")
     p.add_argument("--size", type=int, default=None, help="image size (default: the config's image_size)")
-    p.add_argument("--dtype", choices=sorted(DTYPES), default=None,
-                   help="autocast dtype, fp32 = no autocast (default: bf16 on CUDA, fp32 on CPU)")
+    p.add_argument("--dtype", choices=sorted(AUTOCAST_DTYPES), default=None,
+                   help="autocast dtype of the UNet calls, fp32 = no autocast (default: bf16 on CUDA, fp32 on CPU)")
     p.add_argument("--channels-last", action="store_true", help="channels_last memory format for UNet and inputs")
     p.add_argument("--checkpointing", choices=("off",) + CHECKPOINT_IMPLS, default="off",
-                   help="activation checkpointing inside the frozen UNet: guided-diffusion's own "
-                        "use_checkpoint (CUDA autocast or fp32) or torch.utils.checkpoint (any autocast)")
+                   help="activation checkpointing inside the frozen UNet: torch.utils.checkpoint (any "
+                        "autocast) or guided-diffusion's own use_checkpoint (fp32 or CUDA autocast only)")
     p.add_argument("--compile", action="store_true", help="torch.compile the UNet's blocks (first run compiles)")
     p.add_argument("--batch-branches", choices=("on", "off", "both"), default="both",
                    help="DiffLoss batch_branches mode(s) to measure")
-    p.add_argument("--repeats", type=int, default=5, help="timed runs per measurement (median reported)")
+    p.add_argument("--steps", type=int, default=5, help="timed steps per measurement (median reported)")
     p.add_argument("--warmup", type=int, default=2,
                    help="untimed runs before timing (0: time the first run, for one slow CPU step)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
@@ -216,7 +209,7 @@ def main(argv: list[str] | None = None) -> int:
     modes = {"on": (True,), "off": (False,), "both": (True, False)}[args.batch_branches]
     res = benchmark_step(config=config, device=args.device, batch=batch, size=args.size, dtype=dtype,
                          channels_last=args.channels_last, checkpointing=args.checkpointing,
-                         compile=args.compile, batch_branches=modes, repeats=args.repeats,
+                         compile=args.compile, batch_branches=modes, repeats=max(1, args.steps),
                          warmup=max(0, args.warmup), prior=args.prior, seed=args.seed)
     s = res["setup"]
     print(f"\nDiffLoss step benchmark: {s['config']} ({s['parameters']:,} params), batch {s['batch']}, "

@@ -215,6 +215,9 @@ def finetune(config: FinetuneConfig, on_epoch_end: Callable[[int, dict], None] |
             # a resumed run loads its own weights: no need for the pretrained file again
             weights = "none" if existing is not None else config.weights
             model = build_classifier(config.arch, len(class_names), weights, download=config.download)
+            if rank > 0:
+                # other augmentation draws per process (DDP copies rank 0's initial weights to every rank)
+                torch.manual_seed(config.seed + rank)
             return _train(config, model, index, class_names, preprocess, train_set, test_set, device, existing,
                           distributed, rank, world, on_epoch_end)
     finally:
@@ -244,7 +247,7 @@ def _train(config, model, index, class_names, preprocess, train_set, test_set, d
     if device.type == "cuda":
         model.to(memory_format=torch.channels_last)
 
-    loader_gen = torch.Generator().manual_seed(config.seed)
+    loader_gen = torch.Generator().manual_seed(config.seed + rank)  # per-rank worker seeds under DDP
     sampler = None
     if distributed:
         sampler = torch.utils.data.DistributedSampler(train_set, num_replicas=world, rank=rank, shuffle=True,
@@ -267,11 +270,15 @@ def _train(config, model, index, class_names, preprocess, train_set, test_set, d
         if existing.get("scaler"):
             scaler.load_state_dict(existing["scaler"])
         rng = existing["rng"]
-        torch.set_rng_state(rng["torch"])
-        loader_gen.set_state(rng["loader"])
-        if device.type == "cuda" and rng.get("cuda") is not None:
-            torch.cuda.set_rng_state(rng["cuda"], device)
         start_epoch, history = int(existing["epoch"]), list(existing.get("history", []))
+        if rank == 0:  # the checkpoint holds rank 0's RNG streams; other ranks draw fresh ones
+            torch.set_rng_state(rng["torch"])
+            loader_gen.set_state(rng["loader"])
+            if device.type == "cuda" and rng.get("cuda") is not None:
+                torch.cuda.set_rng_state(rng["cuda"], device)
+        else:
+            torch.manual_seed(config.seed + 1000 * start_epoch + rank)
+            loader_gen.manual_seed(config.seed + 1000 * start_epoch + rank)
         log.info("resuming %s at epoch %d of %d", out, start_epoch + 1, config.epochs)
 
     train_model: nn.Module = model

@@ -20,6 +20,7 @@ its inputs.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import warnings
@@ -31,16 +32,27 @@ import torch.nn.functional as F
 from torch import nn
 
 from .hooks import hspace_hook
-from .prior import describe_valid_sizes, freeze_, size_multiple
+from .prior import (
+    CHECKPOINT_IMPLS,
+    activation_checkpointing_mode,
+    compile_prior_,
+    describe_valid_sizes,
+    freeze_,
+    set_activation_checkpointing,
+    size_multiple,
+)
 
 log = logging.getLogger(__name__)
 
 __all__ = [
     "TARGETS", "T_WEIGHTINGS", "DiffLossOutput", "DiffLoss", "diffloss", "diffloss_terms", "diffuse",
-    "prior_prediction", "model_timesteps", "timestep_weight_table", "check_images",
+    "prior_prediction", "model_timesteps", "timestep_weight_table", "check_images", "AUTOCAST_DTYPES",
 ]
 
 TARGETS = ("eps", "x0", "xprev")
+AUTOCAST_DTYPES: dict[str, torch.dtype | None] = {
+    "fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16,  # fp32 = no autocast
+}
 RANGE_MARGIN = 0.25  # values outside [-0.25, 1.25] are "far outside [0, 1]": a [-1, 1] or [0, 255] mix-up
 
 
@@ -205,6 +217,7 @@ def diffloss_terms(
     weights: torch.Tensor | None = None,
     batch_branches: bool = True,
     model_kwargs: Mapping[str, Any] | None = None,
+    autocast_dtype: torch.dtype | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``(pixel, nat, sem)`` scalar float32 tensors; no input validation (see :class:`DiffLoss`).
 
@@ -217,8 +230,28 @@ def diffloss_terms(
         batch_branches: one UNet call on the concatenated batch (the clean half detached) instead of a
             no-grad call for the clean branch plus a call for the restored branch. Same numbers.
         model_kwargs: extra UNet arguments, e.g. ``{"y": labels}`` for class-conditional priors.
+        autocast_dtype: run the UNet calls (only them) under ``torch.autocast`` with this dtype
+            (bfloat16/float16); the diffusion arithmetic and the MSEs stay float32.
     """
     model_kwargs = dict(model_kwargs or {})
+    device_type = restored.device.type
+
+    def amp():
+        if autocast_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type, dtype=autocast_dtype)
+
+    if (
+        device_type == "cpu"
+        and (autocast_dtype is not None or torch.is_autocast_enabled("cpu"))
+        and torch.is_grad_enabled()
+        and activation_checkpointing_mode(model) == "guided-diffusion"
+    ):
+        raise ValueError(
+            "guided-diffusion's own activation checkpointing (use_checkpoint) does not replay CPU autocast in "
+            "the backward pass and fails there; use set_activation_checkpointing(model, impl='torch') "
+            "(DiffLoss(checkpointing=True)) or run without autocast"
+        )
     z = restored.float() * 2 - 1
     x = clean.detach().float() * 2 - 1
     noise = noise.float()
@@ -228,15 +261,15 @@ def diffloss_terms(
     ts = model_timesteps(diffusion, t)
     n = z.shape[0]
     if batch_branches:
-        with hspace_hook(model) as hs:
+        with amp(), hspace_hook(model) as hs:
             out = model(torch.cat([z_t, x_t]), torch.cat([ts, ts]), **_double_kwargs(model_kwargs))
         out_z, out_x = out[:n], out[n:].detach()
         h_z, h_x = hs.h[:n], hs.h[n:].detach()
     else:
-        with torch.no_grad(), hspace_hook(model) as hs:
+        with torch.no_grad(), amp(), hspace_hook(model) as hs:
             out_x = model(x_t, ts, **model_kwargs)
         h_x = hs.h
-        with hspace_hook(model) as hs:
+        with amp(), hspace_hook(model) as hs:
             out_z = model(z_t, ts, **model_kwargs)
         h_z = hs.h
     if h_z is None:
@@ -262,12 +295,13 @@ def diffloss(
     weights: torch.Tensor | None = None,
     batch_branches: bool = True,
     model_kwargs: Mapping[str, Any] | None = None,
+    autocast_dtype: torch.dtype | None = None,
 ) -> DiffLossOutput:
     """The full criterion for given ``t`` and ``noise``: ``total = pixel + gamma * (nat + lam * sem)``.
     Arguments as :func:`diffloss_terms`."""
     pixel, nat, sem = diffloss_terms(
         model, diffusion, restored, clean, t, noise, target=target, weights=weights,
-        batch_branches=batch_branches, model_kwargs=model_kwargs,
+        batch_branches=batch_branches, model_kwargs=model_kwargs, autocast_dtype=autocast_dtype,
     )
     total = pixel + gamma * (nat + lam * sem)
     return DiffLossOutput(total, pixel, nat, sem, t)
@@ -282,10 +316,11 @@ def _model_device(model: nn.Module) -> torch.device | None:
     return None
 
 
-def check_images(restored: torch.Tensor, clean: torch.Tensor, model: nn.Module) -> None:
+def check_images(restored: torch.Tensor, clean: torch.Tensor, model: nn.Module, warn: bool = True) -> list[str]:
     """Validate DiffLoss inputs against the UNet: [0, 1] NCHW float tensors of equal shape, the UNet's
     channel count, a size it can take, finite values, its device. Raises TypeError/ValueError saying
-    what was found; warns (once per call) when values are far outside [0, 1]."""
+    what was found. Values far outside [0, 1] (below -0.25 or above 1.25: a [-1, 1] or [0, 255] mix-up)
+    are returned as notes (``["restored spans [-1, 1]"]``) and, if ``warn``, reported in one warning."""
     for name, x in (("restored", restored), ("clean", clean)):
         if not isinstance(x, torch.Tensor):
             raise TypeError(f"{name} must be a torch.Tensor ([0, 1] NCHW float), got {type(x).__name__}")
@@ -323,18 +358,33 @@ def check_images(restored: torch.Tensor, clean: torch.Tensor, model: nn.Module) 
             )
         if lo < -RANGE_MARGIN or hi > 1 + RANGE_MARGIN:
             bad.append(f"{name} spans [{lo:.3g}, {hi:.3g}]")
-    if bad:
-        warnings.warn(
-            "DiffLoss expects images in [0, 1]; " + ", ".join(bad)
-            + ". [-1, 1] images: pass (x + 1) / 2; [0, 255]: pass x / 255.",
-            UserWarning,
-            stacklevel=3,
-        )
+    if bad and warn:
+        warnings.warn(_range_message(bad), UserWarning, stacklevel=3)
+    return bad
+
+
+def _range_message(bad: Sequence[str]) -> str:
+    return (
+        "DiffLoss expects images in [0, 1]; " + ", ".join(bad)
+        + ". [-1, 1] images: pass (x + 1) / 2; [0, 255]: pass x / 255. (Warned once per DiffLoss.)"
+    )
 
 
 # ---------------------------------------------------------------------------------------------------
 # Module
 # ---------------------------------------------------------------------------------------------------
+def _autocast_dtype(autocast: str | torch.dtype | None) -> torch.dtype | None:
+    if autocast is None or autocast is torch.float32:
+        return None
+    if isinstance(autocast, torch.dtype):
+        if autocast not in (torch.bfloat16, torch.float16):
+            raise ValueError(f"autocast dtype must be bfloat16 or float16, got {autocast}")
+        return autocast
+    if isinstance(autocast, str) and autocast in AUTOCAST_DTYPES:
+        return AUTOCAST_DTYPES[autocast]
+    raise ValueError(f"autocast must be one of {list(AUTOCAST_DTYPES)}, a torch dtype or None, got {autocast!r}")
+
+
 class DiffLoss(nn.Module):
     """DiffLoss as an ``nn.Module`` criterion (the frozen prior is a submodule, so ``.to()`` moves it).
 
@@ -351,12 +401,25 @@ class DiffLoss(nn.Module):
             False: a no-grad call for the clean image then one for the restored image (less memory).
         generator: ``torch.Generator`` (or int seed) drawing t and noise; None: a generator seeded 0.
             The global RNG is never used. A CPU generator works with CUDA inputs.
-        validate: check inputs each call (costs one device sync); see :func:`check_images`.
+
+    Speed/memory options (keyword-only; they change ``model`` in place, like the freezing does):
+        autocast: "bf16" | "fp16" | a torch dtype | None ("fp32"): run the UNet calls under
+            ``torch.autocast`` (the diffusion arithmetic and the MSEs stay float32). An autocast region
+            around the whole criterion works too.
+        channels_last: convert the UNet's conv weights and the UNet inputs to ``torch.channels_last``.
+        checkpointing: False (leave the model as it is), True or "torch" (``torch.utils.checkpoint``
+            around every ResBlock/AttentionBlock, works with frozen weights under any autocast), or
+            "guided-diffusion" (its own ``use_checkpoint``; float32 or CUDA autocast only). See
+            :func:`diffloss.prior.set_activation_checkpointing`.
+        compile: False, True, or a dict of ``torch.compile`` kwargs: compile the UNet's blocks
+            (:func:`diffloss.prior.compile_prior_`; the middle block stays eager for the h-space hook).
+        validate: check inputs each call (costs one device sync); see :func:`check_images`. Values far
+            outside [0, 1] give one warning per DiffLoss instance; NaN/Inf raise ValueError.
 
     ``forward(restored, clean, t=None, noise=None, y=None)``: ``restored``, ``clean`` are [0, 1] NCHW
     float on the prior's device (mapped to [-1, 1] inside); ``t`` LongTensor [B] and ``noise``
     [B, 3, H, W] override the random draw; ``y`` are class labels for class-conditional priors.
-    Returns :class:`DiffLossOutput`. Use it under ``torch.autocast`` for mixed precision.
+    Returns :class:`DiffLossOutput`.
     """
 
     def __init__(
@@ -371,6 +434,10 @@ class DiffLoss(nn.Module):
         batch_branches: bool = True,
         generator: torch.Generator | int | None = None,
         *,
+        autocast: str | torch.dtype | None = None,
+        channels_last: bool = False,
+        checkpointing: bool | str = False,
+        compile: bool | Mapping[str, Any] = False,
         validate: bool = True,
     ) -> None:
         super().__init__()
@@ -398,6 +465,15 @@ class DiffLoss(nn.Module):
             raise TypeError(f"generator must be a torch.Generator, an int seed or None, got {type(generator).__name__}")
         if not isinstance(generator, torch.Generator):
             generator = torch.Generator().manual_seed(0 if generator is None else int(generator))
+        autocast_dtype = _autocast_dtype(autocast)
+        if checkpointing is True:
+            checkpointing = "torch"
+        if checkpointing is not False and checkpointing not in CHECKPOINT_IMPLS:
+            raise ValueError(
+                f"checkpointing must be False, True or one of {list(CHECKPOINT_IMPLS)}, got {checkpointing!r}"
+            )
+        if not isinstance(compile, (bool, Mapping)):
+            raise TypeError(f"compile must be a bool or a dict of torch.compile kwargs, got {type(compile).__name__}")
 
         self.model = freeze_(model)
         self.diffusion = diffusion
@@ -409,6 +485,15 @@ class DiffLoss(nn.Module):
         self.batch_branches = bool(batch_branches)
         self.generator = generator
         self.validate = bool(validate)
+        self.autocast_dtype = autocast_dtype
+        self.channels_last = bool(channels_last)
+        if checkpointing:
+            set_activation_checkpointing(self.model, True, impl=checkpointing)
+        if self.channels_last:
+            self.model.to(memory_format=torch.channels_last)
+        if compile:
+            compile_prior_(self.model, **(dict(compile) if isinstance(compile, Mapping) else {}))
+        self._range_warned = False
         table = timestep_weight_table(diffusion, t_weighting, self.t_range)
         self._weight_table = None if np.all(table == 1.0) else table
         self._size_noted: set[tuple[int, int]] = set()
@@ -420,9 +505,11 @@ class DiffLoss(nn.Module):
 
     def extra_repr(self) -> str:
         scheme = self.t_weighting if isinstance(self.t_weighting, str) else getattr(self.t_weighting, "__name__", "custom")
+        amp = {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[self.autocast_dtype]
         return (
             f"gamma={self.gamma:g}, lam={self.lam:g}, target={self.target!r}, t_range={self.t_range}, "
-            f"t_weighting={scheme!r}, batch_branches={self.batch_branches}"
+            f"t_weighting={scheme!r}, batch_branches={self.batch_branches}, autocast={amp!r}, "
+            f"channels_last={self.channels_last}, checkpointing={activation_checkpointing_mode(self.model)!r}"
         )
 
     @property
@@ -469,7 +556,10 @@ class DiffLoss(nn.Module):
         y: torch.Tensor | None = None,
     ) -> DiffLossOutput:
         if self.validate:
-            check_images(restored, clean, self.model)
+            bad = check_images(restored, clean, self.model, warn=False)
+            if bad and not self._range_warned:
+                self._range_warned = True
+                warnings.warn(_range_message(bad), UserWarning, stacklevel=4)  # 4: the caller of crit(...)
             self._note_size(*restored.shape[-2:])
         batch, device = restored.shape[0], restored.device
         if t is None:
@@ -485,6 +575,8 @@ class DiffLoss(nn.Module):
             )
         else:
             noise = noise.to(device)
+        if self.channels_last:
+            restored, clean, noise = (v.contiguous(memory_format=torch.channels_last) for v in (restored, clean, noise))
         model_kwargs = {}
         if getattr(self.model, "num_classes", None) is not None:
             if y is None:
@@ -498,4 +590,5 @@ class DiffLoss(nn.Module):
         return diffloss(
             self.model, self.diffusion, restored, clean, t, noise, gamma=self.gamma, lam=self.lam,
             target=self.target, weights=weights, batch_branches=self.batch_branches, model_kwargs=model_kwargs,
+            autocast_dtype=self.autocast_dtype,
         )

@@ -22,6 +22,7 @@ every random prior.
 from __future__ import annotations
 
 import copy
+import functools
 import logging
 import math
 import types
@@ -45,7 +46,8 @@ with warnings.catch_warnings():
 __all__ = [
     "PRIOR_CONFIGS", "PRIOR_CHECKPOINTS", "CheckpointInfo", "PriorCheckpointMismatch",
     "prior_kwargs", "load_adm", "randomize_zero_init_", "zero_initialised_layers", "freeze_",
-    "convert_prior_dtype_", "set_activation_checkpointing", "CHECKPOINT_IMPLS", "compile_prior_", "count_parameters",
+    "convert_prior_dtype_", "set_activation_checkpointing", "activation_checkpointing_mode", "CHECKPOINT_IMPLS",
+    "guided_diffusion_checkpoint_gives_input_grads", "compile_prior_", "count_parameters",
     "count_prior_parameters", "size_multiple", "describe_valid_sizes", "clone_prior",
 ]
 
@@ -225,10 +227,17 @@ _train_keeps_eval.__name__ = "train"  # pickle restores bound methods by name
 
 
 def freeze_(model: nn.Module) -> nn.Module:
-    """``eval()`` + ``requires_grad_(False)`` in place, and make ``model.train()`` keep eval mode."""
+    """``eval()`` + ``requires_grad_(False)`` in place, and make ``model.train()`` keep eval mode.
+
+    If the installed guided-diffusion cannot differentiate its checkpointed blocks with frozen
+    parameters (openai's original code, see :func:`guided_diffusion_checkpoint_gives_input_grads`), the
+    blocks are rerouted around its ``checkpoint()`` so that input gradients still flow.
+    """
     model.requires_grad_(False)
     model.train = types.MethodType(_train_keeps_eval, model)  # instance-level override
     model.eval()
+    if _gd_blocks(model) and not guided_diffusion_checkpoint_gives_input_grads():
+        _reroute_blocks(model, checkpoint=activation_checkpointing_mode(model) != "off")
     return model
 
 
@@ -254,53 +263,129 @@ def convert_prior_dtype_(model: nn.Module, dtype: torch.dtype) -> nn.Module:
     return model
 
 
-CHECKPOINT_IMPLS = ("guided-diffusion", "torch")
+CHECKPOINT_IMPLS = ("torch", "guided-diffusion")
 
 
-def _torch_checkpointed_forward(self: nn.Module, *args: torch.Tensor) -> torch.Tensor:
-    # bound per instance with types.MethodType, so deepcopy/clone_prior rebinds it to the copy
-    if not torch.is_grad_enabled():
-        return self._forward(*args)
-    return torch.utils.checkpoint.checkpoint(self._forward, *args, use_reentrant=False)
+@functools.lru_cache(maxsize=None)
+def guided_diffusion_checkpoint_gives_input_grads() -> bool:
+    """Whether the installed guided-diffusion's ``checkpoint`` / ``CheckpointFunction`` returns the input
+    gradient of a block whose parameters are frozen (probed once on a 2x2 linear layer, float32).
+
+    guided-diffusion-sdk 1.0.0 (our pinned dependency) does: it differentiates only the saved tensors
+    that require grad. openai/guided-diffusion's original ``CheckpointFunction`` calls
+    ``torch.autograd.grad(outputs, inputs + params)`` on all parameters, which raises "One of the
+    differentiated Tensors does not require grad" when they are frozen, and its ``AttentionBlock``
+    checkpoints unconditionally (``checkpoint(..., True)``), so with that code a frozen prior gives no
+    input gradient at all unless the blocks are rerouted (:func:`freeze_` does it).
+    """
+    from guided_diffusion import nn as gd_nn
+
+    layer = nn.Linear(2, 2).requires_grad_(False)
+    x = torch.ones(1, 2, requires_grad=True)
+    try:
+        with torch.enable_grad(), torch.autocast("cpu", enabled=False):
+            gd_nn.checkpoint(layer, (x,), layer.parameters(), True).sum().backward()
+    except RuntimeError:
+        return False
+    return x.grad is not None and torch.allclose(x.grad, layer.weight.detach().sum(0, keepdim=True))
 
 
-_torch_checkpointed_forward.__name__ = "forward"
+def _block_forward(self: nn.Module, *args: torch.Tensor) -> torch.Tensor:
+    # Replaces guided-diffusion's `checkpoint(self._forward, ..., self.use_checkpoint)` dispatch, bound
+    # per instance with types.MethodType (deepcopy/clone_prior rebinds it to the copy).
+    if self._diffloss_checkpoint and torch.is_grad_enabled():
+        return torch.utils.checkpoint.checkpoint(self._forward, *args, use_reentrant=False)
+    return self._forward(*args)
 
 
-def set_activation_checkpointing(
-    model: nn.Module, enabled: bool = True, impl: str = "guided-diffusion"
-) -> nn.Module:
+_block_forward.__name__ = "forward"
+
+
+def _gd_blocks(model: nn.Module) -> list[nn.Module]:
+    return [m for m in model.modules() if isinstance(m, (_gd_unet.ResBlock, _gd_unet.AttentionBlock))]
+
+
+def _reroute_blocks(model: nn.Module, checkpoint: bool) -> None:
+    for block in _gd_blocks(model):
+        block.use_checkpoint = False
+        block._diffloss_checkpoint = bool(checkpoint)
+        block.forward = types.MethodType(_block_forward, block)
+
+
+def _restore_blocks(model: nn.Module, use_checkpoint: bool) -> None:
+    for block in _gd_blocks(model):
+        block.use_checkpoint = bool(use_checkpoint)
+        block.__dict__.pop("forward", None)
+        block.__dict__.pop("_diffloss_checkpoint", None)
+
+
+def activation_checkpointing_mode(model: nn.Module) -> str:
+    """``"off"``, ``"torch"`` or ``"guided-diffusion"``: how the UNet's blocks are checkpointed now."""
+    blocks = _gd_blocks(model)
+    if any(getattr(b, "_diffloss_checkpoint", False) for b in blocks):
+        return "torch"
+    if any(b.use_checkpoint for b in blocks):
+        return "guided-diffusion"
+    return "off"
+
+
+def set_activation_checkpointing(model: nn.Module, enabled: bool = True, impl: str = "torch") -> nn.Module:
     """Recompute the activations of every ResBlock and AttentionBlock in the backward pass (in place).
 
-    ``impl="guided-diffusion"``: the UNet's own ``use_checkpoint`` flag. guided-diffusion-sdk's
-    ``CheckpointFunction`` differentiates only the inputs that require grad, so with frozen parameters
-    it still returns the input gradient (tested: equal to the gradient without checkpointing). It
-    replays CUDA autocast in the backward pass but not CPU autocast: on CPU use it in float32 only.
-    ``impl="torch"``: ``torch.utils.checkpoint`` (non-reentrant) around each block's ``_forward``; works
-    under any autocast. ``enabled=False`` turns both off.
+    Memory for the restored branch's backward drops to the block inputs; the price is one more forward
+    of each block during backward (about +1 UNet forward per step).
+
+    ``impl="torch"`` (default): ``torch.utils.checkpoint`` (non-reentrant) around each block's
+    ``_forward``. Gives the input gradient with frozen parameters under any autocast, CPU included.
+    ``impl="guided-diffusion"``: the UNet's own ``use_checkpoint`` flag. Verified (tests): with
+    guided-diffusion-sdk 1.0.0 it gives the same input gradient as no checkpointing in float32; it
+    replays CUDA autocast in the backward pass (``custom_bwd``) but not CPU autocast, where the
+    recomputation fails with a dtype error, and openai's original ``CheckpointFunction`` cannot
+    differentiate through frozen parameters at all (see
+    :func:`guided_diffusion_checkpoint_gives_input_grads`); then this raises ValueError.
+    ``enabled=False`` turns both off.
     """
     if impl not in CHECKPOINT_IMPLS:
         raise ValueError(f"unknown checkpointing impl {impl!r}; valid: {list(CHECKPOINT_IMPLS)}")
-    count = 0
-    for module in model.modules():
-        if not hasattr(module, "use_checkpoint"):
-            continue
-        count += 1
-        module.use_checkpoint = bool(enabled) and impl == "guided-diffusion"
-        module.__dict__.pop("forward", None)  # undo an earlier impl="torch"
-        if enabled and impl == "torch" and isinstance(module, (_gd_unet.ResBlock, _gd_unet.AttentionBlock)):
-            module.forward = types.MethodType(_torch_checkpointed_forward, module)
-    if count == 0:
-        raise ValueError(f"{type(model).__name__} has no `use_checkpoint` blocks (not a guided-diffusion UNet?)")
+    if not _gd_blocks(model):
+        raise ValueError(f"{type(model).__name__} has no guided-diffusion ResBlock/AttentionBlock (not a UNetModel?)")
+    gd_ok = guided_diffusion_checkpoint_gives_input_grads()
+    if enabled and impl == "guided-diffusion" and not gd_ok:
+        raise ValueError(
+            "the installed guided_diffusion's CheckpointFunction gives no input gradient when the prior's "
+            "parameters are frozen (openai's original code differentiates w.r.t. all parameters); use "
+            "impl='torch' or install guided-diffusion-sdk==1.0.0"
+        )
+    if enabled and impl == "torch":
+        _reroute_blocks(model, checkpoint=True)
+    elif gd_ok:
+        _restore_blocks(model, use_checkpoint=bool(enabled))
+    else:
+        _reroute_blocks(model, checkpoint=False)  # bypass the broken checkpoint() entirely
     return model
 
 
 def compile_prior_(model: nn.Module, **compile_kwargs: Any) -> nn.Module:
     """``torch.compile`` the UNet's blocks in place (``nn.Module.compile`` on each input/middle/output
     block, the time embedding and the head). ``middle_block`` itself stays eager so h-space forward
-    hooks can come and go without recompilation. ``compile_kwargs`` go to ``torch.compile``."""
+    hooks can come and go without recompilation. ``compile_kwargs`` go to ``torch.compile``.
+
+    Dynamo caches compiled code per Python function, and all blocks share guided-diffusion's few
+    ``forward`` functions (one guard-failing variant per block structure and input shape), so the
+    default ``torch._dynamo.config.recompile_limit`` (8) would silently leave most blocks eager; it
+    is raised (process-wide) to cover every block twice (one batch size per batch_branches mode).
+    """
+    import torch._dynamo
+
     parts: list[nn.Module] = [model.time_embed, model.out]
     parts += list(model.input_blocks) + list(model.middle_block) + list(model.output_blocks)
+    needed = 2 * len(parts) + 8
+    config = torch._dynamo.config
+    if config.recompile_limit < needed:
+        log.info("raising torch._dynamo.config.recompile_limit from %d to %d for the prior's %d compiled blocks",
+                 config.recompile_limit, needed, len(parts))
+        config.recompile_limit = needed
+    config.accumulated_recompile_limit = max(config.accumulated_recompile_limit, needed)
     for part in parts:
         part.compile(**compile_kwargs)
     return model

@@ -230,3 +230,23 @@ def test_finetune_cli_trains(mini_root, tmp_path, capsys):
     assert rc == 0 and "clean test top-1" in capsys.readouterr().out
     _, info = load_classifier(out)
     assert info["arch"] == "vgg-mini" and info["epochs"] == 1 and 0.0 <= info["clean_test_top1"] <= 100.0
+
+
+@pytest.mark.slow
+def test_torchrun_ddp_two_processes_cpu(mini_root, tmp_path):
+    """`torchrun --nproc_per_node 2 -m classifiers.finetune` (DDP over gloo on CPU) runs to the end and rank 0
+    alone writes one finished checkpoint and prints one summary."""
+    import subprocess
+    import sys
+
+    out = tmp_path / "ddp.pt"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           "-m", "classifiers.finetune", "--arch", "resnet-mini", "--cub-root", str(mini_root), "--out", str(out),
+           "--weights", "none", "--img-size", "32", "--epochs", "2", "--batch-size", "8", "--workers", "0",
+           "--no-progress", "--threads", "1"]
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=os.getcwd())
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert "DDP x2" in res.stderr and res.stdout.count("clean test top-1") == 1
+    ckpt = torch.load(out, weights_only=True)
+    assert ckpt["complete"] and ckpt["epoch"] == 2 and ckpt["clean_test_top1"] is not None
+    assert [h["epoch"] for h in ckpt["history"]] == [1, 2]

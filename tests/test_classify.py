@@ -322,13 +322,55 @@ def test_bad_classifier_inputs(tiny_ckpts, mini_root, tmp_path, capsys):
         Table2Spec(str(mini_root), {"a": "b"}, [SetSpec("d", "fog", "x"), SetSpec("d", "fog", "y")]).validate()
 
 
-def test_bbox_crop(tiny_ckpts, mini_root, variants, tmp_path):
+def test_bbox_crop(tiny_ckpts, mini_root, variants, tmp_path, monkeypatch):
+    # the dataset crops each image to its (x, y, w, h) box before the transform
+    idx = read_cub(mini_root)
+    rec = idx.split("test")[0]
+    ds = ac.ScoringDataset([idx.image_path(rec)], [rec.label], [rec.image_id], lambda im: im, [rec.bbox])
+    x, y, w, h = rec.bbox
+    assert ds[0][0].size == (round(w), round(h)) and ds[0][1:] == (rec.label, rec.image_id)
+    # URIE's protocol by default: box -> 256x256 -> centre crop 227, whatever the classifier's own size (48)
+    seen = []
+    real = ac.eval_transform
+
+    def recording_transform(pp, bbox_crop=False):  # records the sizes, scores at 48 px to stay fast
+        seen.append((pp["resize"], pp["img_size"], bbox_crop))
+        return real(dict(pp, resize=55, img_size=48), bbox_crop)
+
+    monkeypatch.setattr(ac, "eval_transform", recording_transform)
     spec = Table2Spec(str(mini_root), {"resnet-mini": str(tiny_ckpts["resnet-mini"])},
                       [SetSpec("degraded", "gray", str(variants["gray"]))], bbox_crop=True)
+    assert spec.bbox_size == ac.URIE_BBOX_SIZE == (256, 227)
     preds, meta = score_table2(spec, device="cpu", batch_size=16, workers=0, progress=False)
-    assert meta["bbox_crop"] is True and [p.config for p in preds] == ["clean", "degraded"]
+    assert meta["bbox_crop"] is True and meta["bbox_size"] == [256, 227]
+    assert [p.config for p in preds] == ["clean", "degraded"] and set(seen) == {(256, 227, True)}
+    from PIL import Image
+
+    square = real({**default_pp(48), "resize": 256, "img_size": 227}, bbox_crop=True)
+    assert square(Image.new("RGB", (300, 120))).shape == (3, 227, 227)
+    seen.clear()
     whole, _ = score_table2(Table2Spec(spec.clean, spec.classifiers), device="cpu", workers=0, progress=False)
-    assert len(preds[0].pred) == len(whole[0].pred) == 60
+    assert len(preds[0].pred) == len(whole[0].pred) == 60 and set(seen) == {(55, 48, False)}
+    # 'classifier': the checkpoint's own sizes; the CLI flag, the spec key and the table note
+    seen.clear()
+    out = tmp_path / "o"
+    assert main(["--classifier", f"resnet-mini={tiny_ckpts['resnet-mini']}", "--clean", str(mini_root), "--bbox-crop",
+                 "--bbox-size", "classifier", "--out", str(out), "--workers", "0", "--no-progress", "--n-boot", "50"]) == 0
+    assert set(seen) == {(55, 48, True)} and "each classifier's own sizes" in (out / "table.md").read_text()
+    assert ac.parse_bbox_size("300, 256") == (300, 256) and ac.parse_bbox_size([256, 227]) == (256, 227)
+    for bad in ("256", "227,256", "a,b"):
+        with pytest.raises(ValueError, match="RESIZE"):
+            ac.parse_bbox_size(bad)
+    (tmp_path / "s.yaml").write_text(f"clean: {mini_root}\nclassifiers: {{r: {tiny_ckpts['resnet-mini']}}}\n"
+                                     "bbox_crop: true\nbbox_size: [300, 256]\n")
+    spec2, _ = ac.load_spec(tmp_path / "s.yaml")
+    assert spec2.bbox_crop and spec2.bbox_size == (300, 256)
+
+
+def default_pp(size):
+    from classifiers import default_preprocess
+
+    return default_preprocess("resnet-mini", size)
 
 
 # ---------------------------------------------------------------------------------------------- mini benchmark

@@ -7,7 +7,10 @@ guided-diffusion UNet outputs exactly 0, which would make the diffusion terms an
 """
 from __future__ import annotations
 
+import contextlib
 import logging
+import subprocess
+import sys
 import warnings
 
 import pytest
@@ -18,9 +21,12 @@ from diffloss.criterion import T_WEIGHTINGS, diffloss_terms, model_timesteps, ti
 from diffloss.prior import (
     PRIOR_CHECKPOINTS,
     PriorCheckpointMismatch,
+    activation_checkpointing_mode,
     clone_prior,
     count_parameters,
     count_prior_parameters,
+    freeze_,
+    guided_diffusion_checkpoint_gives_input_grads,
     prior_kwargs,
     set_activation_checkpointing,
     zero_initialised_layers,
@@ -97,6 +103,25 @@ def test_adm256_has_the_papers_552814086_parameters_and_shapes():
         out = model(x, torch.zeros(1, dtype=torch.long, device="meta"))
     assert tuple(out.shape) == (1, 6, 256, 256)
     assert tuple(hs.h.shape) == (1, 1024, 8, 8)
+
+
+@pytest.mark.slow
+def test_adm256_real_build_is_frozen_with_552814086_parameters():
+    """The full-size random prior on CPU (~9 s, ~2.7 GB): the meta-device test above counts the same
+    parameters without the memory."""
+    model, diffusion = load_adm(config="adm256-uncond", init_seed=0)
+    assert count_parameters(model) == 552_814_086 and model.image_size == 256
+    assert not model.training and not any(p.requires_grad for p in model.parameters())
+    assert model.out[-1].weight.abs().sum() > 0  # the zero-initialised head was re-drawn
+
+
+def test_imports_stay_light_and_never_touch_guided_diffusion_dist_util():
+    code = (
+        "import sys, diffloss; assert 'torch' not in sys.modules, 'import diffloss must be lazy'; "
+        "import diffloss.prior, diffloss.hooks, diffloss.criterion; "
+        "bad = [m for m in sys.modules if m.endswith('dist_util') or m == 'mpi4py']; assert not bad, bad"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
 
 
 def test_prior_configs_use_the_paper_flags_and_the_same_architecture_family():
@@ -329,9 +354,11 @@ def test_no_gradient_on_prior_parameters_or_clean_image(prior, batch):
 def test_batch_branches_and_checkpointing_give_the_same_numbers_and_gradients(prior, batch):
     model, diffusion = prior
     restored, clean, t, noise = batch
+    assert guided_diffusion_checkpoint_gives_input_grads()  # guided-diffusion-sdk 1.0.0 (pinned)
     gd = set_activation_checkpointing(clone_prior(model), True, impl="guided-diffusion")
     th = set_activation_checkpointing(clone_prior(model), True, impl="torch")
-    assert all(m.use_checkpoint for m in gd.modules() if hasattr(m, "use_checkpoint"))
+    assert activation_checkpointing_mode(gd) == "guided-diffusion" and activation_checkpointing_mode(th) == "torch"
+    assert activation_checkpointing_mode(model) == "off"
     results = []
     for m in (model, gd, th):
         for batched in (True, False):
@@ -346,22 +373,173 @@ def test_batch_branches_and_checkpointing_give_the_same_numbers_and_gradients(pr
         torch.testing.assert_close(grad, ref_grad, rtol=1e-4, atol=1e-8)
     assert all(p.grad is None for m in (gd, th) for p in m.parameters())
     set_activation_checkpointing(th, False)
-    assert not any("forward" in m.__dict__ for m in th.modules())
+    assert not any("forward" in m.__dict__ for m in th.modules()) and activation_checkpointing_mode(th) == "off"
+    crit = DiffLoss(clone_prior(model), diffusion, gamma=0.5, lam=1.0, checkpointing=True)
+    assert activation_checkpointing_mode(crit.model) == "torch" and "checkpointing='torch'" in repr(crit)
+    r = restored.clone().requires_grad_(True)
+    crit(r, clean, t=t, noise=noise).total.backward()
+    torch.testing.assert_close(r.grad, ref_grad, rtol=1e-4, atol=1e-8)
+    with pytest.raises(ValueError, match="checkpointing"):
+        DiffLoss(clone_prior(model), diffusion, checkpointing="yes")
+
+
+class _OpenAICheckpointFunction(torch.autograd.Function):
+    """openai/guided-diffusion's original CheckpointFunction (guided_diffusion/nn.py, MIT licence),
+    reproduced to show why a frozen prior needs care: backward differentiates w.r.t. all parameters."""
+
+    @staticmethod
+    def forward(ctx, run_function, length, *args):
+        ctx.run_function = run_function
+        ctx.input_tensors = list(args[:length])
+        ctx.input_params = list(args[length:])
+        with torch.no_grad():
+            output_tensors = ctx.run_function(*ctx.input_tensors)
+        return output_tensors
+
+    @staticmethod
+    def backward(ctx, *output_grads):
+        ctx.input_tensors = [x.detach().requires_grad_(True) for x in ctx.input_tensors]
+        with torch.enable_grad():
+            shallow_copies = [x.view_as(x) for x in ctx.input_tensors]
+            output_tensors = ctx.run_function(*shallow_copies)
+        input_grads = torch.autograd.grad(
+            output_tensors, ctx.input_tensors + ctx.input_params, output_grads, allow_unused=True
+        )
+        return (None, None) + input_grads
+
+
+@pytest.fixture
+def openai_checkpoint(monkeypatch):
+    from guided_diffusion import nn as gd_nn
+
+    guided_diffusion_checkpoint_gives_input_grads.cache_clear()
+    monkeypatch.setattr(gd_nn, "CheckpointFunction", _OpenAICheckpointFunction)
+    yield
+    monkeypatch.undo()
+    guided_diffusion_checkpoint_gives_input_grads.cache_clear()
+
+
+def test_openai_checkpoint_loses_frozen_input_grads_and_we_route_around_it(prior, batch, request):
+    model, diffusion = prior
+    restored, clean, t, noise = batch
+    r = restored.clone().requires_grad_(True)
+    ref_grad, = torch.autograd.grad(diffloss_terms(model, diffusion, r, clean, t, noise)[1], r)
+    # openai's AttentionBlock checkpoints unconditionally: emulate it with use_checkpoint on the attention
+    from guided_diffusion.unet import AttentionBlock
+
+    victim = clone_prior(model)  # cloned (and frozen) while the sdk's working CheckpointFunction is active
+    for m in victim.modules():
+        if isinstance(m, AttentionBlock):
+            m.use_checkpoint = True
+    request.getfixturevalue("openai_checkpoint")
+    assert not guided_diffusion_checkpoint_gives_input_grads()
+    r = restored.clone().requires_grad_(True)
+    nat = diffloss_terms(victim, diffusion, r, clean, t, noise)[1]
+    with pytest.raises(RuntimeError, match="does not require grad"):
+        torch.autograd.grad(nat, r)  # the failure a frozen prior meets with openai's code
+    with pytest.raises(ValueError, match="impl='torch'"):
+        set_activation_checkpointing(clone_prior(model), True, impl="guided-diffusion")
+    freeze_(victim)  # detects the broken checkpoint() and reroutes the blocks around it
+    assert activation_checkpointing_mode(victim) == "torch"
+    for enabled in (True, False):
+        set_activation_checkpointing(victim, enabled)
+        r = restored.clone().requires_grad_(True)
+        crit = DiffLoss(victim, diffusion)
+        (grad,) = torch.autograd.grad(crit(r, clean, t=t, noise=noise).nat, r)
+        torch.testing.assert_close(grad, ref_grad, rtol=1e-4, atol=1e-10)
+    assert activation_checkpointing_mode(victim) == "off" and "forward" in victim.output_blocks[0][0].__dict__
+
+
+@pytest.fixture(scope="module")
+def small_batch():
+    """One 16x16 image: CPU bf16/fp16 kernels are ~10x slower than float32 ones."""
+    g = torch.Generator().manual_seed(99)
+    return torch.rand(1, 3, 16, 16, generator=g), torch.rand(1, 3, 16, 16, generator=g), torch.tensor([250]), \
+        torch.randn(1, 3, 16, 16, generator=g)
+
+
+def _value_and_grad(crit, restored, clean, t, noise, ctx=None):
+    r = restored.clone().requires_grad_(True)
+    with ctx if ctx is not None else contextlib.nullcontext():
+        out = crit(r, clean, t=t, noise=noise)
+    out.total.backward()
+    return out, r.grad
+
+
+@pytest.mark.parametrize("amp", ["bf16", "fp16"])
+def test_autocast_option_equals_an_autocast_region_and_approximates_float32(prior, small_batch, amp):
+    model, diffusion = prior
+    ref, ref_grad = _value_and_grad(DiffLoss(model, diffusion, gamma=1.0, lam=1.0), *small_batch)
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}[amp]
+    inner, inner_grad = _value_and_grad(DiffLoss(model, diffusion, gamma=1.0, lam=1.0, autocast=amp), *small_batch)
+    outer, outer_grad = _value_and_grad(DiffLoss(model, diffusion, gamma=1.0, lam=1.0), *small_batch,
+                                        ctx=torch.autocast("cpu", dtype=dtype))
+    assert all(torch.equal(getattr(inner, k), getattr(outer, k)) for k in ("total", "nat", "sem"))
+    assert torch.equal(inner_grad, outer_grad)
+    assert inner.nat.dtype == torch.float32 and not torch.equal(inner.nat, ref.nat)  # autocast did act
+    for k in ("nat", "sem"):
+        torch.testing.assert_close(getattr(inner, k), getattr(ref, k), rtol=2e-2, atol=0)
+    assert torch.nn.functional.cosine_similarity(inner_grad.flatten(), ref_grad.flatten(), dim=0) > 0.99
+    with pytest.raises(ValueError, match="autocast"):
+        DiffLoss(model, diffusion, autocast="int8")
+
+
+def test_checkpointing_under_cpu_autocast_torch_impl_works_guided_diffusion_impl_is_refused(prior, small_batch):
+    model, diffusion = prior
+    plain, plain_grad = _value_and_grad(DiffLoss(model, diffusion, autocast="bf16"), *small_batch)
+    ckpt, ckpt_grad = _value_and_grad(DiffLoss(clone_prior(model), diffusion, autocast="bf16", checkpointing=True),
+                                      *small_batch)
+    assert torch.equal(ckpt.total, plain.total)
+    torch.testing.assert_close(ckpt_grad, plain_grad)
+    gd = DiffLoss(clone_prior(model), diffusion, autocast="bf16", checkpointing="guided-diffusion")
+    with pytest.raises(ValueError, match="impl='torch'"):  # instead of a dtype error deep inside backward
+        gd(*small_batch[:2])
+
+
+def test_channels_last_option_gives_the_same_numbers_and_gradients(prior, batch):
+    model, diffusion = prior
+    ref, ref_grad = _value_and_grad(DiffLoss(model, diffusion, gamma=1.0, lam=1.0), *batch)
+    crit = DiffLoss(clone_prior(model), diffusion, gamma=1.0, lam=1.0, channels_last=True)
+    assert crit.model.input_blocks[0][0].weight.is_contiguous(memory_format=torch.channels_last)
+    out, grad = _value_and_grad(crit, *batch)
+    for k in ("total", "pixel", "nat", "sem"):
+        torch.testing.assert_close(getattr(out, k), getattr(ref, k), rtol=1e-5, atol=1e-8)
+    # other convolution kernels sum in another order: float32 rounding relative to the largest entry
+    torch.testing.assert_close(grad, ref_grad, rtol=1e-4, atol=1e-5 * ref_grad.abs().max().item())
+
+
+def test_compile_option_compiles_every_block_but_keeps_middle_block_eager(prior, monkeypatch):
+    import torch._dynamo
+
+    model, diffusion = prior
+    compiled = []
+    monkeypatch.setattr(torch.nn.Module, "compile", lambda self, **kw: compiled.append((self, kw)))
+    monkeypatch.setattr(torch._dynamo.config, "recompile_limit", 8)
+    victim = clone_prior(model)
+    DiffLoss(victim, diffusion, compile=dict(backend="aot_eager"))
+    ids = {id(m) for m, _ in compiled}
+    blocks = [*victim.input_blocks, *victim.middle_block, *victim.output_blocks, victim.time_embed, victim.out]
+    assert ids == {id(b) for b in blocks} and id(victim.middle_block) not in ids
+    assert all(kw == {"backend": "aot_eager"} for _, kw in compiled)
+    # one dynamo cache entry per block and batch size: the default limit (8) would leave most blocks eager
+    assert torch._dynamo.config.recompile_limit >= 2 * len(blocks)
+    with pytest.raises(TypeError, match="compile"):
+        DiffLoss(model, diffusion, compile="yes")
 
 
 @pytest.mark.slow
-def test_torch_checkpointing_under_cpu_autocast_matches_plain_autocast(prior, batch):
+@pytest.mark.parametrize("backend", ["aot_eager", "inductor"])
+def test_compiled_prior_gives_the_same_numbers_and_gradients(prior, batch, backend):
     model, diffusion = prior
-    restored, clean, t, noise = batch
-    th = set_activation_checkpointing(clone_prior(model), True, impl="torch")
-    grads = []
-    for m in (model, th):
-        r = restored.clone().requires_grad_(True)
-        with torch.autocast("cpu", dtype=torch.bfloat16):
-            out = DiffLoss(m, diffusion)(r, clean, t=t, noise=noise)
-        out.total.backward()
-        grads.append(r.grad)
-    torch.testing.assert_close(grads[1], grads[0])
+    for batched in (True, False):
+        ref, ref_grad = _value_and_grad(DiffLoss(model, diffusion, gamma=1.0, lam=1.0, batch_branches=batched), *batch)
+        crit = DiffLoss(clone_prior(model), diffusion, gamma=1.0, lam=1.0, batch_branches=batched,
+                        compile=dict(backend=backend))
+        for _ in range(2):
+            out, grad = _value_and_grad(crit, *batch)
+            for k in ("total", "nat", "sem"):
+                torch.testing.assert_close(getattr(out, k), getattr(ref, k), rtol=1e-4, atol=1e-7)
+            torch.testing.assert_close(grad, ref_grad, rtol=1e-3, atol=1e-7)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -410,11 +588,14 @@ def test_far_outside_unit_range_warns_exactly_once(prior, batch):
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         crit(restored * 2 - 1, clean * 255, t=t, noise=noise)  # [-1, 1] and [0, 255] mix-ups together
-    msgs = [str(w.message) for w in caught if issubclass(w.category, UserWarning)]
+        crit(restored * 255, clean, t=t, noise=noise)  # every training step: still one warning
+    mine = [w for w in caught if issubclass(w.category, UserWarning)]
+    msgs = [str(w.message) for w in mine]
     assert len(msgs) == 1 and "[0, 1]" in msgs[0] and "restored" in msgs[0] and "clean" in msgs[0]
+    assert mine[0].filename == __file__  # points at the caller's line
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        crit((restored * 1.2).clamp(-0.1, 1.1), clean, t=t, noise=noise)  # a slight overshoot is fine
+        DiffLoss(*prior)((restored * 1.2).clamp(-0.1, 1.1), clean, t=t, noise=noise)  # slight overshoot: fine
 
 
 def test_wrong_channels_sizes_and_types_say_what_works(prior, batch):
