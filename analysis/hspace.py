@@ -29,6 +29,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import csv
+import hashlib
 import io
 import itertools
 import json
@@ -858,7 +859,9 @@ def quick_groups(data_dir: str | Path, corruption: str = "lowlight", severity: i
         return groups
     ckpts = ensure_demo_restorers(corruptions=(corruption,), severity=int(severity))[corruption]
     for label in ("w/o DiffLoss", "w/ DiffLoss"):
-        dst = data_dir / "restored" / f"{corruption}{int(severity)}-{_slug(label)}"
+        # the checkpoint's digest names the folder, so retrained demo restorers never meet stale outputs
+        digest = hashlib.sha256(Path(ckpts[label]).read_bytes()).hexdigest()[:10]
+        dst = data_dir / "restored" / f"{corruption}{int(severity)}-{_slug(label)}-{digest}"
         restore_cub_root(ckpts[label], degraded, dst, split=split, progress=False)  # resumable
         groups[label] = dst
     return groups
