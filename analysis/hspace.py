@@ -29,7 +29,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import csv
-import hashlib
 import io
 import itertools
 import json
@@ -41,13 +40,14 @@ import time
 import zlib
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable, Mapping, Sequence
+from typing import Mapping, Sequence
 
 import numpy as np
 import torch
 from torch import nn
 
-from cubdata import atomic_write_bytes, atomic_write_text, encode_image, load_pil_rgb, read_cub, write_cub_metadata
+from cubdata import (atomic_write_bytes, atomic_write_text, encode_image, load_pil_rgb, read_cub, sha256_file,
+                     write_cub_metadata)
 
 log = logging.getLogger(__name__)
 
@@ -860,7 +860,7 @@ def quick_groups(data_dir: str | Path, corruption: str = "lowlight", severity: i
     ckpts = ensure_demo_restorers(corruptions=(corruption,), severity=int(severity))[corruption]
     for label in ("w/o DiffLoss", "w/ DiffLoss"):
         # the checkpoint's digest names the folder, so retrained demo restorers never meet stale outputs
-        digest = hashlib.sha256(Path(ckpts[label]).read_bytes()).hexdigest()[:10]
+        digest = sha256_file(ckpts[label])[:10]
         dst = data_dir / "restored" / f"{corruption}{int(severity)}-{_slug(label)}-{digest}"
         restore_cub_root(ckpts[label], degraded, dst, split=split, progress=False)  # resumable
         groups[label] = dst

@@ -36,6 +36,7 @@ from cubdata import (
     load_rgb,
     mini_cub_root,
     read_cub,
+    sha256_file,
     write_cub_metadata,
 )
 
@@ -103,14 +104,6 @@ def _out_rel_path(rel_path: str, fmt: str) -> str:
     if fmt == "png":
         return p.with_suffix(".png").as_posix()
     return rel_path if p.suffix.lower() in (".jpg", ".jpeg") else p.with_suffix(".jpg").as_posix()
-
-
-def _sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 # ----------------------------------------------------------------------------------------------- worker
@@ -334,7 +327,7 @@ def build_degraded_cub(
                     and entry.get("status") == "ok"
                     and entry.get("path") == f"images/{rel}"
                     and dst.is_file()
-                    and _sha256_file(dst) == entry.get("sha256")
+                    and sha256_file(dst) == entry.get("sha256")
                 ):
                     var.images[rec.image_id] = entry
                     var.skipped += 1

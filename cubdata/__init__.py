@@ -12,6 +12,7 @@ from .io import (
     atomic_write_text,
     encode_image,
     load_pil_rgb,
+    sha256_file,
     load_rgb,
 )
 from .layout import (
@@ -28,7 +29,7 @@ from .mini import MINI_CLASSES, MINI_VERSION, cache_dir, generate_mini_cub, mini
 
 __all__ = [
     "CubDataset", "crop_to_bbox", "ImageDecodeError", "atomic_save_torch", "atomic_write_bytes",
-    "atomic_write_text", "encode_image", "load_pil_rgb", "load_rgb", "FULL_CUB_COUNTS", "METADATA_FILES",
+    "atomic_write_text", "encode_image", "load_pil_rgb", "load_rgb", "sha256_file", "FULL_CUB_COUNTS", "METADATA_FILES",
     "REQUIRED_FILES", "CubIndex", "CubLayoutError", "CubRecord", "read_cub", "write_cub_metadata",
     "MINI_CLASSES", "MINI_VERSION", "cache_dir", "generate_mini_cub", "mini_cub_root",
 ]

@@ -5,6 +5,7 @@ orientation tag and converts every mode (L, LA, P, CMYK, I;16, RGBA ...) to 8-bi
 """
 from __future__ import annotations
 
+import hashlib
 import io
 import os
 import tempfile
@@ -81,6 +82,15 @@ def encode_image(image: np.ndarray, fmt: str = "jpeg", quality: int = 95) -> byt
     else:
         raise ValueError(f"unknown image format {fmt!r}; use 'jpeg' or 'png'")
     return buf.getvalue()
+
+
+def sha256_file(path: str | os.PathLike) -> str:
+    """Hex SHA-256 of a file's bytes, read in 1 MiB blocks (checkpoints of several GB included)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:

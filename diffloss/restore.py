@@ -12,7 +12,6 @@ stopped, and a manifest made with another checkpoint is refused instead of silen
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import logging
 import os
@@ -25,7 +24,8 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
-from cubdata import atomic_write_bytes, atomic_write_text, encode_image, load_rgb, read_cub, write_cub_metadata
+from cubdata import (atomic_write_bytes, atomic_write_text, encode_image, load_rgb, read_cub, sha256_file,
+                     write_cub_metadata)
 
 from .nets import pad_multiple_of, restore_tensor
 from .train import load_checkpoint
@@ -36,14 +36,6 @@ __all__ = ["restore_cub_root", "restore_array", "output_rel_path", "MANIFEST", "
 
 MANIFEST = "restore_manifest.json"
 FORMATS = ("png", "jpeg")
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def output_rel_path(rel_path: str, fmt: str) -> str:
@@ -114,7 +106,7 @@ def restore_cub_root(
     if not records:
         raise ValueError(f"{in_root} has no {split!r} images (it lists {len(index.records)} images in all)")
     net, info = load_checkpoint(ckpt_path, device)
-    identity = {"ckpt_sha256": _sha256(ckpt_path), "in_root": str(in_root.resolve()), "split": split, "fmt": fmt}
+    identity = {"ckpt_sha256": sha256_file(ckpt_path), "in_root": str(in_root.resolve()), "split": split, "fmt": fmt}
 
     out_root.mkdir(parents=True, exist_ok=True)
     manifest_path = out_root / MANIFEST
