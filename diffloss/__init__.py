@@ -23,12 +23,17 @@ _LAZY = {
     "count_parameters": "prior",
     "count_prior_parameters": "prior",
     "set_activation_checkpointing": "prior",
+    "activation_checkpointing_mode": "prior",
+    "guided_diffusion_checkpoint_gives_input_grads": "prior",
+    "compile_prior_": "prior",
+    "clone_prior": "prior",
     "hspace_hook": "hooks",
     "HSpace": "hooks",
     "DiffLoss": "criterion",
     "DiffLossOutput": "criterion",
     "TARGETS": "criterion",
     "T_WEIGHTINGS": "criterion",
+    "AUTOCAST_DTYPES": "criterion",
 }
 
 __all__ = sorted(_LAZY)

@@ -373,13 +373,16 @@ def compile_prior_(model: nn.Module, **compile_kwargs: Any) -> nn.Module:
     Dynamo caches compiled code per Python function, and all blocks share guided-diffusion's few
     ``forward`` functions (one guard-failing variant per block structure and input shape), so the
     default ``torch._dynamo.config.recompile_limit`` (8) would silently leave most blocks eager; it
-    is raised (process-wide) to cover every block twice (one batch size per batch_branches mode).
+    is raised (process-wide) to cover every block at four input shapes. Shapes are static by default
+    (``dynamic=False``: a training run sees one or two shapes; inductor 2.14 fails on the symbolic shapes
+    these blocks give, "cannot determine truth value of Relational"); pass ``dynamic=None`` to override.
     """
     import torch._dynamo
 
+    compile_kwargs.setdefault("dynamic", False)
     parts: list[nn.Module] = [model.time_embed, model.out]
     parts += list(model.input_blocks) + list(model.middle_block) + list(model.output_blocks)
-    needed = 2 * len(parts) + 8
+    needed = 4 * len(parts) + 8
     config = torch._dynamo.config
     if config.recompile_limit < needed:
         log.info("raising torch._dynamo.config.recompile_limit from %d to %d for the prior's %d compiled blocks",

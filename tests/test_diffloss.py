@@ -520,8 +520,8 @@ def test_compile_option_compiles_every_block_but_keeps_middle_block_eager(prior,
     ids = {id(m) for m, _ in compiled}
     blocks = [*victim.input_blocks, *victim.middle_block, *victim.output_blocks, victim.time_embed, victim.out]
     assert ids == {id(b) for b in blocks} and id(victim.middle_block) not in ids
-    assert all(kw == {"backend": "aot_eager"} for _, kw in compiled)
-    # one dynamo cache entry per block and batch size: the default limit (8) would leave most blocks eager
+    assert all(kw == {"backend": "aot_eager", "dynamic": False} for _, kw in compiled)
+    # one dynamo cache entry per block and input shape: the default limit (8) would leave most blocks eager
     assert torch._dynamo.config.recompile_limit >= 2 * len(blocks)
     with pytest.raises(TypeError, match="compile"):
         DiffLoss(model, diffusion, compile="yes")
