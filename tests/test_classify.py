@@ -429,6 +429,7 @@ def test_embedded_demo_fast(tiny_ckpts, demo_degraded, mini_root, monkeypatch, t
     assert main(["--no-progress"]) == 0
     out = capsys.readouterr().out
     assert "SYNTHETIC SMOKE BENCHMARK" in out and "python -m classifiers.finetune --arch resnet50" in out
+    assert "rows test the plumbing" in out  # the reader is told not to read DiffLoss' effect into the demo rows
     rows = load_table(tmp_path / "runs" / "demo-table2")
     configs = {r["config"] for r in rows}
     assert configs == {"clean", "degraded", "w/o DiffLoss", "w/ DiffLoss"}
