@@ -31,3 +31,29 @@ def mini_root(_isolated_cache) -> Path:
     from cubdata import mini_cub_root
 
     return mini_cub_root()
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """One torch thread for a module of tiny-model tests: small convolutions gain nothing from two OpenMP
+    threads, and on a shared, oversubscribed 2-core machine they lose up to 20x (spin-waiting). The suite's
+    setting is restored afterwards. Use with ``pytestmark = pytest.mark.usefixtures("one_torch_thread")``."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+# The tiny classifiers' recipe, shared by tests/test_classifiers.py and tests/test_classify.py: one training per
+# session, cached where the demo caches its classifiers, so the fast demo test reuses them too.
+TINY_CLASSIFIER_SETTINGS = {"img_size": 48, "epochs": 14, "batch_size": 12, "lr": 0.05, "threads": 1}
+
+
+@pytest.fixture(scope="session")
+def tiny_ckpts(mini_root):
+    """{arch: checkpoint path} of the mini benchmark's two small classifiers (trained once per session)."""
+    from analysis.classify import demo_classifiers
+    from cubdata import cache_dir
+
+    return demo_classifiers(cache_dir() / "demo-classifiers", device="cpu", progress=False,
+                            settings=TINY_CLASSIFIER_SETTINGS)

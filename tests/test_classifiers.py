@@ -22,17 +22,9 @@ from classifiers import (
 from classifiers.finetune import FinetuneConfig, build_parser, finetune
 from classifiers.finetune import main as finetune_main
 from classifiers.predict import evaluate_top1
-from cubdata import CubDataset, cache_dir, read_cub
-
-# Shared with tests/test_classify.py (same settings -> the cached checkpoints are reused across files).
-TINY_SETTINGS = {"img_size": 48, "epochs": 14, "batch_size": 12, "lr": 0.05, "threads": 1}
+from cubdata import CubDataset, read_cub
 
 
-@pytest.fixture(scope="session")
-def tiny_ckpts(mini_root):
-    from analysis.classify import demo_classifiers
-
-    return demo_classifiers(cache_dir() / "demo-classifiers", device="cpu", progress=False, settings=TINY_SETTINGS)
 
 
 def _no_network(monkeypatch):

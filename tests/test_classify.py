@@ -27,15 +27,9 @@ from analysis.classify import (
 )
 from analysis.stats import bootstrap_ci, mcnemar_counts, mcnemar_exact_p, mcnemar_test, top1_with_ci
 from cubdata import MINI_VERSION, cache_dir, encode_image, load_rgb, read_cub, write_cub_metadata
-
-# Same settings and folder as tests/test_classifiers.py (and the demo's cache folder), so the session trains
-# the tiny classifiers once and the fast demo test reuses them.
-TINY_SETTINGS = {"img_size": 48, "epochs": 14, "batch_size": 12, "lr": 0.05, "threads": 1}
+from conftest import TINY_CLASSIFIER_SETTINGS
 
 
-@pytest.fixture(scope="session")
-def tiny_ckpts(mini_root):
-    return ac.demo_classifiers(cache_dir() / "demo-classifiers", device="cpu", progress=False, settings=TINY_SETTINGS)
 
 
 # ---------------------------------------------------------------------------------------------- statistics
@@ -422,7 +416,7 @@ def _fake_restorers(calls, mini_root):
 def test_embedded_demo_fast(tiny_ckpts, demo_degraded, mini_root, monkeypatch, tmp_path, capsys):
     """`python -m analysis.classify` with no arguments, with the tiny classifier recipe (already cached) and
     stand-in restorers, so it runs in seconds; the full-size demo is test_embedded_demo_full (slow)."""
-    monkeypatch.setattr(ac, "DEMO_FINETUNE", dict(ac.DEMO_FINETUNE, **TINY_SETTINGS))
+    monkeypatch.setattr(ac, "DEMO_FINETUNE", dict(ac.DEMO_FINETUNE, **TINY_CLASSIFIER_SETTINGS))
     calls = []
     monkeypatch.setattr(ac, "_restorers_available", lambda: (_fake_restorers(calls, mini_root), ""))
     monkeypatch.chdir(tmp_path)

@@ -13,14 +13,7 @@ from analysis import hspace as H
 
 
 # ------------------------------------------------------------------------------------------------ fixtures
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """The tiny UNet gains nothing from 2 threads, and on a shared 2-core machine 2 threads are up to 8x
-    slower (measured); restore the suite's setting afterwards."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
