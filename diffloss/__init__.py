@@ -20,7 +20,7 @@ _LAZY = {
     "PriorCheckpointMismatch": "prior",
     "load_adm": "prior",
     "randomize_zero_init_": "prior",
-    "count_parameters": "prior",
+    "count_parameters": "nets",
     "count_prior_parameters": "prior",
     "set_activation_checkpointing": "prior",
     "activation_checkpointing_mode": "prior",

@@ -328,8 +328,9 @@ def build_net(name_or_spec: str, **kwargs) -> nn.Module:
     return net
 
 
-def count_parameters(net: nn.Module, trainable_only: bool = True) -> int:
-    """Number of (trainable) parameters of ``net``."""
+def count_parameters(net: nn.Module, trainable_only: bool = False) -> int:
+    """Number of scalar parameters of ``net``: all of them (frozen ones included, as for the prior), or only
+    those that require grad with ``trainable_only``."""
     return sum(p.numel() for p in net.parameters() if p.requires_grad or not trainable_only)
 
 

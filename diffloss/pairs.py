@@ -200,7 +200,12 @@ def find_folder_pairs(root: str | os.PathLike, split: str = "train") -> list[Pai
 
 
 class PairSource:
-    """A list of (degraded, clean) image pairs. ``load(i)`` -> (``uint8 HxWx3``, ``uint8 HxWx3``), same size."""
+    """A list of (degraded, clean) image pairs. ``load(i)`` -> (``uint8 HxWx3``, ``uint8 HxWx3``), same size.
+    Subclasses implement ``_load(i)``; ``load`` keeps the last ``cache_size`` decoded pairs in memory (LRU)."""
+
+    def __init__(self, cache_size: int = 0) -> None:
+        self.cache_size = int(cache_size)
+        self._cache: OrderedDict[int, tuple[np.ndarray, np.ndarray]] = OrderedDict()
 
     def __len__(self) -> int:  # pragma: no cover - interface
         raise NotImplementedError
@@ -208,8 +213,19 @@ class PairSource:
     def name(self, i: int) -> str:  # pragma: no cover - interface
         raise NotImplementedError
 
-    def load(self, i: int) -> tuple[np.ndarray, np.ndarray]:  # pragma: no cover - interface
+    def _load(self, i: int) -> tuple[np.ndarray, np.ndarray]:  # pragma: no cover - interface
         raise NotImplementedError
+
+    def load(self, i: int) -> tuple[np.ndarray, np.ndarray]:
+        if i in self._cache:
+            self._cache.move_to_end(i)
+            return self._cache[i]
+        pair = self._load(i)
+        if self.cache_size:
+            self._cache[i] = pair
+            if len(self._cache) > self.cache_size:
+                self._cache.popitem(last=False)
+        return pair
 
 
 class FolderPairs(PairSource):
@@ -220,8 +236,7 @@ class FolderPairs(PairSource):
             raise ValueError(f"no pairs in {description or 'the given list'}")
         self.pairs = list(pairs)
         self.description = description
-        self.cache_size = cache_size
-        self._cache: OrderedDict[int, tuple[np.ndarray, np.ndarray]] = OrderedDict()
+        super().__init__(cache_size)
 
     def __len__(self) -> int:
         return len(self.pairs)
@@ -229,10 +244,7 @@ class FolderPairs(PairSource):
     def name(self, i: int) -> str:
         return self.pairs[i].name
 
-    def load(self, i: int) -> tuple[np.ndarray, np.ndarray]:
-        if i in self._cache:
-            self._cache.move_to_end(i)
-            return self._cache[i]
+    def _load(self, i: int) -> tuple[np.ndarray, np.ndarray]:
         p = self.pairs[i]
         low, high = load_rgb(p.low), load_rgb(p.high)
         if low.shape != high.shape:
@@ -240,10 +252,6 @@ class FolderPairs(PairSource):
                 f"pair {p.name!r}: degraded {p.low} is {low.shape[1]}x{low.shape[0]} but clean {p.high} is "
                 f"{high.shape[1]}x{high.shape[0]}; paired images must have the same size"
             )
-        if self.cache_size:
-            self._cache[i] = (low, high)
-            if len(self._cache) > self.cache_size:
-                self._cache.popitem(last=False)
         return low, high
 
     def __repr__(self) -> str:
@@ -256,22 +264,20 @@ class SyntheticPairs(PairSource):
 
     def __init__(self, corruption: str, severity: int, cub_root: str | os.PathLike | None = None,
                  split: str = "train", seed: int = 0, cache_size: int = 4096) -> None:
-        from corruptions import CORRUPTIONS  # local: corruptions is only needed for synthetic pairs
+        from corruptions import get_corruption  # local: corruptions is only needed for synthetic pairs
+        from corruptions._checks import check_severity
 
-        if corruption not in CORRUPTIONS:
-            raise ValueError(f"unknown corruption {corruption!r}; valid names: {', '.join(sorted(CORRUPTIONS))}")
-        if not 1 <= int(severity) <= 5:
-            raise ValueError(f"severity must be in 1..5, got {severity}")
+        get_corruption(corruption)  # an unknown name raises, listing the valid ones
+        severity = check_severity(severity)
         if split not in SPLITS:
             raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
-        self.corruption, self.severity, self.seed = corruption, int(severity), int(seed)
+        self.corruption, self.severity, self.seed = corruption, severity, int(seed)
         self.index = read_cub(cub_root if cub_root is not None else mini_cub_root())
         cub_split = {"train": "train", "val": "test", "all": "all"}[split]
         self.records = self.index.split(cub_split)
         if not self.records:
             raise ValueError(f"CUB root {self.index.root} has no {cub_split} images")
-        self.cache_size = cache_size
-        self._cache: OrderedDict[int, tuple[np.ndarray, np.ndarray]] = OrderedDict()
+        super().__init__(cache_size)
 
     def __len__(self) -> int:
         return len(self.records)
@@ -279,20 +285,13 @@ class SyntheticPairs(PairSource):
     def name(self, i: int) -> str:
         return self.records[i].rel_path
 
-    def load(self, i: int) -> tuple[np.ndarray, np.ndarray]:
-        if i in self._cache:
-            self._cache.move_to_end(i)
-            return self._cache[i]
+    def _load(self, i: int) -> tuple[np.ndarray, np.ndarray]:
         from corruptions import corrupt
 
         rec = self.records[i]
         clean = load_rgb(self.index.image_path(rec))
         rng = np.random.default_rng([self.seed, rec.image_id])
         low = np.ascontiguousarray(corrupt(clean, self.corruption, self.severity, rng=rng))
-        if self.cache_size:
-            self._cache[i] = (low, clean)
-            if len(self._cache) > self.cache_size:
-                self._cache.popitem(last=False)
         return low, clean
 
     def __repr__(self) -> str:

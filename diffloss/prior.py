@@ -35,6 +35,8 @@ import torch
 import torch.utils.checkpoint
 from torch import nn
 
+from .nets import count_parameters
+
 log = logging.getLogger(__name__)
 
 with warnings.catch_warnings():
@@ -392,11 +394,6 @@ def compile_prior_(model: nn.Module, **compile_kwargs: Any) -> nn.Module:
     for part in parts:
         part.compile(**compile_kwargs)
     return model
-
-
-def count_parameters(model: nn.Module) -> int:
-    """Number of scalar parameters of ``model`` (frozen or not)."""
-    return sum(p.numel() for p in model.parameters())
 
 
 def count_prior_parameters(config: str | Mapping[str, Any] = "adm256-uncond") -> int:
