@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import csv
 import hashlib
-import inspect
 import io
 import json
 import logging
@@ -37,7 +36,7 @@ import torch
 
 from classifiers import CLASSIFIERS, eval_transform, load_classifier
 from classifiers.predict import make_loader, predict, resolve_device
-from cubdata import CubIndex, atomic_write_text, cache_dir, crop_to_bbox, load_pil_rgb, read_cub
+from cubdata import CubIndex, atomic_write_text, cache_dir, crop_to_bbox, load_pil_rgb, read_cub, sha256_file
 
 from .stats import mcnemar_test, top1_with_ci
 
@@ -726,14 +725,6 @@ def _restorers_available():
     return (ensure_demo_restorers, restore_cub_root), ""
 
 
-def _file_digest(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()[:12]
-
-
 def demo_spec(cache: str | Path | None = None, device: str = "auto", progress: bool = True,
               restore: bool = True) -> tuple[Table2Spec, list[str]]:
     """Build everything the demo scores: mini-CUB, its fog/rain/low-light severity-3 test copies
@@ -769,11 +760,11 @@ def demo_spec(cache: str | Path | None = None, device: str = "auto", progress: b
         for config in ("w/o DiffLoss", "w/ DiffLoss"):
             for c in DEMO_CORRUPTIONS:
                 ckpt = Path(restorers[c][config])
-                dst = base / "demo-restored" / f"{_slug(config)}-{c}-{_file_digest(ckpt)}"
+                dst = base / "demo-restored" / f"{_slug(config)}-{c}-{sha256_file(ckpt)[:12]}"
                 marker = dst / ".complete"
                 if not marker.is_file():
-                    kw = {"progress": progress} if "progress" in inspect.signature(restore_cub_root).parameters else {}
-                    restore_cub_root(ckpt, degraded[c], dst, device=str(resolve_device(device)), split="test", **kw)
+                    restore_cub_root(ckpt, degraded[c], dst, device=str(resolve_device(device)), split="test",
+                                     progress=progress)
                     atomic_write_text(marker, f"{ckpt}\n")
                 sets.append(SetSpec(config, c, str(dst)))
         log.info("restored copies ready in %.1f s", time.perf_counter() - t0)

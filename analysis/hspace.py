@@ -867,12 +867,6 @@ def quick_groups(data_dir: str | Path, corruption: str = "lowlight", severity: i
     return groups
 
 
-def _resolve_device(device: str) -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
-
-
 def run(out: str | Path, *, quick: bool = False, groups: Mapping[str, str | Path] | None = None,
         prior: str | Path | None = None, prior_config: str | None = None, weights: str | None = None,
         feature_size: int | None = None, device: str = "auto", config: HSpaceConfig | None = None,
@@ -901,9 +895,11 @@ def run(out: str | Path, *, quick: bool = False, groups: Mapping[str, str | Path
 
 def _run(out, *, quick, groups, prior, prior_config, weights, feature_size, device, config, quick_corruption,
          quick_severity, quick_restored, progress) -> HSpaceResult:
+    from classifiers.predict import resolve_device
+
     out = Path(out)
     config = config or HSpaceConfig()
-    dev = _resolve_device(device)
+    dev = resolve_device(device)
     if quick:
         weights = "none" if weights is None else weights
         prior_config = prior_config or "tiny"

@@ -402,7 +402,7 @@ def _fake_restorers(calls, mini_root):
             out[c] = {"w/o DiffLoss": d / "wo.pt", "w/ DiffLoss": d / "w.pt"}
         return out
 
-    def restore_cub_root(ckpt, in_root, out_root, device="cpu", batch_size=8, split="test"):
+    def restore_cub_root(ckpt, in_root, out_root, device="cpu", batch_size=8, split="test", progress=True):
         calls.append((Path(ckpt).name, str(in_root)))
         if Path(ckpt).name == "w.pt":
             _variant(mini_root, Path(out_root))
