@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import hashlib
 import io
 import json
 import logging
@@ -39,6 +38,8 @@ from classifiers.predict import make_loader, predict, resolve_device
 from cubdata import CubIndex, atomic_write_text, cache_dir, crop_to_bbox, load_pil_rgb, read_cub, sha256_file
 
 from .stats import mcnemar_test, top1_with_ci
+
+from classifiers.demo import DEMO_ARCHS, demo_classifiers
 
 log = logging.getLogger(__name__)
 
@@ -656,13 +657,6 @@ def _finish(preds, meta, out, n_boot, confidence, seed, write_predictions):
 # --------------------------------------------------------------------------------------------------
 DEMO_CORRUPTIONS = ("fog", "rain", "lowlight")
 DEMO_SEVERITY = 3
-DEMO_ARCHS = ("vgg-mini", "resnet-mini")
-#: From-scratch recipe of the demo's small classifiers (same SGD + cosine + RandomResizedCrop/flip recipe
-#: as the real one, without pretrained weights, at 64 px).
-DEMO_FINETUNE = {"weights": "none", "img_size": 64, "epochs": 40, "batch_size": 12, "lr": 0.05,
-                 "head_lr_mult": 1.0, "weight_decay": 5e-4, "warmup_epochs": 1.0, "crop_scale": (0.5, 1.0),
-                 "workers": 0, "seed": 0, "threads": 1}
-
 REAL_DATA_COMMANDS = """\
 # 1. degraded copies of the clean CUB test split (fog / rain / low light, severity 3)
 python -m corruptions.build --cub-root data/CUB_200_2011 --out data/cub-degraded --severities 3
@@ -681,38 +675,6 @@ python -m analysis.classify --clean data/CUB_200_2011 \\
     --classifier resnet50=ckpt/resnet50.pt --classifier vgg16=ckpt/vgg16.pt \\
     --set "degraded/lowlight=data/cub-degraded/lowlight/3" --set "w/o DiffLoss/lowlight=data/restored/lowlight-wo" \\
     --set "w/ DiffLoss/lowlight=data/restored/lowlight-w" ... --out runs/table2"""
-
-
-def _digest(obj: Any, n: int = 12) -> str:
-    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:n]
-
-
-def demo_classifiers(cache: str | Path | None = None, device: str = "auto", progress: bool = True,
-                     archs: Sequence[str] = DEMO_ARCHS, settings: dict | None = None) -> dict[str, Path]:
-    """Fine-tune (or reuse) the demo's small classifiers from scratch on the mini-CUB train split.
-
-    Checkpoints live under ``cache`` (default ``cubdata.cache_dir()/"demo-classifiers"``), named by arch and
-    a hash of the recipe, the mini benchmark's version and the checkpoint format, so a changed recipe
-    trains anew. Returns ``{arch: checkpoint path}``.
-    """
-    from classifiers import CHECKPOINT_FORMAT
-    from classifiers.finetune import FinetuneConfig, finetune
-    from cubdata import MINI_VERSION, mini_cub_root
-
-    settings = dict(DEMO_FINETUNE, **(settings or {}))
-    folder = Path(cache) if cache is not None else cache_dir() / "demo-classifiers"
-    mini = mini_cub_root()
-    out = {}
-    for arch in archs:
-        key = _digest({"arch": arch, "settings": settings, "mini": MINI_VERSION, "format": CHECKPOINT_FORMAT})
-        ckpt = folder / f"{arch}-{key}.pt"
-        cfg = FinetuneConfig(arch=arch, cub_root=str(mini), out=str(ckpt), device=device, progress=progress,
-                             resume=True, **settings)
-        summary = finetune(cfg)
-        log.info("demo classifier %s: clean top-1 %.1f%% (%s)", arch, summary["clean_test_top1"],
-                 "cached" if summary["skipped"] else f"trained in {summary['seconds']:.1f} s")
-        out[arch] = ckpt
-    return out
 
 
 def _restorers_available():

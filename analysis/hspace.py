@@ -27,7 +27,6 @@ manifest.json that lets an interrupted run resume.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import csv
 import io
 import itertools
@@ -46,8 +45,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from cubdata import (atomic_write_bytes, atomic_write_text, encode_image, load_pil_rgb, read_cub, sha256_file,
+from cubdata import (atomic_write_bytes, atomic_write_text, encode_image, read_cub, sha256_file,
                      write_cub_metadata)
+
+from cubdata import load_square_tensor as load_image_tensor
+from diffloss.sampling import ddim_schedule, keep_global_rng, spaced_diffusion
 
 log = logging.getLogger(__name__)
 
@@ -245,53 +247,6 @@ class PerturbationEdit:
 # ----------------------------------------------------------------------------------------------------------
 # DDIM over guided-diffusion
 # ----------------------------------------------------------------------------------------------------------
-def ddim_schedule(t0: int, steps: int, num_timesteps: int = 1000) -> list[int]:
-    """``steps`` timesteps evenly spaced in [0, t0] (rounded, ascending, first 0, last t0)."""
-    t0, steps = int(t0), int(steps)
-    if not 0 < t0 < num_timesteps:
-        raise ValueError(f"t0 must be in 1..{num_timesteps - 1}, got {t0}")
-    if not 1 <= steps <= t0 + 1:
-        raise ValueError(f"steps must be in 1..t0+1={t0 + 1}, got {steps}")
-    if steps == 1:
-        return [t0]
-    ts = sorted({int(v) for v in np.round(np.linspace(0, t0, steps))})
-    if len(ts) != steps:  # cannot happen with spacing >= 1, kept as a guard
-        raise ValueError(f"cannot space {steps} distinct timesteps in [0, {t0}]")
-    return ts
-
-
-def spaced_diffusion(diffusion, timesteps: Sequence[int]):
-    """A guided-diffusion ``SpacedDiffusion`` keeping ``timesteps`` of the full process ``diffusion``.
-
-    ``diffusion`` must be un-respaced (``load_adm`` returns the full 1000-step process)."""
-    from guided_diffusion.respace import SpacedDiffusion
-
-    tmap = getattr(diffusion, "timestep_map", None)
-    n = int(diffusion.num_timesteps)
-    if tmap is not None and list(tmap) != list(range(len(tmap))):
-        raise ValueError(
-            f"the diffusion is already respaced ({len(tmap)} of {getattr(diffusion, 'original_num_steps', '?')} "
-            "steps); pass the full process (load_adm with no timestep_respacing)"
-        )
-    return SpacedDiffusion(
-        use_timesteps=list(timesteps),
-        betas=np.asarray(diffusion.betas, dtype=np.float64)[:n],
-        model_mean_type=diffusion.model_mean_type,
-        model_var_type=diffusion.model_var_type,
-        loss_type=diffusion.loss_type,
-        rescale_timesteps=diffusion.rescale_timesteps,
-    )
-
-
-@contextlib.contextmanager
-def _keep_global_rng(device: torch.device):
-    """guided-diffusion's ddim_sample draws ``randn_like`` even at eta 0 (multiplied by 0); keep the global
-    RNG state untouched by it."""
-    devices = [device.index if device.index is not None else torch.cuda.current_device()] if device.type == "cuda" else []
-    with torch.random.fork_rng(devices=devices):
-        yield
-
-
 @torch.no_grad()
 def ddim_invert(model: nn.Module, spaced, x0: torch.Tensor) -> torch.Tensor:
     """Deterministic DDIM inversion (eta 0, predicted x0 not clipped) of ``x0`` ([-1, 1] NCHW) from the
@@ -342,7 +297,7 @@ def ddim_generate(model: nn.Module, spaced, x_t: torch.Tensor, alpha: torch.Tens
         for i in reversed(range(spaced.num_timesteps)):
             edit.active = any_edit and spaced.timestep_map[i] >= t_edit
             t = torch.full((B,), i, device=x.device, dtype=torch.long)
-            with _keep_global_rng(x.device):
+            with keep_global_rng(x.device):
                 x = spaced.ddim_sample(model, x, t, clip_denoised=True, eta=0.0)["sample"]
     return x
 
@@ -466,21 +421,6 @@ def select_images(groups: Mapping[str, Sequence[ImageItem]], n: int | None, seed
             pick = set(rng.choice(len(items), size=want, replace=False).tolist())
             out[g] = [it for i, it in enumerate(items) if i in pick]
     return out
-
-
-def load_image_tensor(path: str | Path, size: int) -> torch.Tensor:
-    """Decode an image, resize its shorter side to ``size`` (bicubic, antialiased) and centre-crop:
-    ``[0, 1] 3 x size x size float``."""
-    from PIL import Image
-
-    im = load_pil_rgb(path)
-    w, h = im.size
-    s = size / min(w, h)
-    nw, nh = max(size, round(w * s)), max(size, round(h * s))
-    im = im.resize((nw, nh), Image.BICUBIC, reducing_gap=None)
-    left, top = (nw - size) // 2, (nh - size) // 2
-    im = im.crop((left, top, left + size, top + size))
-    return torch.from_numpy(np.asarray(im, dtype=np.float32) / 255.0).permute(2, 0, 1).contiguous()
 
 
 def _to_uint8(img01: torch.Tensor) -> np.ndarray:
@@ -876,7 +816,7 @@ def run(out: str | Path, *, quick: bool = False, groups: Mapping[str, str | Path
     run, write every output into ``out``. Returns the `HSpaceResult`.
 
     Paper mode (``quick=False``) needs ``prior`` (the ADM-256 checkpoint), ``groups`` and ResNet50 ImageNet
-    weights (``weights`` "imagenet" from the torch cache or a path); quick mode uses the tiny untrained prior,
+    weights (``weights`` "imagenet" from the torch cache or a path); quick mode uses the built-in trained prior,
     a random ResNet50 unless ``weights`` is given, and mini-CUB groups. ``threads``: torch CPU threads for the
     run (restored afterwards); None: 1 in quick mode (small models on a shared CPU run several times faster
     single-threaded, measured), torch's default otherwise."""
@@ -902,34 +842,29 @@ def _run(out, *, quick, groups, prior, prior_config, weights, feature_size, devi
     dev = resolve_device(device)
     if quick:
         weights = "none" if weights is None else weights
-        prior_config = prior_config or "tiny"
+        prior = "builtin" if prior is None else prior
         feature_size = feature_size or QUICK_DEFAULTS["feature_size"]
     else:
         weights = "imagenet" if weights is None else weights
-        prior_config = prior_config or "adm256-uncond"
         feature_size = feature_size or 224
         if prior is None:
             raise ValueError(
                 f"paper mode needs --prior PATH to the ADM-256 unconditional checkpoint {PRIOR_FILE} "
-                f"(from openai/guided-diffusion: {PRIOR_URL}); or run --quick"
-            )
-        p = Path(prior).expanduser()
-        if not (p.is_file() or (p.is_dir() and (p / PRIOR_FILE).is_file())):
-            raise FileNotFoundError(
-                f"prior checkpoint not found: {prior}. Expected {PRIOR_FILE} (openai/guided-diffusion, {PRIOR_URL}); "
-                "pass its local path with --prior PATH"
+                f"(from openai/guided-diffusion: {PRIOR_URL}), or a prior.pt of diffloss.train_prior; or run --quick"
             )
         if not groups:
             raise ValueError("paper mode needs at least one --group NAME=CUB_ROOT_OR_FOLDER (or run --quick)")
+    from diffloss.prior import load_prior, resolve_prior_spec
+
+    resolve_prior_spec(prior)  # a missing file fails here, before anything is built
     if groups:
         for g, src in groups.items():
             if not Path(src).exists():
                 raise FileNotFoundError(f"group {g!r}: {src} does not exist (expected a CUB root or an image folder)")
 
     extractor = build_feature_extractor(weights, size=feature_size, device=dev, init_seed=config.seed)
-    from diffloss import load_adm
-
-    model, diffusion = load_adm(prior, config=prior_config, device=str(dev))
+    model, diffusion = load_prior(prior, config=prior_config, device=str(dev))
+    prior_config = model.prior_info["config"]
     if quick and not groups:
         groups = quick_groups(out / "data", quick_corruption, quick_severity, restored=quick_restored,
                               n_images=config.images_per_group, seed=config.seed, split=config.split)
@@ -973,10 +908,13 @@ def build_parser() -> argparse.ArgumentParser:
     d = HSpaceConfig()
     p.add_argument("--out", default="runs/hspace", help="output folder (resumable)")
     p.add_argument("--quick", action="store_true",
-                   help="smoke run: tiny untrained prior, random ResNet50, mini-CUB clean/degraded/restored groups")
-    p.add_argument("--prior", default=None, help=f"ADM checkpoint ({PRIOR_FILE}); required in paper mode")
+                   help="smoke run: the built-in trained 64 px prior, random ResNet50, mini-CUB clean/degraded/restored groups")
+    p.add_argument("--prior", default=None,
+                   help=f"the prior: a checkpoint ({PRIOR_FILE}, or a prior.pt of diffloss.train_prior), 'builtin' "
+                        "(the trained mini-CUB prior; the --quick default) or 'random'; required in paper mode")
     p.add_argument("--prior-config", default=None, choices=prior_choices,
-                   help="prior architecture (default: adm256-uncond; tiny with --quick)")
+                   help="architecture of a bare guided-diffusion state dict (default adm256-uncond; a prior.pt "
+                        "carries its own)")
     p.add_argument("--weights", default=None,
                    help=f"ResNet50 weights: 'imagenet' (torchvision, from the torch cache offline), a path "
                         f"({RESNET50_FILE}) or 'none' (random; quick mode default)")

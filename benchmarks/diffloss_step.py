@@ -118,7 +118,16 @@ def benchmark_step(
 ) -> dict[str, Any]:
     """Run the measurements; returns a dict (``setup`` and one entry per measured variant)."""
     dev = torch.device(device)
+    # a checkpoint carries its config when it is a prior.pt of diffloss.train_prior; a bare state dict is read as ``config``
+    if prior is not None:
+        from diffloss.prior import read_prior_file, resolve_prior_spec
+
+        path = resolve_prior_spec(prior)
+        if path is not None and read_prior_file(path)[1] is not None:
+            config = None
+        prior = path
     model, diffusion = load_adm(prior, config=config, device=dev, init_seed=seed)
+    config = model.prior_info["config"]
     size = size or model.image_size
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     amp_dtype = AUTOCAST_DTYPES[dtype]
@@ -172,7 +181,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="torch device to run on")
     p.add_argument("--config", choices=sorted(PRIOR_CONFIGS), default=None,
                    help="prior config (default: adm256-uncond on CUDA, tiny on CPU)")
-    p.add_argument("--prior", default=None, help="optional checkpoint path (random weights without it)")
+    p.add_argument("--prior", default=None,
+                   help="optional checkpoint: a path, or builtin (the trained mini-CUB prior); random weights without it")
     p.add_argument("--batch", type=int, default=None, help="batch size (default: 4 on CUDA, 8 on CPU)")
     p.add_argument("--size", type=int, default=None, help="image size (default: the config's image_size)")
     p.add_argument("--dtype", choices=sorted(AUTOCAST_DTYPES), default=None,

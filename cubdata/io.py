@@ -5,11 +5,14 @@ orientation tag and converts every mode (L, LA, P, CMYK, I;16, RGBA ...) to 8-bi
 """
 from __future__ import annotations
 
+import csv
 import hashlib
 import io
+import math
 import os
 import tempfile
 from pathlib import Path
+from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -22,7 +25,25 @@ __all__ = [
     "atomic_write_bytes",
     "atomic_write_text",
     "atomic_save_torch",
+    "IMAGE_SUFFIXES",
+    "list_images",
+    "load_square_tensor",
+    "csv_text",
+    "write_csv",
+    "read_csv",
 ]
+
+#: File suffixes read as images wherever a plain folder is accepted (compared lower-case).
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
+
+
+def _current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+_FILE_MODE = 0o666 & ~_current_umask()  # what open() would give: mkstemp's 0600 ignores the user's umask
 
 
 class ImageDecodeError(OSError):
@@ -106,6 +127,7 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
             fh.write(data)
             fh.flush()
             os.fsync(fh.fileno())
+        os.chmod(tmp, _FILE_MODE)
         os.replace(tmp, path)
     except BaseException:
         try:
@@ -128,3 +150,73 @@ def atomic_save_torch(obj, path: str | os.PathLike) -> Path:
     buf = io.BytesIO()
     torch.save(obj, buf)
     return atomic_write_bytes(path, buf.getvalue())
+
+
+def load_square_tensor(path: str | os.PathLike, size: int):
+    """Decode an image, resize its shorter side to ``size`` (bicubic, antialiased) and centre-crop:
+    ``[0, 1] 3 x size x size float`` torch tensor (the size a diffusion prior takes)."""
+    import torch
+
+    im = load_pil_rgb(path)
+    w, h = im.size
+    s = size / min(w, h)
+    nw, nh = max(size, round(w * s)), max(size, round(h * s))
+    im = im.resize((nw, nh), Image.BICUBIC, reducing_gap=None)
+    left, top = (nw - size) // 2, (nh - size) // 2
+    im = im.crop((left, top, left + size, top + size))
+    return torch.from_numpy(np.asarray(im, dtype=np.float32) / 255.0).permute(2, 0, 1).contiguous()
+
+
+def list_images(folder: str | os.PathLike) -> list[Path]:
+    """Image files (by `IMAGE_SUFFIXES`) under ``folder``, recursively, sorted by relative path; hidden files
+    and folders (names starting with '.') are skipped."""
+    root = Path(folder)
+    if not root.is_dir():
+        raise FileNotFoundError(f"image folder not found: {str(root)!r}")
+    found = []
+    for p in root.rglob("*"):
+        rel = p.relative_to(root)
+        if any(part.startswith(".") for part in rel.parts):
+            continue
+        if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file():
+            found.append(p)
+    return sorted(found, key=lambda p: p.relative_to(root).as_posix())
+
+
+def _csv_cell(value: Any, float_format: str | None) -> Any:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return ""
+    if float_format and isinstance(value, float):
+        return format(value, float_format)
+    return value
+
+
+def csv_text(rows: Iterable[Mapping[str, Any]], columns: Sequence[str], float_format: str | None = None) -> str:
+    """CSV text with a header of ``columns`` (missing values and NaN as empty cells; floats formatted with
+    ``float_format`` when given, e.g. ``".6g"``)."""
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=list(columns), extrasaction="ignore", lineterminator="\n")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({k: _csv_cell(row.get(k), float_format) for k in columns})
+    return buf.getvalue()
+
+
+def write_csv(path: str | os.PathLike, rows: Iterable[Mapping[str, Any]], columns: Sequence[str],
+              float_format: str | None = None) -> Path:
+    """Atomically write ``rows`` as CSV (see `csv_text`)."""
+    return atomic_write_text(path, csv_text(rows, columns, float_format))
+
+
+def read_csv(path: str | os.PathLike, ints: Sequence[str] = (), floats: Sequence[str] = ()) -> list[dict[str, Any]]:
+    """Rows of a CSV file as dicts; the ``ints`` and ``floats`` columns converted (empty cells -> None)."""
+    with open(path, newline="", encoding="utf-8") as fh:
+        rows = list(csv.DictReader(fh))
+    for row in rows:
+        for k in ints:
+            if k in row:
+                row[k] = int(row[k]) if row[k] not in ("", None) else None
+        for k in floats:
+            if k in row:
+                row[k] = float(row[k]) if row[k] not in ("", None) else None
+    return rows

@@ -1,6 +1,6 @@
 """The built-in mini benchmark: a tiny, deterministic dataset in the exact CUB-200-2011 layout.
 
-Ten "species" (classes), twelve images each (six train, six test), 96-160 px with mixed aspect ratios.
+Ten "species" (classes), twenty images each (eight train, twelve test), 96-160 px with mixed aspect ratios.
 Each image is one object on a smooth, low-saturation background. The class is carried by the object's
 hue (five hues) together with its shape and surface texture (striped ellipse vs dotted triangle), with
 per-image jitter of position, size, rotation, hue, brightness and background. A small classifier learns
@@ -25,19 +25,30 @@ from .layout import CubIndex, read_cub
 
 log = logging.getLogger(__name__)
 
-__all__ = ["generate_mini_cub", "mini_cub_root", "cache_dir", "MINI_VERSION", "MINI_CLASSES"]
+__all__ = ["generate_mini_cub", "mini_cub_root", "cache_dir", "MINI_VERSION", "MINI_CLASSES",
+           "MINI_VARIANTS"]
 
-MINI_VERSION = "mini-cub-v1"
+#: v2: 20 images per class (8 train, 12 test, so the demo's Top-1 has n = 120) and a separate validation
+#: benchmark (`mini_cub_root(variant="val")`, the same generator with seed 1) for tuning on images the
+#: demo's test split never shares. v1 had 6 train + 6 test per class and no validation set.
+MINI_VERSION = "mini-cub-v2"
+MINI_PER_CLASS = 20
+MINI_TRAIN_PER_CLASS = 8
+#: seed of each variant: "main" is the benchmark (train + test), "val" an independent draw for tuning.
+MINI_VARIANTS = {"main": 0, "val": 1}
 _HUES = {"Crimson": 0.0, "Amber": 0.10, "Olive": 0.22, "Teal": 0.50, "Violet": 0.76}
 _FORMS = {"Striped_Ellipse": "ellipse", "Dotted_Triangle": "triangle"}
 MINI_CLASSES = [f"{h}_{f}" for f in _FORMS for h in _HUES]  # class ids 1..10 in this order
 
 
 def cache_dir() -> Path:
-    """Cache folder for generated data and small cached models: ``$DIFFLOSS_CACHE`` or
-    ``~/.cache/diffloss-toolkit``."""
+    """Cache folder for generated data and small cached models: ``$DIFFLOSS_CACHE``, else
+    ``$XDG_CACHE_HOME/diffloss-toolkit``, else ``~/.cache/diffloss-toolkit``."""
     env = os.environ.get("DIFFLOSS_CACHE")
-    return Path(env) if env else Path.home() / ".cache" / "diffloss-toolkit"
+    if env:
+        return Path(env)
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    return (Path(xdg) if xdg else Path.home() / ".cache") / "diffloss-toolkit"
 
 
 def _smooth_field(rng: np.random.Generator, h: int, w: int, cells: int = 4) -> np.ndarray:
@@ -103,18 +114,22 @@ def _render(rng: np.random.Generator, class_idx: int) -> tuple[np.ndarray, tuple
 
 
 def generate_mini_cub(
-    out_root: str | os.PathLike, n_classes: int = 10, per_class: int = 12, seed: int = 0
+    out_root: str | os.PathLike, n_classes: int = 10, per_class: int = 12, seed: int = 0,
+    n_train: int | None = None,
 ) -> CubIndex:
     """Write the mini benchmark into ``out_root`` (a CUB root) and return its index.
 
-    Deterministic: the same arguments give byte-identical files. Per class, the first half of the images
-    are train, the second half test. Files are written atomically; ``images.txt`` is written last, so a
+    Deterministic: the same arguments give byte-identical files. Per class, the first ``n_train`` images
+    (default: half of ``per_class``) are train, the rest test. Files are written atomically; ``images.txt`` is written last, so a
     folder with ``images.txt`` is complete.
     """
     if not 1 <= n_classes <= len(MINI_CLASSES):
         raise ValueError(f"n_classes must be in 1..{len(MINI_CLASSES)}, got {n_classes}")
     if per_class < 2:
         raise ValueError(f"per_class must be >= 2 (one train, one test), got {per_class}")
+    n_train = per_class // 2 if n_train is None else int(n_train)
+    if not 1 <= n_train < per_class:
+        raise ValueError(f"n_train must be in 1..{per_class - 1} (at least one train and one test image), got {n_train}")
     out = Path(out_root)
     lines = {"images": [], "labels": [], "split": [], "bbox": []}
     image_id = 0
@@ -128,7 +143,7 @@ def generate_mini_cub(
             atomic_write_bytes(out / "images" / rel, encode_image(img, "jpeg", 95))
             lines["images"].append(f"{image_id} {rel}\n")
             lines["labels"].append(f"{image_id} {c + 1}\n")
-            lines["split"].append(f"{image_id} {int(k < per_class // 2)}\n")
+            lines["split"].append(f"{image_id} {int(k < n_train)}\n")
             lines["bbox"].append(f"{image_id} " + " ".join(f"{v:.1f}" for v in bbox) + "\n")
     atomic_write_text(out / "classes.txt", "".join(f"{c + 1} {c + 1:03d}.{MINI_CLASSES[c]}\n" for c in range(n_classes)))
     atomic_write_text(out / "image_class_labels.txt", "".join(lines["labels"]))
@@ -138,15 +153,22 @@ def generate_mini_cub(
     return read_cub(out)
 
 
-def mini_cub_root(cache: str | os.PathLike | None = None) -> Path:
-    """Path of the built-in mini benchmark, generated on first use under ``cache`` (default `cache_dir`)."""
+def mini_cub_root(cache: str | os.PathLike | None = None, variant: str = "main") -> Path:
+    """Path of the built-in mini benchmark, generated on first use under ``cache`` (default `cache_dir`).
+
+    ``variant="main"``: the benchmark (8 train + 12 test images per class). ``"val"``: an independent draw
+    of the same generator (seed 1), for choosing settings (e.g. DiffLoss' gamma and lambda) on images that
+    neither the benchmark's test split nor anything trained on its train split has seen.
+    """
+    if variant not in MINI_VARIANTS:
+        raise ValueError(f"unknown mini-CUB variant {variant!r}; valid: {sorted(MINI_VARIANTS)}")
     root = Path(cache) if cache is not None else cache_dir()
-    root = root / MINI_VERSION
+    root = root / (MINI_VERSION if variant == "main" else f"{MINI_VERSION}-{variant}")
     try:
         read_cub(root)
         return root
     except ValueError:
         pass
     log.info("generating the built-in mini benchmark into %s", root)
-    generate_mini_cub(root)
+    generate_mini_cub(root, per_class=MINI_PER_CLASS, n_train=MINI_TRAIN_PER_CLASS, seed=MINI_VARIANTS[variant])
     return root

@@ -1,7 +1,7 @@
 """DiffLoss: a frozen diffusion prior (guided-diffusion ADM) as a training criterion for restoration.
 
     from diffloss import load_adm, DiffLoss
-    model, diffusion = load_adm("256x256_diffusion_uncond.pt", config="adm256-uncond", device="cuda")
+    model, diffusion = load_adm("256x256_diffusion_uncond.pt", device="cuda")   # or load_prior("builtin")
     criterion = DiffLoss(model, diffusion, gamma=1e-3, lam=1e-2)
     out = criterion(restored, clean)        # [0, 1] NCHW float; out.total, out.pixel, out.nat, out.sem, out.t
 
@@ -19,6 +19,9 @@ _LAZY = {
     "PRIOR_CHECKPOINTS": "prior",
     "PriorCheckpointMismatch": "prior",
     "load_adm": "prior",
+    "load_prior": "prior",
+    "builtin_prior_path": "prior",
+    "BUILTIN_PRIOR_FILE": "prior",
     "randomize_zero_init_": "prior",
     "count_parameters": "nets",
     "count_prior_parameters": "prior",

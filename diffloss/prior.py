@@ -50,7 +50,9 @@ __all__ = [
     "prior_kwargs", "load_adm", "randomize_zero_init_", "zero_initialised_layers", "freeze_",
     "convert_prior_dtype_", "set_activation_checkpointing", "activation_checkpointing_mode", "CHECKPOINT_IMPLS",
     "guided_diffusion_checkpoint_gives_input_grads", "compile_prior_", "count_parameters",
-    "count_prior_parameters", "size_multiple", "describe_valid_sizes", "clone_prior",
+    "count_prior_parameters", "size_multiple", "describe_valid_sizes", "clone_prior", "PRIOR_FORMAT",
+    "resolve_prior_path", "read_prior_file", "build_trainable_prior", "BUILTIN_PRIOR_FILE", "BUILTIN_PRIOR_SHA256",
+    "PRIOR_WORDS", "builtin_prior_path", "resolve_prior_spec", "load_prior",
 ]
 
 # ---------------------------------------------------------------------------------------------------
@@ -95,7 +97,38 @@ PRIOR_CONFIGS: dict[str, dict[str, Any]] = {
         num_head_channels=32,
         num_res_blocks=1,
     ),
+    # Mid-size priors to train on a GPU (python -m diffloss.train_prior): the ADM recipe of the 256 px model
+    # (2 res blocks, 64-channel heads, attention at 32/16/8 px) with fewer channels and levels.
+    "adm64": dict(
+        _ADM_FAMILY,
+        attention_resolutions="32,16,8",
+        image_size=64,
+        num_channels=128,
+        channel_mult="1,2,3,4",
+        num_head_channels=64,
+        num_res_blocks=2,
+    ),
+    "adm128": dict(
+        _ADM_FAMILY,
+        attention_resolutions="32,16,8",
+        image_size=128,
+        num_channels=128,
+        channel_mult="1,1,2,3,4",
+        num_head_channels=64,
+        num_res_blocks=2,
+    ),
 }
+
+#: The built-in trained prior, shipped with the package (python -m diffloss.train_prior on mini-CUB's clean
+#: train split; the command, seed and step count are in docs/prior.md). ``--prior builtin`` everywhere.
+BUILTIN_PRIOR_FILE = Path(__file__).resolve().parent / "priors" / "mini-cub-tiny64.pt"
+BUILTIN_PRIOR_SHA256 = ""
+#: The ``--prior`` words every CLI understands besides a path.
+PRIOR_WORDS = ("builtin", "random")
+
+#: ``format`` of the self-describing prior files written by ``python -m diffloss.train_prior``
+#: (``{"format", "config_name", "kwargs", "state_dict", "step", "meta"}``).
+PRIOR_FORMAT = "diffloss-prior/1"
 
 
 @dataclass(frozen=True)
@@ -537,17 +570,110 @@ def _check_state_dict(
 
 
 def _load_state_dict_file(path: Path) -> Any:
+    """``torch.load(weights_only=True)``; any failure becomes one PriorCheckpointMismatch naming the file
+    (torch's own message would suggest ``weights_only=False``, an unsafe load we never advise)."""
     try:
-        return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except RuntimeError as err:  # legacy (non-zip) serialisation cannot be memory-mapped
-        if "mmap" not in str(err):
-            raise
-        return torch.load(path, map_location="cpu", weights_only=True)
+        try:
+            return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        except RuntimeError as err:  # legacy (non-zip) serialisation cannot be memory-mapped
+            if "mmap" not in str(err):
+                raise
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001 - truncated, garbage or pickled-object files all land here
+        kind = type(err).__name__
+        raise PriorCheckpointMismatch(
+            f"{str(path)!r} is not a prior checkpoint this toolkit can read ({kind}; truncated, not a torch file, "
+            "or it holds pickled objects, which are never loaded): pass a guided-diffusion state dict such as "
+            "256x256_diffusion_uncond.pt or a prior.pt written by python -m diffloss.train_prior"
+        ) from None
+
+
+def resolve_prior_path(checkpoint: str | Path, config: str | Mapping[str, Any] | None = None) -> Path:
+    """The file behind ``checkpoint``: the path itself, or inside a folder its ``prior.pt`` (a
+    ``diffloss.train_prior`` run) or the config's released file. Raises FileNotFoundError naming the file
+    and where to get it."""
+    path = Path(checkpoint).expanduser()
+    if path.is_dir():
+        info = PRIOR_CHECKPOINTS.get(config) if isinstance(config, str) else None
+        for candidate in ("prior.pt", info.filename if info else None):
+            if candidate and (path / candidate).is_file():
+                return path / candidate
+    if not path.is_file():
+        raise FileNotFoundError(_missing_checkpoint_message(path, config or "adm256-uncond"))
+    return path
+
+
+def read_prior_file(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any] | None, dict[str, Any]]:
+    """``(state_dict, kwargs or None, info)`` of a prior file. ``kwargs``: the ``create_model_and_diffusion``
+    arguments stored in a self-describing ``diffloss.train_prior`` file (None for a bare guided-diffusion
+    state dict); ``info``: its ``config_name``, ``step`` and ``meta`` ({} for a bare one)."""
+    path = Path(path)
+    obj = _load_state_dict_file(path)
+    if isinstance(obj, Mapping) and obj.get("format") == PRIOR_FORMAT:
+        kwargs = obj.get("kwargs")
+        if not isinstance(kwargs, Mapping):
+            raise PriorCheckpointMismatch(f"{str(path)!r} says {PRIOR_FORMAT} but holds no config (kwargs)")
+        info = {k: obj.get(k) for k in ("config_name", "step", "meta")}
+        return _unwrap_state_dict(obj["state_dict"], path), dict(kwargs), info
+    return _unwrap_state_dict(obj, path), None, {}
+
+
+def build_trainable_prior(config: str | Mapping[str, Any], seed: int = 0) -> tuple[nn.Module, Any]:
+    """A freshly initialised, trainable UNet and its diffusion (guided-diffusion's own init, zero-initialised
+    layers included), drawn from ``seed`` without touching the caller's global RNG; in train mode."""
+    kwargs = prior_kwargs(config)
+    with torch.random.fork_rng(devices=[]):
+        torch.default_generator.manual_seed(int(seed))
+        model, diffusion = _build(kwargs, "cpu")
+    return model.train(), diffusion
+
+
+def builtin_prior_path(check_digest: bool = False) -> Path:
+    """Path of the built-in trained prior (`BUILTIN_PRIOR_FILE`); FileNotFoundError, naming the command that
+    makes it, when the package was installed without it. ``check_digest``: also compare its SHA-256."""
+    path = BUILTIN_PRIOR_FILE
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"the built-in prior {str(path)!r} is missing from this installation; train one with "
+            "python -m diffloss.train_prior --config tiny64 --out runs/prior-mini64 and pass --prior "
+            "runs/prior-mini64/prior.pt, or --prior random for untrained weights (timing only)"
+        )
+    if check_digest and BUILTIN_PRIOR_SHA256:
+        import hashlib
+
+        digest = hashlib.sha256(path.read_bytes()).hexdigest()
+        if digest != BUILTIN_PRIOR_SHA256:
+            raise ValueError(f"the built-in prior {str(path)!r} has SHA-256 {digest}, expected "
+                             f"{BUILTIN_PRIOR_SHA256}: reinstall the package")
+    return path
+
+
+def resolve_prior_spec(prior: str | Path | None) -> Path | None:
+    """A ``--prior`` value -> the checkpoint to load, or None for random weights.
+
+    ``None`` or ``"builtin"``: the built-in trained prior; ``"random"``: untrained weights (for timing and
+    tests; say so on purpose); anything else: a path (a file, or a train_prior run folder)."""
+    if prior is None or str(prior) == "builtin":
+        return builtin_prior_path()
+    if str(prior) == "random":
+        return None
+    return resolve_prior_path(prior)
+
+
+def load_prior(prior: str | Path | None = "builtin", config: str | Mapping[str, Any] | None = None,
+               device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32,
+               init_seed: int = 0) -> tuple[nn.Module, Any]:
+    """`load_adm` for a ``--prior`` value (see `resolve_prior_spec`). ``"random"`` builds ``config`` (default
+    ``tiny``) with random weights; files carry their own config."""
+    checkpoint = resolve_prior_spec(prior)
+    if checkpoint is None and config is None:
+        config = "tiny"
+    return load_adm(checkpoint, config=config, device=device, dtype=dtype, init_seed=init_seed)
 
 
 def load_adm(
     checkpoint: str | Path | None = None,
-    config: str | Mapping[str, Any] = "adm256-uncond",
+    config: str | Mapping[str, Any] | None = None,
     device: str | torch.device = "cpu",
     dtype: torch.dtype = torch.float32,
     init_seed: int = 0,
@@ -555,11 +681,14 @@ def load_adm(
     """Build the frozen guided-diffusion prior; returns ``(model, diffusion)``.
 
     Args:
-        checkpoint: path to a guided-diffusion state dict (e.g. ``256x256_diffusion_uncond.pt``), loaded
+        checkpoint: path to a guided-diffusion state dict (e.g. ``256x256_diffusion_uncond.pt``) or to a
+            self-describing ``prior.pt`` of ``python -m diffloss.train_prior`` (or its run folder), loaded
             with ``torch.load(weights_only=True)`` and a strict key/shape check; a folder holding the
             config's released file also works. ``None``: random weights drawn from ``init_seed`` (the
             zero-initialised layers re-drawn too), with a logged "untrained prior" warning.
-        config: a :data:`PRIOR_CONFIGS` name or a dict of ``create_model_and_diffusion`` kwargs.
+        config: a :data:`PRIOR_CONFIGS` name or a dict of ``create_model_and_diffusion`` kwargs. None (the
+            default): the config stored in a self-describing file, else ``adm256-uncond``. A config that
+            contradicts the one stored in the file is an error.
         device: where the model lives ("meta" builds a shape-only model without memory).
         dtype: float32 (default), float16 or bfloat16 for the UNet torso (see :func:`convert_prior_dtype_`).
         init_seed: seed of the random weights when ``checkpoint`` is None; the global RNG is not touched.
@@ -569,44 +698,58 @@ def load_adm(
         (its ``train()`` keeps eval); input ``[-1, 1] NCHW`` at ``model.image_size``, called as
         ``model(x_t, t)``; output ``[B, 6, H, W]`` with ``learn_sigma`` (3 noise + 3 variance channels).
         ``diffusion``: the matching ``GaussianDiffusion`` (a ``SpacedDiffusion`` over all steps).
+        The model carries ``model.prior_info``: path (None if random), config name, training step (of a
+        train_prior file) and the full ``create_model_and_diffusion`` kwargs.
 
     Raises:
         FileNotFoundError: the checkpoint does not exist (the message names the file and its URL).
-        PriorCheckpointMismatch (a ValueError): keys/shapes differ; names them and the likely flags.
+        PriorCheckpointMismatch (a ValueError): not a readable checkpoint, or keys/shapes differ (names them
+        and the likely flags).
     """
-    kwargs = prior_kwargs(config)
     device = torch.device(device)
     if dtype not in _DTYPES:
         raise ValueError(f"dtype must be one of {list(_DTYPES.values())}, got {dtype}")
 
     if checkpoint is not None:
-        path = Path(checkpoint).expanduser()
-        info = PRIOR_CHECKPOINTS.get(config) if isinstance(config, str) else None
-        if path.is_dir() and info is not None and (path / info.filename).is_file():
-            path = path / info.filename
-        if not path.is_file():
-            raise FileNotFoundError(_missing_checkpoint_message(path, config))
+        path = resolve_prior_path(checkpoint, config)
+        sd, stored, info = read_prior_file(path)
+        if stored is not None:
+            if config is not None and prior_kwargs(config) != prior_kwargs(stored):
+                raise PriorCheckpointMismatch(
+                    f"{str(path)!r} is a {info.get('config_name')!r} prior (its config is stored in the file), "
+                    f"but config {_config_name(config)!r} was asked for; leave the config out (--prior-config) "
+                    "to use the file's"
+                )
+            config = stored
+            name = info.get("config_name") or "<custom config>"
+        else:
+            config = config if config is not None else "adm256-uncond"
+            name = _config_name(config)
+        kwargs = prior_kwargs(config)
         model, diffusion = _build(kwargs, "meta")  # no 2.2 GB random init just to overwrite it
-        sd = _unwrap_state_dict(_load_state_dict_file(path), path)
         _check_state_dict(sd, model, path, config)
         model.load_state_dict({k: v.float() for k, v in sd.items()}, strict=True, assign=True)
         model.to(device)
-        log.info("loaded prior %s (%s, %d parameters) from %s", _config_name(config),
-                 _DTYPES[dtype], count_parameters(model), path)
-    elif device.type == "meta":
-        model, diffusion = _build(kwargs, "meta")
+        model.prior_info = {"path": str(path), "config": name, "step": info.get("step"), "kwargs": kwargs}
+        log.info("loaded prior %s (%s, %d parameters) from %s", name, _DTYPES[dtype], count_parameters(model), path)
     else:
-        # Third-party init draws from the global CPU generator: fork it so the caller's state is untouched.
-        with torch.random.fork_rng(devices=[]):
-            torch.default_generator.manual_seed(int(init_seed))
-            model, diffusion = _build(kwargs, "cpu")
-        randomize_zero_init_(model, torch.Generator().manual_seed(int(init_seed) + 1))
-        model.to(device)
-        log.warning(
-            "untrained prior: %s built with random weights (init_seed=%d). DiffLoss with it is only good "
-            "for tests and timing; pass checkpoint=PATH (e.g. 256x256_diffusion_uncond.pt) for real use.",
-            _config_name(config), init_seed,
-        )
+        config = config if config is not None else "adm256-uncond"
+        kwargs = prior_kwargs(config)
+        if device.type == "meta":
+            model, diffusion = _build(kwargs, "meta")
+        else:
+            # Third-party init draws from the global CPU generator: fork it so the caller's state is untouched.
+            with torch.random.fork_rng(devices=[]):
+                torch.default_generator.manual_seed(int(init_seed))
+                model, diffusion = _build(kwargs, "cpu")
+            randomize_zero_init_(model, torch.Generator().manual_seed(int(init_seed) + 1))
+            model.to(device)
+            log.warning(
+                "untrained prior: %s built with random weights (init_seed=%d). DiffLoss with it is only good "
+                "for tests and timing; pass checkpoint=PATH (e.g. 256x256_diffusion_uncond.pt) for real use.",
+                _config_name(config), init_seed,
+            )
+        model.prior_info = {"path": None, "config": _config_name(config), "step": None, "kwargs": kwargs}
     if dtype != torch.float32:
         convert_prior_dtype_(model, dtype)
     freeze_(model)

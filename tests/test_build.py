@@ -227,7 +227,7 @@ def test_unreadable_image_is_recorded_failed_and_run_goes_on(small_root, tmp_pat
 def test_default_root_is_the_mini_benchmark(mini_root, tmp_path):
     summary = build_degraded_cub(None, tmp_path / "mini", ("lowlight",), (4,), progress=False)
     assert Path(summary["source_root"]) == mini_root
-    assert summary["written"] == len(read_cub(mini_root).split("test")) == 60
+    assert summary["written"] == len(read_cub(mini_root).split("test")) == 120  # mini-cub-v2: 12 test per class
 
 
 def test_other_settings_into_same_out_are_refused(small_root, reference, tmp_path):

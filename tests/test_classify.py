@@ -183,8 +183,8 @@ def test_table_csv_is_tidy_and_consistent_with_predictions(table_run):
     for r in rows:
         p = preds[(r["config"], r["degradation"], r["classifier"])]
         correct = sum(int(x["label"]) == int(x["pred"]) for x in p)
-        assert r["n"] == len(p) == 60 and r["correct"] == correct
-        assert r["top1"] == pytest.approx(100 * correct / 60, abs=1e-4)
+        assert r["n"] == len(p) == 120 and r["correct"] == correct
+        assert r["top1"] == pytest.approx(100 * correct / 120, abs=1e-4)
         assert r["ci_low"] <= r["top1"] <= r["ci_high"]
 
 
@@ -218,7 +218,7 @@ def test_mcnemar_rows_match_hand_counts(table_run):
         ok_b = [x["label"] == x["pred"] for x in b]
         hand_b = sum(x and not y for x, y in zip(ok_a, ok_b))
         hand_c = sum(y and not x for x, y in zip(ok_a, ok_b))
-        assert (t["n"], t["b"], t["c"]) == (60, hand_b, hand_c)
+        assert (t["n"], t["b"], t["c"]) == (120, hand_b, hand_c)
         assert t["p_value"] == pytest.approx(mcnemar_exact_p(hand_b, hand_c), rel=1e-5)
 
 
@@ -344,7 +344,7 @@ def test_bbox_crop(tiny_ckpts, mini_root, variants, tmp_path, monkeypatch):
     assert square(Image.new("RGB", (300, 120))).shape == (3, 227, 227)
     seen.clear()
     whole, _ = score_table2(Table2Spec(spec.clean, spec.classifiers), device="cpu", workers=0, progress=False)
-    assert len(preds[0].pred) == len(whole[0].pred) == 60 and set(seen) == {(55, 48, False)}
+    assert len(preds[0].pred) == len(whole[0].pred) == 120 and set(seen) == {(55, 48, False)}
     # 'classifier': the checkpoint's own sizes; the CLI flag, the spec key and the table note
     seen.clear()
     out = tmp_path / "o"
@@ -416,7 +416,9 @@ def _fake_restorers(calls, mini_root):
 def test_embedded_demo_fast(tiny_ckpts, demo_degraded, mini_root, monkeypatch, tmp_path, capsys):
     """`python -m analysis.classify` with no arguments, with the tiny classifier recipe (already cached) and
     stand-in restorers, so it runs in seconds; the full-size demo is test_embedded_demo_full (slow)."""
-    monkeypatch.setattr(ac, "DEMO_FINETUNE", dict(ac.DEMO_FINETUNE, **TINY_CLASSIFIER_SETTINGS))
+    import classifiers.demo as cd
+
+    monkeypatch.setattr(cd, "DEMO_FINETUNE", dict(cd.DEMO_FINETUNE, **TINY_CLASSIFIER_SETTINGS))
     calls = []
     monkeypatch.setattr(ac, "_restorers_available", lambda: (_fake_restorers(calls, mini_root), ""))
     monkeypatch.chdir(tmp_path)

@@ -39,9 +39,10 @@ def small_root(tmp_path) -> Path:
 # ---------------------------------------------------------------- layout
 def test_mini_root_layout(mini_root):
     idx = read_cub(mini_root)
-    assert len(idx) == 120 and idx.num_classes == 10
-    assert len(idx.split("train")) == 60 and len(idx.split("test")) == 60
-    assert len(idx.split("all")) == 120
+    assert len(idx) == 200 and idx.num_classes == 10  # mini-cub-v2: 8 train + 12 test per class
+    assert len(idx.split("train")) == 80 and len(idx.split("test")) == 120
+    assert len(idx.split("all")) == 200
+    assert [r.is_train for r in idx.records[:20]] == [True] * 8 + [False] * 12
     rec = idx.records[0]
     assert rec.image_id == 1 and rec.class_id == 1 and rec.label == 0 and rec.is_train
     assert rec.rel_path.startswith("001." + MINI_CLASSES[0] + "/")
@@ -50,6 +51,44 @@ def test_mini_root_layout(mini_root):
     sizes = {load_rgb(idx.image_path(r)).shape for r in idx.records[:40]}
     assert all(96 <= h <= 160 and 96 <= w <= 160 and c == 3 for h, w, c in sizes)
     assert len({h / w for h, w, _ in sizes}) > 5  # mixed aspect ratios
+
+
+def test_mini_val_variant_is_an_independent_draw(mini_root):
+    from cubdata import mini_cub_root
+
+    val = mini_cub_root(variant="val")
+    assert val != mini_root and val.name.endswith("-val")
+    a, b = read_cub(mini_root), read_cub(val)
+    assert [r.rel_path for r in a.records] == [r.rel_path for r in b.records]  # same layout and classes ...
+    assert a.image_path(a.records[0]).read_bytes() != b.image_path(b.records[0]).read_bytes()  # ... other images
+    with pytest.raises(ValueError, match=r"unknown mini-CUB variant 'test'.*\['main', 'val'\]"):
+        mini_cub_root(variant="test")
+
+
+def test_n_train_is_checked(tmp_path):
+    with pytest.raises(ValueError, match="n_train must be in 1..3"):
+        generate_mini_cub(tmp_path / "x", n_classes=1, per_class=4, n_train=4)
+
+
+def test_cache_dir_honours_xdg(monkeypatch, tmp_path):
+    from cubdata import cache_dir
+
+    monkeypatch.delenv("DIFFLOSS_CACHE", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert cache_dir() == tmp_path / "xdg" / "diffloss-toolkit"
+    monkeypatch.setenv("DIFFLOSS_CACHE", str(tmp_path / "own"))
+    assert cache_dir() == tmp_path / "own"
+
+
+def test_atomic_writes_follow_the_umask(tmp_path):
+    import os
+
+    from cubdata import atomic_write_text
+
+    p = atomic_write_text(tmp_path / "a.txt", "x")
+    old = os.umask(0)
+    os.umask(old)
+    assert p.stat().st_mode & 0o777 == 0o666 & ~old  # not mkstemp's 0600
 
 
 def test_mini_is_deterministic(tmp_path):

@@ -220,7 +220,7 @@ def test_resnet_features_frozen_and_2048d(extractor):
 # ------------------------------------------------------------------------------------------------ images
 def test_groups_and_selection(mini_root, folder_group):
     cub = H.list_group_images(mini_root)
-    assert len(cub) == 60 and cub[0].key.isdigit() and cub[0].path.is_file()
+    assert len(cub) == 120 and cub[0].key.isdigit() and cub[0].path.is_file()
     folder = H.list_group_images(folder_group)
     assert [it.key for it in folder] == sorted(it.key for it in folder) and folder[0].key.startswith("sub/img_")
     sel = H.select_images({"a": cub, "b": list(reversed(cub))}, 5, seed=3)

@@ -123,7 +123,7 @@ def test_size_mismatch_is_an_error(tmp_path):
 def test_synthetic_pairs_deterministic_and_degraded(mini_root):
     a = open_pairs(f"synthetic:lowlight:3:{mini_root}", "train", seed=0)
     b = SyntheticPairs("lowlight", 3, mini_root, "train", seed=0)
-    assert len(a) == 60 and len(open_pairs(f"synthetic:lowlight:3:{mini_root}", "val")) == 60
+    assert len(a) == 80 and len(open_pairs(f"synthetic:lowlight:3:{mini_root}", "val")) == 120
     lo_a, hi_a = a.load(5)
     lo_b, hi_b = b.load(5)
     np.testing.assert_array_equal(lo_a, lo_b)

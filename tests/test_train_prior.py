@@ -1,0 +1,212 @@
+"""diffloss.train_prior, self-describing prior files, and the built-in trained prior."""
+from __future__ import annotations
+
+import hashlib
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from cubdata import encode_image, generate_mini_cub, load_square_tensor, read_cub
+from diffloss import prior as P
+from diffloss import train_prior as TP
+from diffloss.sampling import ddim_reconstruct
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+FAST = dict(config="tiny", batch_size=4, ckpt_every=2, sample_every=4, sample_images=4, sample_steps=3,
+            warmup_steps=2, progress=False)
+
+
+@pytest.fixture(scope="module")
+def small_cub(tmp_path_factory):
+    root = tmp_path_factory.mktemp("prior-data") / "cub"
+    generate_mini_cub(root, n_classes=2, per_class=4, seed=7)
+    return root
+
+
+@pytest.fixture(scope="module")
+def tiny_run(small_cub, tmp_path_factory):
+    out = tmp_path_factory.mktemp("prior-run") / "run"
+    TP.train_prior(out=str(out), data=str(small_cub), steps=4, **FAST)
+    return out
+
+
+# ------------------------------------------------------------------------------------------ draws, crops
+def test_step_draws_depend_on_seed_and_step_only():
+    a = TP.step_draws(0, 5, 6, 10, 1000, 8)
+    b = TP.step_draws(0, 5, 6, 10, 1000, 8)
+    c = TP.step_draws(0, 6, 6, 10, 1000, 8)
+    for k in a:
+        assert torch.equal(a[k], b[k])
+    assert not torch.equal(a["noise"], c["noise"])
+    assert a["index"].max() < 10 and a["t"].max() < 1000 and a["noise"].shape == (6, 3, 8, 8)
+
+
+def test_random_resized_crop_range_shape_and_determinism():
+    img = torch.arange(3 * 40 * 60, dtype=torch.float32).reshape(3, 40, 60).remainder(256).to(torch.uint8)
+    a = TP.random_resized_crop(img, 16, seed=3)
+    assert a.shape == (3, 16, 16) and a.min() >= -1 and a.max() <= 1
+    assert torch.equal(a, TP.random_resized_crop(img, 16, seed=3))
+    outs = {tuple(TP.random_resized_crop(img, 16, seed=s).flatten()[:5].tolist()) for s in range(8)}
+    assert len(outs) > 4  # different crops for different seeds
+    full = TP.random_resized_crop(img, 40, seed=0, min_scale=1.0, flip=False)
+    # min_scale 1 on a non-square image falls back to the centred square, resized to the output size
+    expect = img[:, :, 10:50].float().div(127.5).sub(1)
+    assert torch.allclose(full, expect, atol=1e-5)
+
+
+def test_training_images_use_the_train_split_only(small_cub, tmp_path):
+    paths = TP.training_images(small_cub)
+    idx = read_cub(small_cub)
+    assert paths == [idx.image_path(r) for r in idx.split("train")] and len(paths) == 4
+    folder = tmp_path / "imgs" / "sub"
+    folder.mkdir(parents=True)
+    (folder / "a.png").write_bytes(encode_image(np.zeros((8, 8, 3), np.uint8), "png"))
+    (folder / "notes.txt").write_text("x")
+    assert TP.training_images(tmp_path / "imgs") == [folder / "a.png"]
+    with pytest.raises(FileNotFoundError, match="training data not found: .*nope"):
+        TP.training_images(tmp_path / "nope")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ValueError, match="no images"):
+        TP.training_images(tmp_path / "empty")
+
+
+# ------------------------------------------------------------------------------------------ training
+def test_run_writes_its_outputs(tiny_run):
+    rows = TP.read_prior_log(tiny_run / "log.csv")
+    assert [r["step"] for r in rows] == [1, 2, 3, 4]
+    assert all(np.isfinite(r["loss"]) and r["loss"] >= r["mse"] for r in rows)  # hybrid = mse + vb
+    assert rows[0]["lr"] == pytest.approx(2.5e-4)  # warm-up: the default lr 5e-4 times 1/2
+    grid = np.asarray(Image.open(tiny_run / "samples" / "step_0000004.png"))
+    # 4 samples of 32 px in a 2 x 2 grid with 2 px padding: 2 + 2 * (32 + 2)
+    assert grid.shape == (70, 70, 3)
+    tiles = [grid[2 + 34 * r:34 + 34 * r, 2 + 34 * c:34 + 34 * c] for r in range(2) for c in range(2)]
+    assert all(t.std() > 0 for t in tiles)  # each tile holds a drawn image, not the white padding
+    assert (tiny_run / "loss_curve.png").is_file() and (tiny_run / "done.json").is_file()
+
+
+def test_resume_gives_the_same_weights(small_cub, tiny_run, tmp_path):
+    out = tmp_path / "resumed"
+    TP.train_prior(out=str(out), data=str(small_cub), steps=2, **FAST)
+    with pytest.raises(ValueError, match="already holds train_state.pt; pass --resume"):
+        TP.train_prior(out=str(out), data=str(small_cub), steps=4, **FAST)
+    with pytest.raises(ValueError, match="other settings: lr"):
+        TP.train_prior(out=str(out), data=str(small_cub), steps=4, resume=True, **dict(FAST, lr=1e-3))
+    TP.train_prior(out=str(out), data=str(small_cub), steps=4, resume=True, **FAST)
+    assert (out / "prior.pt").read_bytes() == (tiny_run / "prior.pt").read_bytes()
+    a = TP.read_prior_log(out / "log.csv")
+    b = TP.read_prior_log(tiny_run / "log.csv")
+    assert [r["loss"] for r in a] == [r["loss"] for r in b]
+
+
+def test_saved_weights_are_the_ema(tiny_run):
+    state = torch.load(tiny_run / "train_state.pt", weights_only=True)
+    exported = torch.load(tiny_run / "prior.pt", weights_only=True)
+    k = "input_blocks.0.0.weight"
+    assert torch.equal(exported["state_dict"][k], state["ema"][k].half())
+    assert not torch.equal(state["ema"][k], state["model"][k])
+
+
+# ------------------------------------------------------------------------------------------ loading
+def test_a_trained_prior_loads_without_flags(tiny_run):
+    model, diffusion = P.load_adm(tiny_run / "prior.pt")
+    assert model.image_size == 32 and model.prior_info["config"] == "tiny" and model.prior_info["step"] == 4
+    same, _ = P.load_adm(tiny_run)  # the run folder works too
+    k = "out.2.weight"
+    assert torch.equal(model.state_dict()[k], same.state_dict()[k])
+    exported = torch.load(tiny_run / "prior.pt", weights_only=True)["state_dict"][k]
+    assert torch.equal(model.state_dict()[k], exported.float())
+    with pytest.raises(P.PriorCheckpointMismatch, match="is a 'tiny' prior .* but config 'tiny64' was asked for"):
+        P.load_adm(tiny_run / "prior.pt", config="tiny64")
+    P.load_adm(tiny_run / "prior.pt", config="tiny")  # the same config spelled out is fine
+
+
+@pytest.mark.parametrize("content", [b"", b"not a torch file at all", b"PK\x03\x04truncated zip"])
+def test_garbage_checkpoint_gets_one_safe_line(tmp_path, content):
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(content)
+    with pytest.raises(P.PriorCheckpointMismatch) as err:
+        P.load_adm(bad)
+    msg = str(err.value)
+    assert "bad.pt" in msg and "not a prior checkpoint" in msg and "\n" not in msg
+    assert "weights_only=False" not in msg
+
+
+def test_prior_words(monkeypatch, tmp_path):
+    assert P.resolve_prior_spec("random") is None
+    assert P.resolve_prior_spec(None) == P.resolve_prior_spec("builtin") == P.BUILTIN_PRIOR_FILE
+    monkeypatch.setattr(P, "BUILTIN_PRIOR_FILE", tmp_path / "gone.pt")
+    with pytest.raises(FileNotFoundError, match="built-in prior .*gone.pt.* python -m diffloss.train_prior"):
+        P.load_prior("builtin")
+    model, _ = P.load_prior("random")
+    assert model.prior_info["path"] is None and model.image_size == 32
+
+
+def test_train_prior_cli_one_line_errors(tmp_path, capsys):
+    assert TP.main(["--out", str(tmp_path / "o"), "--data", str(tmp_path / "missing")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: training data not found") and "\n" not in err
+    assert not (tmp_path / "o").exists()  # refused before writing anything
+
+
+# ------------------------------------------------------------------------------------------ built-in prior
+def test_builtin_prior_is_the_recorded_file():
+    path = P.builtin_prior_path(check_digest=True)
+    assert P.BUILTIN_PRIOR_SHA256, "BUILTIN_PRIOR_SHA256 must record the shipped file's digest"
+    assert hashlib.sha256(path.read_bytes()).hexdigest() == P.BUILTIN_PRIOR_SHA256
+    assert path.stat().st_size < 8 * 2**20
+    obj = torch.load(path, weights_only=True)
+    assert obj["format"] == P.PRIOR_FORMAT and obj["config_name"] == "tiny64"
+    assert "test" not in str(obj["meta"]["data"])  # trained on the train split
+
+
+@pytest.fixture(scope="module")
+def builtin_and_random():
+    trained, diffusion = P.load_prior("builtin")
+    random, _ = P.load_adm(None, config=trained.prior_info["kwargs"], init_seed=0)
+    return trained, random, diffusion
+
+
+@pytest.fixture(scope="module")
+def clean_test_images(mini_root):
+    idx = read_cub(mini_root)
+    recs = idx.split("test")[::12][:10]  # one image per class
+    return torch.stack([load_square_tensor(idx.image_path(r), 64) for r in recs]) * 2 - 1
+
+
+def test_builtin_prior_denoises_ten_times_better_than_random(builtin_and_random, clean_test_images):
+    trained, random, diffusion = builtin_and_random
+    x0 = clean_test_images
+    g = torch.Generator().manual_seed(0)
+    errs = {"trained": [], "random": []}
+    with torch.no_grad():
+        for _ in range(3):
+            t = torch.randint(1000, (x0.shape[0],), generator=g)
+            noise = torch.randn(x0.shape, generator=g)
+            x_t = diffusion.q_sample(x0, t, noise=noise)
+            for name, m in (("trained", trained), ("random", random)):
+                errs[name].append(float(((m(x_t, t)[:, :3] - noise) ** 2).mean()))
+    assert np.mean(errs["random"]) > 10 * np.mean(errs["trained"])
+
+
+def test_builtin_prior_reconstructs_held_out_images(builtin_and_random, clean_test_images):
+    trained, _, diffusion = builtin_and_random
+    x0 = clean_test_images[:6]
+    rec = ddim_reconstruct(trained, diffusion, x0, t0=500, steps=25, generator=torch.Generator().manual_seed(1))
+    a, b = (rec + 1) / 2, (x0 + 1) / 2
+    psnr = 10 * torch.log10(1 / ((a - b) ** 2).mean(dim=(1, 2, 3)))
+    assert float(psnr.mean()) >= 18.0
+
+
+@pytest.mark.slow
+def test_short_training_reproduces_a_denoiser(mini_root, tmp_path):
+    """A short version of the built-in prior's training (docs/prior.md has the full command)."""
+    out = tmp_path / "p"
+    TP.train_prior(out=str(out), config="tiny64", steps=300, batch_size=16, sample_every=0, ckpt_every=0,
+                   progress=False)
+    rows = TP.read_prior_log(out / "log.csv")
+    assert np.mean([r["mse"] for r in rows[-50:]]) < 0.2 * np.mean([r["mse"] for r in rows[:10]])
+    shutil.rmtree(out)
