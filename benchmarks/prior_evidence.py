@@ -29,10 +29,9 @@ import torch
 
 from classifiers import eval_transform, load_classifier
 from classifiers.demo import demo_classifiers
-from cubdata import atomic_write_bytes, atomic_write_text, encode_image, load_square_tensor, mini_cub_root, read_cub
+from cubdata import atomic_write_bytes, atomic_write_text, load_square_tensor, mini_cub_root, read_cub
 from diffloss.prior import load_adm, load_prior
 from diffloss.sampling import ddim_reconstruct
-from diffloss.train_prior import image_grid
 
 
 def denoising_error(model, diffusion, x0: torch.Tensor, draws: int, seed: int) -> float:
@@ -65,6 +64,33 @@ def classify(images01: torch.Tensor, ckpt: Path) -> np.ndarray:
                          for im in images01.clamp(0, 1)])
     with torch.no_grad():
         return model(batch).argmax(1).numpy()
+
+
+def reconstruction_figure(rows, title: str = "") -> bytes:
+    """PNG bytes of a labelled grid: one row per ``(label, [0, 1] NCHW images)``, one column per image."""
+    import io
+
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    n = rows[0][1].shape[0]
+    fig, axes = plt.subplots(len(rows), n, figsize=(1.3 * n + 1.2, 1.35 * len(rows) + 0.4), squeeze=False)
+    for r, (label, images) in enumerate(rows):
+        for c in range(n):
+            ax = axes[r][c]
+            ax.imshow(images[c].clamp(0, 1).permute(1, 2, 0).numpy(), interpolation="nearest")
+            ax.set_xticks([])
+            ax.set_yticks([])
+        axes[r][0].set_ylabel(label, fontsize=8)
+    if title:
+        fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100)
+    plt.close(fig)
+    return buf.getvalue()
 
 
 def main(argv=None) -> int:
@@ -115,8 +141,10 @@ def main(argv=None) -> int:
     atomic_write_text(out / "evidence.json", json.dumps(result, indent=2) + "\n")
     # one column per class (the first test image of each), rows: input, trained, untrained
     first = [int(np.flatnonzero(labels == c)[0]) for c in sorted(set(labels.tolist()))]
-    rows = torch.cat([x01[first], recon["trained"][first], recon["untrained"][first]]) * 2 - 1
-    atomic_write_bytes(out / "reconstructions.png", encode_image(image_grid(rows, nrow=len(first)), "png"))
+    atomic_write_bytes(out / "reconstructions.png", reconstruction_figure(
+        [("input", x01[first]), (f"trained prior\n(step {info.get('step')})", recon["trained"][first]),
+         ("untrained prior", recon["untrained"][first])],
+        title=f"DDIM reconstruction from t0 = {args.t0} ({args.ddim_steps} steps) of held-out mini-CUB test images"))
 
     archs = sorted(ckpts)
     print(f"prior {args.prior} (step {info.get('step')}), {len(records)} clean mini-CUB test images at {size} px, "
