@@ -5,7 +5,11 @@ RGB re-encoded as JPEG quality 95 or PNG) with a manifest.json holding per-image
 status, the corruption parameters, the seed and library versions. Each image's randomness is a function of
 (seed, image id, corruption, severity) only, so the bytes are identical for any --workers and across
 re-runs. Re-running skips outputs whose checksum matches the manifest; an interrupted run leaves no partial
-file under a final name. Unreadable images are recorded as failed, the run goes on, and it exits 1.
+file under a final name. Manifests are written before the first image and then every few seconds, so even a
+run killed with SIGKILL early on is resumed; worker processes die with the parent. OUT must be absent,
+empty, or hold only this builder's <corruption>/<severity>/ folders: anything else (an existing CUB root, a
+stray file) is refused before any work unless --overwrite. Unreadable images are recorded as failed, the
+run goes on, and it exits 1.
 
     python -m corruptions.build --cub-root data/CUB_200_2011 --out degraded-cub --workers 2
 """
@@ -18,7 +22,9 @@ import logging
 import multiprocessing
 import os
 import platform
+import signal
 import sys
+import threading
 import time
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import dataclass, field
@@ -27,6 +33,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from cubdata import (
+    METADATA_FILES,
     CubIndex,
     CubLayoutError,
     ImageDecodeError,
@@ -61,10 +68,15 @@ MANIFEST_FORMAT = "degraded-cub-manifest/1"
 DEFAULT_OUT = "degraded-cub"
 #: Settings that decide an output's bytes; a re-run into the same folder must agree on all of them.
 _PINNED_KEYS = ("corruption", "severity", "corruption_id", "parameters", "seed", "split", "image_format", "quality")
+#: What a variant root holds when this builder wrote it (besides hidden ``.<name>.*.tmp`` files of a killed run).
+_VARIANT_FILES = frozenset(METADATA_FILES) | {MANIFEST_NAME}
+#: Manifests are saved at least this far apart, and further apart as they grow (see `_flush_interval`).
+_MIN_FLUSH_SECONDS = 0.5
 
 
 class BuildConfigError(ValueError):
-    """The output folder holds a build made with other settings (seed, format, parameters ...)."""
+    """The output folder holds a build made with other settings (seed, format, parameters ...), or files
+    this builder did not write."""
 
 
 def library_versions() -> dict[str, str]:
@@ -122,6 +134,31 @@ class _ImageTask:
     seed: int
     fmt: str
     quality: int
+
+
+def _die_with_parent(parent_pid: int) -> None:
+    """Pool initializer: end this worker as soon as its parent dies, even by SIGKILL (when no clean-up of the
+    parent runs), so that no orphan goes on writing into OUT. Linux: the kernel sends SIGKILL on the
+    parent's death (prctl PR_SET_PDEATHSIG); elsewhere a watchdog thread polls the parent pid."""
+    if sys.platform.startswith("linux"):
+        try:
+            import ctypes
+
+            libc = ctypes.CDLL(None, use_errno=True)
+            pr_set_pdeathsig = 1
+            if libc.prctl(pr_set_pdeathsig, int(signal.SIGKILL), 0, 0, 0) == 0:
+                if os.getppid() != parent_pid:  # the parent died before the request took effect
+                    os._exit(1)
+                return
+        except (OSError, AttributeError):
+            pass
+    threading.Thread(target=_watch_parent, args=(parent_pid,), name="parent-watchdog", daemon=True).start()
+
+
+def _watch_parent(parent_pid: int, interval: float = 0.5) -> None:
+    while os.getppid() == parent_pid:
+        time.sleep(interval)
+    os._exit(1)  # reparented: the parent is gone
 
 
 def _process_image(task: _ImageTask) -> list[dict]:
@@ -216,6 +253,53 @@ def _remove_stray_temp_files(root: Path) -> int:
     return n
 
 
+def _foreign_entries(out: Path, corruptions: tuple[str, ...]) -> list[str]:
+    """Entries under ``out`` that this builder does not write (relative paths; [] for an absent or empty
+    folder). Its own are ``<corruption>/<severity>/`` folders holding only metadata files, the manifest,
+    ``images/`` and temp files; the images inside are the manifests' business (checksums)."""
+    if not out.is_dir():
+        return []
+    own_names = set(get_corruption_names()) | set(corruptions)
+    severities = {str(s) for s in SEVERITIES}
+    foreign = []
+    for cdir in sorted(out.iterdir()):
+        if not (cdir.is_dir() and (cdir.name in own_names or ":" in cdir.name)):  # ':' marks pkg.module:function
+            foreign.append(cdir.name)
+            continue
+        for sdir in sorted(cdir.iterdir()):
+            if not (sdir.is_dir() and sdir.name in severities):
+                foreign.append(f"{cdir.name}/{sdir.name}")
+                continue
+            for entry in sorted(sdir.iterdir()):
+                own = (
+                    (entry.name in _VARIANT_FILES and entry.is_file())
+                    or (entry.name == "images" and entry.is_dir())
+                    or (entry.name.startswith(".") and entry.name.endswith(".tmp") and entry.is_file())
+                )
+                if not own:
+                    foreign.append(f"{cdir.name}/{sdir.name}/{entry.name}")
+    return foreign
+
+
+def _check_out_folder(out: Path, corruptions: tuple[str, ...]) -> None:
+    """Refuse an OUT that exists and holds anything this builder did not write (see `_foreign_entries`)."""
+    if out.exists() and not out.is_dir():
+        raise BuildConfigError(f"--out {out} exists and is not a folder; choose an empty folder")
+    foreign = _foreign_entries(out, corruptions)
+    if foreign:
+        shown = ", ".join(repr(f) for f in foreign[:3]) + (f" and {len(foreign) - 3} more" if len(foreign) > 3 else "")
+        raise BuildConfigError(
+            f"--out {out} holds files not written by corruptions.build ({shown}); choose an empty folder or pass "
+            "--overwrite (overwrite=True) to write into it anyway"
+        )
+
+
+def _flush_interval(flush_seconds: float, last_cost: float) -> float:
+    """Seconds between manifest saves: often while they are cheap (a run killed early still leaves its
+    progress), keeping their cost under ~5% of the run as they grow, and never more than ``flush_seconds``."""
+    return min(float(flush_seconds), max(_MIN_FLUSH_SECONDS, 20.0 * last_cost))
+
+
 # ----------------------------------------------------------------------------------------------- builder
 def _as_tuple(value, what: str) -> tuple:
     if isinstance(value, (str, int)):
@@ -242,6 +326,7 @@ def build_degraded_cub(
     *,
     progress: bool = True,
     flush_seconds: float = 30.0,
+    overwrite: bool = False,
 ) -> dict:
     """Write ``OUT/<corruption>/<severity>/`` CUB roots for every image of ``split`` of ``cub_root``.
 
@@ -250,10 +335,16 @@ def build_degraded_cub(
     workers: processes (1 = in this process). seed: int >= 0; image ``i`` under corruption ``c`` at severity
     ``s`` uses ``numpy.random.default_rng([seed, i, corruption_id(c), s])``. fmt: ``"jpeg"`` (``quality``
     1..100) or ``"png"``. Outputs whose file matches its manifest checksum are skipped; manifests are saved
-    every ``flush_seconds`` and on any exit. Returns a summary dict (counts per variant, ``failures``).
+    before the first image, then every 0.5 s while small (at most ``flush_seconds`` apart as they grow) and on
+    any exit. Returns a summary dict (counts per variant, ``failures``).
 
-    Raises ``CubLayoutError`` for a bad root, ``BuildConfigError`` if OUT holds a build with other settings,
-    ``ValueError``/``TypeError`` for bad arguments, ``RuntimeError`` if a corruption fails on an image.
+    OUT must be absent, empty or hold only this builder's ``<corruption>/<severity>/`` folders;
+    ``overwrite=True`` writes into any folder (other files are left alone) and rebuilds a variant made with
+    other settings instead of refusing it.
+
+    Raises ``CubLayoutError`` for a bad root, ``BuildConfigError`` if OUT holds files this builder did not
+    write or a build with other settings (without ``overwrite``), ``ValueError``/``TypeError`` for bad
+    arguments, ``RuntimeError`` if a corruption fails on an image.
     """
     t_start = time.perf_counter()
     corruptions = _as_tuple(corruptions, "corruptions")
@@ -271,12 +362,14 @@ def build_degraded_cub(
         raise ValueError(f"fmt must be 'jpeg' or 'png', got {fmt!r}")
     if fmt == "jpeg" and not (isinstance(quality, int) and 1 <= quality <= 100):
         raise ValueError(f"quality must be an integer in 1..100, got {quality!r}")
+    out = Path(out)
+    if not overwrite:
+        _check_out_folder(out, corruptions)  # before anything is read or written
 
     index: CubIndex = read_cub(mini_cub_root() if cub_root is None else cub_root)
     records = index.split(split)
     if not records:
         raise ValueError(f"split {split!r} of {index.root} has no images; use --split all or another root")
-    out = Path(out)
     versions = library_versions()
     rel_out = {r.image_id: _out_rel_path(r.rel_path, fmt) for r in records}
 
@@ -304,12 +397,16 @@ def build_degraded_cub(
             old = _load_manifest(var.manifest_path)
             if old is not None:
                 diff = [k for k in _PINNED_KEYS if old.get(k) != header[k]]
-                if diff:
+                settings = ", ".join(f"{k}: {old.get(k)!r} there, {header[k]!r} now" for k in diff)
+                if diff and not overwrite:
                     raise BuildConfigError(
-                        f"{root} was built with other settings ("
-                        + ", ".join(f"{k}: {old.get(k)!r} there, {header[k]!r} now" for k in diff)
-                        + "). Use another --out, or delete that folder to rebuild it."
+                        f"{root} was built with other settings ({settings}). Use another --out, or pass "
+                        "--overwrite (overwrite=True) to rebuild it."
                     )
+                if diff:
+                    log.warning("%s: rebuilding a variant made with other settings (%s)", root, settings)
+                    old = None
+            if old is not None:
                 if old.get("versions") != versions:
                     log.warning("%s: resuming a build made with other library versions %s", root, old.get("versions"))
                 if old.get("source_root") != header["source_root"]:
@@ -348,10 +445,24 @@ def build_degraded_cub(
     )
 
     # 2. run the pending images; record results as they come, save manifests now and then and on any exit
-    last_flush = time.monotonic()
+    def flush() -> None:
+        nonlocal last_flush, last_cost
+        t = time.monotonic()
+        for var in variants.values():
+            if var.dirty:
+                var.write_manifest(complete=False)
+        last_flush = time.monotonic()
+        last_cost = last_flush - t
+
+    # First a manifest for every variant with work to do, so a run killed at any point leaves one behind.
+    with_work = {(job.corruption, job.severity) for jobs in pending.values() for job in jobs}
+    for key, var in variants.items():
+        var.dirty = key in with_work or not var.manifest_path.is_file()
+    last_flush, last_cost = 0.0, 0.0
+    if n_todo:
+        flush()
 
     def record(results: list[dict]) -> None:
-        nonlocal last_flush
         for res in results:
             var = variants[(res["corruption"], res["severity"])]
             entry = {"path": f"images/{rel_out[res['image_id']]}", "status": res["status"]}
@@ -363,11 +474,8 @@ def build_degraded_cub(
             var.images[res["image_id"]] = entry
             var.dirty = True
         bar.update(len(results))
-        if time.monotonic() - last_flush >= flush_seconds:
-            for var in variants.values():
-                if var.dirty:
-                    var.write_manifest(complete=False)
-            last_flush = time.monotonic()
+        if time.monotonic() - last_flush >= _flush_interval(flush_seconds, last_cost):
+            flush()
 
     finished = False
     bar = tqdm(total=n_todo, unit="img", desc="degraded CUB", disable=not progress or n_todo == 0, dynamic_ncols=True)
@@ -441,7 +549,8 @@ def build_degraded_cub(
 def _run_pool(tasks: list[_ImageTask], workers: int, record) -> None:
     """Run ``tasks`` on ``workers`` spawned processes; the first exception cancels the rest and is raised."""
     ctx = multiprocessing.get_context("spawn")  # no fork: safe with threads / torch in the parent
-    executor = ProcessPoolExecutor(max_workers=workers, mp_context=ctx)
+    executor = ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_die_with_parent,
+                                   initargs=(os.getpid(),))
     try:
         # keep a bounded number of tasks in flight (memory) while both workers stay busy
         it = iter(tasks)
@@ -515,6 +624,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="base seed (>= 0) of every per-image generator")
     p.add_argument("--format", dest="fmt", choices=("jpeg", "png"), default="jpeg", help="output image format")
     p.add_argument("--quality", type=int, default=95, help="JPEG quality 1..100 (ignored for png)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="write into an --out folder holding other files, and rebuild variants made with other settings")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     return p
 
@@ -534,6 +645,7 @@ def main(argv: list[str] | None = None) -> int:
             fmt=args.fmt,
             quality=args.quality,
             progress=not args.no_progress,
+            overwrite=args.overwrite,
         )
     except (CubLayoutError, BuildConfigError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)

@@ -4,17 +4,22 @@
 
 Each image is restored at full resolution (padded to the multiple the network needs, then cropped back);
 images of equal size are batched. The output is a valid CUB root (`cubdata.read_cub` accepts it) listing
-the same images under the same relative paths with the same metadata files; images are written as
-lossless PNG by default (``images/<class>/<stem>.png``; the reader resolves the extension). Every file is
-written atomically; ``restore_manifest.json`` records what is done, so an interrupted run resumes where it
-stopped, and a manifest made with another checkpoint is refused instead of silently mixing two networks.
+the same images under the same folders and stems with the same metadata files; images are written as
+lossless PNG by default (``images/<class>/<stem>.png``, and ``images.txt`` names these files). Every file is
+written atomically; ``restore_manifest.json`` records what is done with each output's SHA-256, so an
+interrupted run resumes where it stopped and redoes any output that is missing or damaged, and a manifest
+made with another checkpoint is refused instead of silently mixing two networks. An ``--out`` folder that
+holds anything but such a manifest's run (an existing CUB root, any other file) is refused before any work
+unless ``--overwrite`` is given; an empty or absent folder is fine.
 """
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import logging
 import os
+import sys
 import time
 from collections import defaultdict
 from pathlib import Path
@@ -61,6 +66,52 @@ def restore_array(net: torch.nn.Module, images: list[np.ndarray], device: str | 
     return [np.ascontiguousarray(a) for a in y]
 
 
+def _read_manifest(out_root: Path) -> dict | None:
+    """The restore manifest of ``out_root`` as a dict, or None when absent or unreadable (not ours)."""
+    path = out_root / MANIFEST
+    if not path.is_file():
+        return None
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as err:
+        log.warning("ignoring unreadable %s (%s)", path, err)
+        return None
+    return doc if isinstance(doc, dict) and isinstance(doc.get("done", {}), dict) else None
+
+
+def _check_out_folder(out_root: Path, overwrite: bool) -> dict | None:
+    """Refuse an ``out_root`` this tool did not write: it must be absent, empty, or carry a restore manifest
+    (whose settings are compared later). Returns that manifest (None if absent). ``overwrite`` lets any
+    existing folder through."""
+    if out_root.exists() and not out_root.is_dir():
+        raise ValueError(f"--out {out_root} exists and is not a folder; choose an empty folder")
+    old = _read_manifest(out_root) if out_root.is_dir() else None
+    if old is None and not overwrite and out_root.is_dir() and any(out_root.iterdir()):
+        raise ValueError(
+            f"--out {out_root} holds files not written by diffloss.restore (no {MANIFEST}); choose an empty "
+            "folder or pass --overwrite (overwrite=True) to write into it anyway"
+        )
+    return old
+
+
+def _verified_done(old: dict, out_root: Path, fmt: str, records) -> dict[str, dict]:
+    """Entries of an old manifest whose output exists, sits where ``fmt`` puts it and matches its SHA-256
+    (entries without a digest, from older manifests, cannot be trusted and are redone)."""
+    expected = {str(r.image_id): output_rel_path(r.rel_path, fmt) for r in records}
+    done, n_bad = {}, 0
+    for key, entry in old.get("done", {}).items():
+        if not (isinstance(entry, dict) and key in expected and entry.get("path") == expected[key]):
+            continue
+        path = out_root / "images" / entry["path"]
+        if path.is_file() and sha256_file(path) == entry.get("sha256"):
+            done[key] = entry
+        else:
+            n_bad += 1
+    if n_bad:
+        log.warning("%s: %d recorded output(s) missing or not matching their SHA-256; redoing them", out_root, n_bad)
+    return done
+
+
 def _header_size(path: Path) -> tuple[int, int]:
     """(H, W) after EXIF orientation, read from the file header only (no full decode)."""
     try:
@@ -87,8 +138,11 @@ def restore_cub_root(
     """Restore the ``split`` images (``"train"``, ``"test"`` or ``"all"``) of the CUB root ``in_root`` with
     the network in ``ckpt`` (a ``ckpt.pt`` of `diffloss.train`) into the CUB root ``out_root``.
 
-    Resumable: images recorded in ``out_root/restore_manifest.json`` (and present) are skipped. A manifest
-    from another checkpoint, input root, split or format raises ValueError unless ``overwrite=True``.
+    Resumable: images recorded in ``out_root/restore_manifest.json`` whose file is present and matches its
+    recorded SHA-256 are skipped; missing or damaged ones are redone. A manifest from another checkpoint,
+    input root, split or format raises ValueError unless ``overwrite=True``, and so does an ``out_root``
+    holding anything without such a manifest (an existing CUB root, a stray file); an empty folder is fine.
+    ``images.txt`` names the files written (``.png`` names for PNG output).
     Returns a summary dict (counts, seconds, images per second, network, paths).
     """
     if fmt not in FORMATS:
@@ -101,6 +155,7 @@ def restore_cub_root(
     in_root, out_root = Path(in_root), Path(out_root)
     if in_root.resolve() == out_root.resolve():
         raise ValueError(f"--out must differ from --in (both {in_root}); restoring in place would destroy the input")
+    old = _check_out_folder(out_root, overwrite)  # before anything is read, loaded or written
     index = read_cub(in_root)
     records = index.split(split)
     if not records:
@@ -108,11 +163,9 @@ def restore_cub_root(
     net, info = load_checkpoint(ckpt_path, device)
     identity = {"ckpt_sha256": sha256_file(ckpt_path), "in_root": str(in_root.resolve()), "split": split, "fmt": fmt}
 
-    out_root.mkdir(parents=True, exist_ok=True)
     manifest_path = out_root / MANIFEST
-    done: dict[str, str] = {}
-    if manifest_path.is_file():
-        old = json.loads(manifest_path.read_text())
+    done: dict[str, dict] = {}  # image id -> {"path": rel under images/, "sha256": hex}
+    if old is not None:
         mismatch = [f"{k}: {old.get(k)!r} vs {v!r}" for k, v in identity.items() if old.get(k) != v]
         if mismatch and not overwrite:
             raise ValueError(
@@ -120,12 +173,15 @@ def restore_cub_root(
                 "(--overwrite) to redo it, or choose another output folder"
             )
         if not mismatch:
-            done = {k: v for k, v in old.get("done", {}).items() if (out_root / "images" / v).is_file()}
+            done = _verified_done(old, out_root, fmt, records)
+    out_root.mkdir(parents=True, exist_ok=True)
 
     def save_manifest(complete: bool) -> None:
         atomic_write_text(manifest_path, json.dumps(
             {**identity, "ckpt": str(ckpt_path), "net": info["net"], "net_kwargs": info.get("net_kwargs", {}),
              "step": info.get("step"), "complete": complete, "done": done}, indent=1) + "\n")
+
+    save_manifest(False)  # first, so a run killed at any point leaves a folder that is recognisably ours
 
     todo = [r for r in records if str(r.image_id) not in done]
     multiple = pad_multiple_of(net)
@@ -149,15 +205,18 @@ def restore_cub_root(
                     outs = restore_array(net, [images[j] for j in idxs], device)
                     for j, arr in zip(idxs, outs):
                         rel = output_rel_path(chunk[j].rel_path, fmt)
-                        atomic_write_bytes(out_root / "images" / rel, encode_image(arr, fmt, quality))
-                        done[str(chunk[j].image_id)] = rel
+                        data = encode_image(arr, fmt, quality)
+                        atomic_write_bytes(out_root / "images" / rel, data)
+                        done[str(chunk[j].image_id)] = {"path": rel, "sha256": hashlib.sha256(data).hexdigest()}
                 n_done += len(chunk)
                 bar.update(len(chunk))
                 save_manifest(False)
     finally:
         bar.close()
-    # Metadata last: a folder without images.txt is visibly unfinished.
-    write_cub_metadata(index, out_root, records=records)
+    # Metadata last: a folder without images.txt is visibly unfinished. It names the files written.
+    renamed = {r.image_id: output_rel_path(r.rel_path, fmt) for r in records}
+    write_cub_metadata(index, out_root, records=records,
+                       rel_paths={i: rel for i, rel in renamed.items() if rel != index.record(i).rel_path})
     save_manifest(True)
     seconds = time.perf_counter() - t0
     read_cub(out_root)  # the result must be a valid CUB root
@@ -183,7 +242,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=8, help="images per forward pass (images of equal size only)")
     p.add_argument("--format", choices=FORMATS, default="png", help="output image format")
     p.add_argument("--quality", type=int, default=95, help="JPEG quality (with --format jpeg)")
-    p.add_argument("--overwrite", action="store_true", help="redo an output folder made with other settings")
+    p.add_argument("--overwrite", action="store_true",
+                   help="write into an --out folder that holds other files, or redo one made with other settings")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     return p
@@ -194,9 +254,13 @@ def main(argv=None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     if args.threads > 0:
         torch.set_num_threads(args.threads)
-    s = restore_cub_root(args.ckpt, args.in_root, args.out, device=args.device, batch_size=args.batch_size,
-                         split=args.split, fmt=args.format, quality=args.quality, overwrite=args.overwrite,
-                         progress=not args.no_progress)
+    try:
+        s = restore_cub_root(args.ckpt, args.in_root, args.out, device=args.device, batch_size=args.batch_size,
+                             split=args.split, fmt=args.format, quality=args.quality, overwrite=args.overwrite,
+                             progress=not args.no_progress)
+    except (ValueError, FileNotFoundError) as err:  # CubLayoutError is a ValueError
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     print(f"{s['out_root']}: {s['n_restored']} restored, {s['n_skipped']} already done, {s['seconds']:.1f} s "
           f"({s['net']})")
     return 0

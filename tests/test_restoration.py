@@ -12,7 +12,7 @@ import torch
 from cubdata import generate_mini_cub, load_rgb, read_cub
 from diffloss import train as train_mod
 from diffloss.nets import RESTORATION_NETS, build_net, clamp01_ste, count_parameters, parameter_counts, restore_tensor
-from diffloss.restore import MANIFEST, restore_array, restore_cub_root
+from diffloss.restore import MANIFEST, output_rel_path, restore_array, restore_cub_root
 from diffloss.train import TrainConfig, fit_to_prior, load_checkpoint, read_log, train_restoration
 
 
@@ -182,7 +182,8 @@ def test_restore_cub_root_writes_a_valid_root(l2_run, small_cub, tmp_path):
     src, dst = read_cub(small_cub), read_cub(out)
     test = src.split("test")
     assert s["n_images"] == s["n_restored"] == len(test) == 4 and s["n_skipped"] == 0
-    assert [r.rel_path for r in dst.records] == [r.rel_path for r in test]  # same relative paths
+    # the same relative paths, named by the files written (PNG), so any CUB reader finds them
+    assert [r.rel_path for r in dst.records] == [output_rel_path(r.rel_path, "png") for r in test]
     assert [(r.image_id, r.class_id, r.is_train, r.bbox) for r in dst.records] == \
         [(r.image_id, r.class_id, r.is_train, r.bbox) for r in test]
     assert (out / "classes.txt").read_text() == (small_cub / "classes.txt").read_text()
