@@ -2,10 +2,13 @@
 
 Every set is a CUB root (from `corruptions.build`, from `diffloss.restore`, or your own) whose test split
 holds the same images as the clean root's; only the test split is scored, with each classifier's own
-preprocessing (recorded in its checkpoint). Each cell gets a 95% percentile-bootstrap confidence interval,
-each pair of configurations on the same images (degraded vs restored, w/o vs w/ DiffLoss) McNemar's exact
-test. Writes OUT/table.{csv,md,tex,json}, OUT/mcnemar.csv and OUT/predictions/ (per-image predictions,
-from which --from-predictions re-makes every table without a model).
+preprocessing (recorded in its checkpoint). Each cell gets a 95% percentile-bootstrap confidence interval
+(resamples drawn from --seed, alias --bootstrap-seed), each pair of configurations on the same images (degraded
+vs restored, w/o vs w/ DiffLoss) McNemar's exact test; the McNemar p-values of one table are one family and
+get Holm's correction by default (--p-adjust holm; column p_adjusted beside the raw p_value). Writes
+OUT/table.{csv,md,tex,json}, OUT/mcnemar.csv and OUT/predictions/ (per-image predictions, from which
+--from-predictions re-makes every table without a model). Arguments and a writable --out are checked before
+anything is scored.
 
     python -m analysis.classify --classifier resnet50=ckpt/resnet50.pt --classifier vgg16=ckpt/vgg16.pt \\
         --clean data/CUB_200_2011 --set "degraded/fog=data/cub-degraded/fog/3" \\
@@ -25,6 +28,7 @@ import json
 import logging
 import re
 import sys
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,7 +41,7 @@ from classifiers import CLASSIFIERS, eval_transform, load_classifier
 from classifiers.predict import make_loader, predict, resolve_device
 from cubdata import CubIndex, atomic_write_text, cache_dir, crop_to_bbox, load_pil_rgb, read_cub, sha256_file
 
-from .stats import mcnemar_test, top1_with_ci
+from .stats import P_ADJUST_METHODS, adjust_p_values, mcnemar_test, top1_with_ci
 
 from classifiers.demo import DEMO_ARCHS, demo_classifiers
 
@@ -49,12 +53,17 @@ __all__ = [
     "parse_bbox_size",
     "parse_classifier_arg", "load_spec", "check_same_test_split", "score_table2", "summarize", "format_markdown",
     "format_latex", "write_outputs", "load_table", "load_mcnemar", "load_predictions", "run_table2",
-    "demo_classifiers", "demo_spec", "run_demo", "build_parser", "main",
+    "demo_classifiers", "demo_spec", "run_demo", "build_parser", "main", "check_out_writable", "P_ADJUST_METHODS",
 ]
 
 CLEAN = "clean"
 TABLE_COLUMNS = ("config", "degradation", "classifier", "n", "correct", "top1", "ci_low", "ci_high")
-MCNEMAR_COLUMNS = ("config_a", "config_b", "degradation", "classifier", "n", "b", "c", "p_value")
+#: p_value: the exact McNemar p-value of the test alone; p_adjusted: corrected over all McNemar tests of the table
+#: by the method named in p_adjust ("holm", or "none": p_adjusted == p_value).
+MCNEMAR_COLUMNS = ("config_a", "config_b", "degradation", "classifier", "n", "b", "c", "p_value", "p_adjusted",
+                   "p_adjust")
+_LEGACY_MCNEMAR_COLUMNS = MCNEMAR_COLUMNS[:8]  # files written before p_adjusted existed
+DEFAULT_P_ADJUST = "holm"
 PREDICTION_COLUMNS = ("config", "degradation", "classifier", "image_id", "rel_path", "label", "pred", "correct")
 PREDICTIONS_FORMAT = "diffloss-toolkit/table2-predictions-v1"
 DEFAULT_OUT = "runs/table2"
@@ -393,10 +402,16 @@ def _order(preds: Sequence[Predictions]) -> dict[str, list[str]]:
 
 
 def summarize(preds: Sequence[Predictions], n_boot: int = 1000, confidence: float = 0.95,
-              seed: int = 0) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+              seed: int = 0, p_adjust: str = DEFAULT_P_ADJUST) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """Tidy table rows (`TABLE_COLUMNS`, top1/ci in percent) and McNemar rows (`MCNEMAR_COLUMNS`) for
     every pair of non-clean configurations scored on the same images, per degradation and classifier
-    (rows in table order; pairs A before B in row order)."""
+    (rows in table order; pairs A before B in row order).
+
+    Every cell's bootstrap draws from ``seed``. All McNemar tests of the table form one family:
+    ``p_adjusted`` is their p-value corrected by ``p_adjust`` (`analysis.stats.P_ADJUST_METHODS`; "holm":
+    Holm's step-down correction, family-wise error rate; "none": the raw p-value)."""
+    if p_adjust not in P_ADJUST_METHODS:
+        raise ValueError(f"unknown p-value adjustment {p_adjust!r}; valid: {', '.join(P_ADJUST_METHODS)}")
     by_key = {p.key: p for p in preds}
     if len(by_key) != len(preds):
         raise ValueError("duplicate (config, degradation, classifier) among the predictions")
@@ -419,6 +434,8 @@ def summarize(preds: Sequence[Predictions], n_boot: int = 1000, confidence: floa
                                          "McNemar's test needs the same images in the same order")
                     tests.append({"config_a": ca, "config_b": cb, "degradation": deg, "classifier": clf,
                                   **mcnemar_test(a.correct, b.correct)})
+    for t, adj in zip(tests, adjust_p_values([t["p_value"] for t in tests], p_adjust)):
+        t.update(p_adjusted=adj, p_adjust=p_adjust)
     return rows, tests
 
 
@@ -474,13 +491,28 @@ def format_markdown(rows: Sequence[dict], tests: Sequence[dict] = (), meta: dict
             if size else "then resized and centre-cropped with each classifier's own sizes."))
     text = "\n".join(lines) + "\n\n" + "\n".join(notes) + "\n"
     if tests:
-        t = ["", "McNemar's exact test (same images; b = A right & B wrong, c = A wrong & B right):", "",
-             "| degradation | classifier | A | B | n | b | c | p |", "|---|---|---|---|---:|---:|---:|---:|"]
-        for r in tests:
-            t.append(f"| {r['degradation']} | {r['classifier']} | {r['config_a']} | {r['config_b']} | {r['n']} | "
-                     f"{r['b']} | {r['c']} | {_fmt_p(r['p_value'])} |")
-        text += "\n".join(t) + "\n"
+        text += _mcnemar_markdown(tests)
     return text
+
+
+def _mcnemar_markdown(tests: Sequence[dict]) -> str:
+    method = tests[0].get("p_adjust", "none")
+    holm = method == "holm"
+    t = ["", "McNemar's exact test (same images; b = A right & B wrong, c = A wrong & B right):", "",
+         "| degradation | classifier | A | B | n | b | c | p |" + (" p (Holm) |" if holm else ""),
+         "|---|---|---|---|---:|---:|---:|---:|" + ("---:|" if holm else "")]
+    for r in tests:
+        t.append(f"| {r['degradation']} | {r['classifier']} | {r['config_a']} | {r['config_b']} | {r['n']} | "
+                 f"{r['b']} | {r['c']} | {_fmt_p(r['p_value'])} |"
+                 + (f" {_fmt_p(r['p_adjusted'])} |" if holm else ""))
+    if holm:
+        t += ["", f"p: exact two-sided p-value of each test alone (uncorrected). p (Holm): Holm-corrected over all "
+                  f"{len(tests)} McNemar tests of this table (family-wise error rate); read this column when asking "
+                  "whether a difference holds up among all the comparisons made here."]
+    else:
+        t += ["", f"p: exact two-sided p-values, not corrected for multiple comparisons ({len(tests)} tests; "
+                  "--p-adjust none)."]
+    return "\n".join(t) + "\n"
 
 
 def _fmt_p(p: float) -> str:
@@ -561,11 +593,11 @@ def write_outputs(out: str | Path, rows: Sequence[dict], tests: Sequence[dict], 
             files.append({"file": name, "config": p.config, "degradation": p.degradation,
                           "classifier": p.classifier, "n": int(len(p.image_id))})
         manifest = {"format": PREDICTIONS_FORMAT, "files": files,
-                    "meta": {k: v for k, v in meta.items() if k not in ("n_boot", "confidence", "seed")}}
+                    "meta": {k: v for k, v in meta.items() if k not in ("n_boot", "confidence", "seed", "p_adjust")}}
         atomic_write_text(out / "predictions" / "manifest.json", json.dumps(manifest, indent=2) + "\n")
     md = format_markdown(rows, tests, meta)
     atomic_write_text(out / "table.csv", _csv_text(rows, TABLE_COLUMNS, {"top1": ".4f", "ci_low": ".4f", "ci_high": ".4f"}))
-    atomic_write_text(out / "mcnemar.csv", _csv_text(tests, MCNEMAR_COLUMNS, {"p_value": ".6g"}))
+    atomic_write_text(out / "mcnemar.csv", _csv_text(tests, MCNEMAR_COLUMNS, {"p_value": ".6g", "p_adjusted": ".6g"}))
     atomic_write_text(out / "table.md", md)
     atomic_write_text(out / "table.tex", format_latex(rows, meta))
     atomic_write_text(out / "table.json", json.dumps({"meta": meta, "columns": list(TABLE_COLUMNS), "rows": list(rows),
@@ -573,19 +605,24 @@ def write_outputs(out: str | Path, rows: Sequence[dict], tests: Sequence[dict], 
     return {"markdown": md}
 
 
-def _read_csv(path: Path, columns: Sequence[str], ints: Sequence[str], floats: Sequence[str]) -> list[dict]:
+def _read_csv(path: Path, columns: Sequence[str], ints: Sequence[str], floats: Sequence[str],
+              legacy: Sequence[str] | None = None) -> list[dict]:
+    """Rows of ``path``, whose header must be ``columns`` (or, for older files, ``legacy``)."""
     if not path.is_file():
         raise FileNotFoundError(f"{path} not found; write it with python -m analysis.classify --out {path.parent}")
     with open(path, newline="", encoding="utf-8") as fh:
         reader = csv.DictReader(fh)
-        if list(reader.fieldnames or []) != list(columns):
+        found = list(reader.fieldnames or [])
+        if found != list(columns) and (legacy is None or found != list(legacy)):
             raise ValueError(f"{path}: expected columns {list(columns)}, found {reader.fieldnames}")
         rows = []
         for r in reader:
             for c in ints:
-                r[c] = int(r[c])
+                if c in r:
+                    r[c] = int(r[c])
             for c in floats:
-                r[c] = float(r[c])
+                if c in r:
+                    r[c] = float(r[c])
             rows.append(r)
     return rows
 
@@ -597,8 +634,10 @@ def load_table(out_dir: str | Path) -> list[dict[str, Any]]:
 
 
 def load_mcnemar(out_dir: str | Path) -> list[dict[str, Any]]:
-    """Read ``out_dir/mcnemar.csv`` back (``n``, ``b``, ``c`` int; ``p_value`` float)."""
-    return _read_csv(Path(out_dir) / "mcnemar.csv", MCNEMAR_COLUMNS, ("n", "b", "c"), ("p_value",))
+    """Read ``out_dir/mcnemar.csv`` back (``n``, ``b``, ``c`` int; ``p_value``, ``p_adjusted`` float;
+    ``p_adjust`` the correction's name). Files from before the correction lack the last two columns."""
+    return _read_csv(Path(out_dir) / "mcnemar.csv", MCNEMAR_COLUMNS, ("n", "b", "c"), ("p_value", "p_adjusted"),
+                     legacy=_LEGACY_MCNEMAR_COLUMNS)
 
 
 def load_predictions(directory: str | Path) -> tuple[list[Predictions], dict[str, Any]]:
@@ -637,17 +676,18 @@ def load_predictions(directory: str | Path) -> tuple[list[Predictions], dict[str
 
 def run_table2(spec: Table2Spec, out: str | Path, device: str = "auto", batch_size: int = 64, workers: int = 2,
                n_boot: int = 1000, confidence: float = 0.95, seed: int = 0, progress: bool = True,
-               extra_meta: dict | None = None) -> dict[str, Any]:
-    """Score, summarise and write everything for ``spec`` into ``out``. Returns ``{"rows", "mcnemar",
-    "markdown", "out", "meta"}``."""
+               extra_meta: dict | None = None, p_adjust: str = DEFAULT_P_ADJUST) -> dict[str, Any]:
+    """Score, summarise and write everything for ``spec`` into ``out``. ``seed``: the bootstrap's;
+    ``p_adjust``: the McNemar p-values' correction (`summarize`). Returns ``{"rows", "mcnemar", "markdown",
+    "out", "meta"}``."""
     preds, meta = score_table2(spec, device=device, batch_size=batch_size, workers=workers, progress=progress)
     meta.update(extra_meta or {})
-    return _finish(preds, meta, out, n_boot, confidence, seed, write_predictions=True)
+    return _finish(preds, meta, out, n_boot, confidence, seed, write_predictions=True, p_adjust=p_adjust)
 
 
-def _finish(preds, meta, out, n_boot, confidence, seed, write_predictions):
-    rows, tests = summarize(preds, n_boot=n_boot, confidence=confidence, seed=seed)
-    meta = dict(meta, n_boot=int(n_boot), confidence=float(confidence), seed=int(seed))
+def _finish(preds, meta, out, n_boot, confidence, seed, write_predictions, p_adjust=DEFAULT_P_ADJUST):
+    rows, tests = summarize(preds, n_boot=n_boot, confidence=confidence, seed=seed, p_adjust=p_adjust)
+    meta = dict(meta, n_boot=int(n_boot), confidence=float(confidence), seed=int(seed), p_adjust=p_adjust)
     md = write_outputs(out, rows, tests, preds if write_predictions else None, meta)["markdown"]
     return {"rows": rows, "mcnemar": tests, "markdown": md, "out": str(out), "meta": meta}
 
@@ -791,12 +831,57 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", help="'auto', 'cpu', 'cuda', 'cuda:1' ...")
     p.add_argument("--batch-size", type=int, default=64, help="images per batch")
     p.add_argument("--workers", type=int, default=2, help="DataLoader worker processes (0: main process)")
-    p.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples per cell")
-    p.add_argument("--confidence", type=float, default=0.95, help="confidence level of the intervals")
-    p.add_argument("--seed", type=int, default=0, help="seed of the bootstrap resampling")
+    p.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples per cell (>= 1)")
+    p.add_argument("--confidence", type=float, default=0.95,
+                   help="confidence level of the intervals, in (0, 1): 0.95, not 95")
+    p.add_argument("--seed", "--bootstrap-seed", dest="seed", type=int, default=0,
+                   help="seed of the bootstrap resampling (numpy default_rng; every cell's CI draws from it, in every "
+                        "mode, the demo included); the only randomness of the table")
+    p.add_argument("--p-adjust", default=DEFAULT_P_ADJUST, choices=P_ADJUST_METHODS,
+                   help="multiple-comparison correction over all McNemar tests of the table (mcnemar.csv: "
+                        "p_adjusted beside the raw p_value); none: raw p-values only (the demo always uses holm)")
     p.add_argument("--no-restore", action="store_true", help="demo only: skip the restoration rows")
     p.add_argument("--no-progress", action="store_true", help="disable progress bars")
     return p
+
+
+def check_out_writable(out: str | Path) -> None:
+    """Refuse an output folder that cannot be written, before any work: creates ``out`` (with its missing
+    parents) and a temporary file in it, then removes the file and the folders it created. Raises
+    ``ValueError`` with a one-line message."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out} exists and is not a folder; choose another --out")
+    created, p = [], out.absolute()
+    while not p.exists() and p != p.parent:
+        created.append(p)  # deepest first
+        p = p.parent
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=out, prefix=".write-check-"):
+            pass
+    except OSError as err:
+        raise ValueError(f"--out {out} is not a writable folder ({err.strerror or err}); choose another --out") from None
+    finally:
+        for d in created:
+            try:
+                d.rmdir()
+            except OSError:
+                break
+
+
+def _check_args(args: argparse.Namespace) -> None:
+    """The numeric arguments, before anything is loaded (one-line ValueError)."""
+    if args.n_boot < 1:
+        raise ValueError(f"--n-boot must be >= 1 (bootstrap resamples per cell), got {args.n_boot}")
+    if not 0 < args.confidence < 1:
+        hint = (f"; for {args.confidence:g}% pass --confidence {args.confidence / 100:g}"
+                if 1 < args.confidence < 100 else "")
+        raise ValueError(f"--confidence must be in (0, 1), got {args.confidence:g}{hint}")
+    if args.batch_size < 1:
+        raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
+    if args.workers < 0:
+        raise ValueError(f"--workers must be >= 0, got {args.workers}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -804,17 +889,23 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     progress = not args.no_progress
     try:
+        _check_args(args)
         if args.from_predictions:
-            preds, meta = load_predictions(args.from_predictions)
             out = Path(args.out or args.from_predictions)
+            check_out_writable(out)
+            preds, meta = load_predictions(args.from_predictions)
             same = out.resolve() == (Path(args.from_predictions).resolve())
-            result = _finish(preds, meta, out, args.n_boot, args.confidence, args.seed, write_predictions=not same)
+            result = _finish(preds, meta, out, args.n_boot, args.confidence, args.seed, write_predictions=not same,
+                             p_adjust=args.p_adjust)
             print(result["markdown"])
             print(f"tables re-made from {args.from_predictions} -> {out}")
             return 0
         if not args.classifier and not args.spec:
             if args.set or args.clean:
                 raise ValueError("--set/--clean need at least one --classifier NAME=CKPT (or a --spec file)")
+            if args.p_adjust != DEFAULT_P_ADJUST:
+                raise ValueError(f"--p-adjust applies to your own tables; the demo always uses {DEFAULT_P_ADJUST}")
+            check_out_writable(args.out or DEMO_OUT)
             return _main_demo(args, progress)
         spec, extra = (load_spec(args.spec) if args.spec else (Table2Spec("", {}), {}))
         if args.clean:
@@ -827,8 +918,10 @@ def main(argv: list[str] | None = None) -> int:
         if args.bbox_size is not None:
             spec.bbox_size = parse_bbox_size(args.bbox_size)
         out = Path(args.out or extra.get("out") or DEFAULT_OUT)
+        check_out_writable(out)
         result = run_table2(spec, out, device=args.device, batch_size=args.batch_size, workers=args.workers,
-                            n_boot=args.n_boot, confidence=args.confidence, seed=args.seed, progress=progress)
+                            n_boot=args.n_boot, confidence=args.confidence, seed=args.seed, progress=progress,
+                            p_adjust=args.p_adjust)
     except (FileNotFoundError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

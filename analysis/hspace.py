@@ -9,15 +9,23 @@ For every image of every group (clean, degraded, restored w/o and w/ DiffLoss, .
   4. at every step with t >= t_edit the middle block's output h (C x H x W) of the level-k sample is replaced
      by h + alpha_k * s1 * u1 v1^T, where h = U S V^T is the SVD of h as a C x HW matrix (per sample, default
      ``--svd-mode sample``): the top singular value s1 becomes (1 + alpha_k) s1, nothing else changes.
-     ``--svd-mode batch-pca`` (Haas et al.) instead moves h along the first principal component of the
-     unperturbed samples' flattened h in the batch (needs ``--batch-images`` >= 2): h + alpha_k * sd1 * pc1;
+     ``--svd-mode batch-svd`` instead moves h along the first principal component of the flattened h of the
+     current batch's unperturbed samples (2..``--batch-images`` images, recomputed at every edited step):
+     h + alpha_k * sd1 * pc1. This is NOT Haas et al.'s direction (one global principal direction per timestep
+     from a reference set of images): with a few images per batch it depends on which images share the batch
+     (``batch-pca``, its old name, is a deprecated alias);
   5. ResNet50 (ImageNet) penultimate 2048-d features of every generation; distance of level k =
-     L2(features(level k) - features(level 0)).
+     L2(features(level k) - features(level 0)), beside it the cosine distance and the L2 relative to the norm of
+     the unperturbed features; and the size of the edit |dh| = ||h' - h||_F (mean over the edited steps, also
+     relative to ||h||_F).
 
-Outputs in ``--out``: distances.csv (one row per image, group, level), summary.csv (per group and level),
-mannwhitney.csv (two-sided Mann-Whitney U between every pair of groups per level), summary.json (protocol,
-seconds per image), histograms / histogram_overlay / grid as PNG and PDF, generations/ (grid images) and a
-manifest.json that lets an interrupted run resume.
+Outputs in ``--out``: distances.csv (one row per image, group, level: distance, cosine_distance,
+relative_distance, dh_norm, dh_rel), summary.csv (per group and level), wilcoxon.csv (``--test wilcoxon``, the
+default: the groups hold the same images with the same noise, so two-sided Wilcoxon signed-rank tests on the
+per-image differences between every pair of groups, per level and metric, over the images present in both) or
+mannwhitney.csv (``--test mann-whitney``: unpaired), summary.json (protocol, seconds per image, the tests),
+histograms / histogram_overlay / grid as PNG and PDF, generations/ (grid images) and a manifest.json that lets an
+interrupted run resume.
 
     python -m analysis.hspace --quick --out runs/hspace-quick
     python -m analysis.hspace --prior 256x256_diffusion_uncond.pt --weights resnet50-0676ba61.pth \\
@@ -68,6 +76,7 @@ __all__ = [
     "ResNetFeatures",
     "build_feature_extractor",
     "feature_distances",
+    "feature_distance_metrics",
     "ImageItem",
     "list_group_images",
     "select_images",
@@ -77,6 +86,11 @@ __all__ = [
     "run_hspace_study",
     "summarize_distances",
     "mann_whitney_tests",
+    "wilcoxon_tests",
+    "group_tests",
+    "resolve_svd_mode",
+    "TESTS",
+    "METRICS",
     "write_csv",
     "read_distances",
     "load_grid",
@@ -94,7 +108,13 @@ __all__ = [
     "RESNET50_URL",
 ]
 
-SVD_MODES = ("sample", "batch-pca")
+SVD_MODES = ("sample", "batch-svd")
+#: Old names still accepted (with a warning) -> the mode they now are.
+SVD_MODE_ALIASES = {"batch-pca": "batch-svd"}
+#: Tests between groups: paired Wilcoxon signed-rank (default) or unpaired Mann-Whitney U.
+TESTS = ("wilcoxon", "mann-whitney")
+#: Per-image feature distances of a level to level 0 (columns of distances.csv).
+METRICS = ("distance", "cosine_distance", "relative_distance")
 START_MODES = ("noise", "ddim-inversion")
 PRIOR_FILE = "256x256_diffusion_uncond.pt"
 PRIOR_URL = "https://openaipublic.blob.core.windows.net/diffusion/jul-2021/256x256_diffusion_uncond.pt"
@@ -169,15 +189,35 @@ def perturb_principal(h: torch.Tensor, alpha) -> torch.Tensor:
     return torch.where((a != 0).view(B, 1, 1, 1), shifted, h)
 
 
+def resolve_svd_mode(name: str) -> str:
+    """The canonical name of an svd mode (`SVD_MODES`); the deprecated alias ``batch-pca`` gives ``batch-svd``
+    (with a warning: the old name claimed Haas et al.'s global direction, which this mode does not compute)."""
+    if name in SVD_MODE_ALIASES:
+        new = SVD_MODE_ALIASES[name]
+        log.warning("svd mode %r is a deprecated alias of %r (the direction comes from the current batch's images, "
+                    "not from Haas et al.'s reference set); use %r", name, new, new)
+        return new
+    if name not in SVD_MODES:
+        raise ValueError(f"unknown svd mode {name!r}; valid: {', '.join(SVD_MODES)} "
+                         f"(deprecated aliases: {', '.join(SVD_MODE_ALIASES)})")
+    return name
+
+
 def batch_principal_direction(h_ref: torch.Tensor) -> tuple[torch.Tensor, float]:
     """First principal component of the flattened h of ``h_ref`` [N, C, H, W] (N >= 2 samples, centred):
     returns (unit direction [C, H, W], standard deviation of the samples along it). The sign is fixed so the
-    direction's largest-magnitude entry is positive (deterministic, as sklearn's svd_flip)."""
+    direction's largest-magnitude entry is positive (deterministic, as sklearn's svd_flip).
+
+    ``--svd-mode batch-svd`` calls it on the unperturbed samples of the current batch (2..batch_images images)
+    at every edited step. That is not Haas et al.'s direction, which is one global principal direction per
+    timestep from a reference set of many images: a handful of images gives a direction that depends on which
+    images share the batch. The cheaper honest option was taken (the mode renamed from ``batch-pca``), not the
+    extra reference pass a global direction needs."""
     _check_h(h_ref)
     n = h_ref.shape[0]
     if n < 2:
         raise ValueError(
-            f"--svd-mode batch-pca needs at least 2 unperturbed samples per batch, got {n}; "
+            f"--svd-mode batch-svd needs at least 2 unperturbed samples per batch, got {n}; "
             "use --batch-images >= 2 or --svd-mode sample"
         )
     X = h_ref.reshape(n, -1).double()
@@ -222,16 +262,19 @@ class PerturbationEdit:
     """The h-space edit used during generation: a callable h -> h' for ``diffloss.hooks.hspace_hook``.
 
     ``alpha`` [B] holds each sample's strength (0 for the unperturbed ones); ``active`` is switched on by the
-    sampler at the steps with t >= t_edit. In ``batch-pca`` mode the direction is recomputed at every edited
-    step from the samples with alpha == 0."""
+    sampler at the steps with t >= t_edit. In ``batch-svd`` mode the direction is recomputed at every edited
+    step from the samples with alpha == 0 of this batch (see `batch_principal_direction`).
+
+    Every edited step records each sample's edit size; `dh_norm` / `dh_rel` are their means over the edited
+    steps (zeros before any edit)."""
 
     def __init__(self, alpha: torch.Tensor, svd_mode: str = "sample") -> None:
-        if svd_mode not in SVD_MODES:
-            raise ValueError(f"unknown svd mode {svd_mode!r}; valid: {', '.join(SVD_MODES)}")
-        self.alpha = alpha
-        self.svd_mode = svd_mode
+        self.alpha = torch.as_tensor(alpha, dtype=torch.float32).reshape(-1)
+        self.svd_mode = resolve_svd_mode(svd_mode)
         self.active = False
         self.calls = 0
+        self._dh_sum = torch.zeros(self.alpha.shape[0], dtype=torch.float64)
+        self._rel_sum = torch.zeros(self.alpha.shape[0], dtype=torch.float64)
 
     def __call__(self, h: torch.Tensor) -> torch.Tensor:
         if not self.active:
@@ -239,9 +282,27 @@ class PerturbationEdit:
         self.calls += 1
         alpha = self.alpha.to(h.device)
         if self.svd_mode == "sample":
-            return perturb_principal(h, alpha)
-        direction, sd = batch_principal_direction(h[alpha == 0])
-        return perturb_along(h, alpha, direction, sd)
+            out = perturb_principal(h, alpha)
+        else:
+            direction, sd = batch_principal_direction(h[alpha == 0])
+            out = perturb_along(h, alpha, direction, sd)
+        with torch.no_grad():
+            dh = torch.linalg.vector_norm((out - h).flatten(1).double(), dim=1)
+            hn = torch.linalg.vector_norm(h.flatten(1).double(), dim=1)
+            self._dh_sum += dh.cpu()
+            self._rel_sum += torch.where(hn > 0, dh / hn, torch.zeros_like(dh)).cpu()
+        return out
+
+    @property
+    def dh_norm(self) -> torch.Tensor:
+        """[B] float64: mean over the edited steps of ||h' - h||_F per sample (|alpha| s1 in sample mode,
+        |alpha| sd1 in batch-svd mode); zeros if no step was edited."""
+        return self._dh_sum / max(self.calls, 1)
+
+    @property
+    def dh_rel(self) -> torch.Tensor:
+        """[B] float64: mean over the edited steps of ||h' - h||_F / ||h||_F per sample."""
+        return self._rel_sum / max(self.calls, 1)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -278,19 +339,26 @@ def start_latent(model: nn.Module, spaced, x0: torch.Tensor, start: str = "noise
 
 @torch.no_grad()
 def ddim_generate(model: nn.Module, spaced, x_t: torch.Tensor, alpha: torch.Tensor | None = None,
-                  t_edit: int = 0, svd_mode: str = "sample", hook=None) -> torch.Tensor:
+                  t_edit: int = 0, svd_mode: str = "sample", hook=None,
+                  edit: PerturbationEdit | None = None) -> torch.Tensor:
     """DDIM (eta 0, predicted x0 clipped to [-1, 1]) from the last timestep of ``spaced`` to x_0.
 
     ``x_t`` [B, 3, S, S]; ``alpha`` [B] the per-sample h-space perturbation strengths (None or 0: none),
     applied at the steps whose original timestep is >= ``t_edit``. ``hook`` is the h-space hook factory
-    (default ``diffloss.hooks.hspace_hook``). One UNet evaluation per timestep; returns [-1, 1] NCHW."""
+    (default ``diffloss.hooks.hspace_hook``). ``edit``: a `PerturbationEdit` to use instead of building one from
+    ``alpha`` and ``svd_mode`` (read its ``dh_norm`` / ``dh_rel`` afterwards). One UNet evaluation per timestep;
+    returns [-1, 1] NCHW."""
     if hook is None:
         from diffloss.hooks import hspace_hook as hook
     B = x_t.shape[0]
+    if edit is not None:
+        if alpha is not None:
+            raise ValueError("give alpha (and svd_mode) or a PerturbationEdit, not both")
+        alpha = edit.alpha
     alpha = torch.zeros(B) if alpha is None else torch.as_tensor(alpha, dtype=torch.float32).reshape(-1)
     if alpha.shape != (B,):
         raise ValueError(f"alpha must have one value per sample ({B}), got shape {tuple(alpha.shape)}")
-    edit = PerturbationEdit(alpha, svd_mode)
+    edit = edit if edit is not None else PerturbationEdit(alpha, svd_mode)
     any_edit = bool((alpha != 0).any())
     x = x_t
     with hook(model, edit=edit):
@@ -357,12 +425,35 @@ def build_feature_extractor(weights: str = "imagenet", size: int = 224, device="
     return ResNetFeatures(net, size=size).to(device)
 
 
-def feature_distances(features: torch.Tensor) -> torch.Tensor:
-    """L2 distances of levels 1..K to level 0: ``features`` [N, 1+K, D] -> [N, K] (float64)."""
+def _check_features(features) -> torch.Tensor:
     if not isinstance(features, torch.Tensor) or features.ndim != 3 or features.shape[1] < 2:
         raise ValueError(f"features must be [N, 1+K, D] with K >= 1, got {getattr(features, 'shape', features)}")
-    f = features.double()
+    return features.double()
+
+
+def feature_distances(features: torch.Tensor) -> torch.Tensor:
+    """L2 distances of levels 1..K to level 0: ``features`` [N, 1+K, D] -> [N, K] (float64)."""
+    f = _check_features(features)
     return torch.linalg.vector_norm(f[:, 1:] - f[:, :1], dim=-1)
+
+
+def feature_distance_metrics(features: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Distances of levels 1..K to level 0, each [N, K] float64, keyed as the columns of distances.csv:
+
+    ``distance``: L2 ||f_k - f_0|| (`feature_distances`); ``cosine_distance``: 1 - cos(f_k, f_0), in [0, 2];
+    ``relative_distance``: ||f_k - f_0|| / ||f_0||, the L2 in units of the unperturbed feature norm (a group
+    whose features are smaller overall cannot look "more stable" by that alone). Where ||f_0|| (or ||f_k|| for
+    the cosine) is 0 the ratio is undefined: NaN."""
+    f = _check_features(features)
+    ref, lev = f[:, :1], f[:, 1:]
+    l2 = torch.linalg.vector_norm(lev - ref, dim=-1)
+    n_ref = torch.linalg.vector_norm(ref, dim=-1)                 # [N, 1]
+    n_lev = torch.linalg.vector_norm(lev, dim=-1)                 # [N, K]
+    nan = torch.tensor(float("nan"), dtype=torch.float64)
+    denom = n_ref * n_lev
+    cos = torch.where(denom > 0, (lev * ref).sum(-1) / torch.where(denom > 0, denom, 1.0), nan)
+    rel = torch.where(n_ref > 0, l2 / torch.where(n_ref > 0, n_ref, 1.0), nan)
+    return {"distance": l2, "cosine_distance": (1.0 - cos).clamp(0.0, 2.0), "relative_distance": rel}
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -450,7 +541,7 @@ class HSpaceConfig:
     steps: int = 50               # DDIM timesteps in [0, t0]
     t_edit: int = 200             # h is edited at steps with t >= t_edit
     alphas: tuple[float, ...] = (0.5, 1.0, 1.5, 2.0)  # levels 1..K: s1 -> (1 + alpha_k) s1
-    svd_mode: str = "sample"      # "sample" (per-sample SVD) | "batch-pca"
+    svd_mode: str = "sample"      # "sample" (per-sample SVD) | "batch-svd" (batch PCA; alias "batch-pca")
     start: str = "noise"          # "noise" (seeded q_sample) | "ddim-inversion"
     seed: int = 0
     images_per_group: int = 32    # <= 0: every image
@@ -460,16 +551,15 @@ class HSpaceConfig:
 
     def __post_init__(self) -> None:
         self.alphas = make_alphas(alphas=self.alphas)
-        if self.svd_mode not in SVD_MODES:
-            raise ValueError(f"unknown svd mode {self.svd_mode!r}; valid: {', '.join(SVD_MODES)}")
+        self.svd_mode = resolve_svd_mode(self.svd_mode)
         if self.start not in START_MODES:
             raise ValueError(f"unknown start {self.start!r}; valid: {', '.join(START_MODES)}")
         if not 0 <= int(self.t_edit) <= int(self.t0):
             raise ValueError(f"t_edit must be in 0..t0={self.t0}, got {self.t_edit}")
         if int(self.batch_images) < 1:
             raise ValueError(f"batch_images must be >= 1, got {self.batch_images}")
-        if self.svd_mode == "batch-pca" and int(self.batch_images) < 2:
-            raise ValueError("--svd-mode batch-pca needs --batch-images >= 2 (the PCA runs over a batch's images)")
+        if self.svd_mode == "batch-svd" and int(self.batch_images) < 2:
+            raise ValueError("--svd-mode batch-svd needs --batch-images >= 2 (the PCA runs over a batch's images)")
 
     @property
     def levels(self) -> int:
@@ -486,7 +576,8 @@ class HSpaceConfig:
 
 @dataclass
 class HSpaceResult:
-    """``rows``: one dict per (group, image, level >= 1): group, image_id, level, alpha, distance, path.
+    """``rows``: one dict per (group, image, level >= 1): group, image_id, level, alpha, distance, path,
+    cosine_distance, relative_distance (`feature_distance_metrics`), dh_norm, dh_rel (`PerturbationEdit`).
     ``grid``: group -> list of (image_id, uint8 HxWx3 input, [uint8 HxWx3 generation of level 0..K]).
     ``seconds_per_image``: mean wall time per image (start latent + generation + features)."""
 
@@ -551,7 +642,7 @@ def run_hspace_study(groups: Mapping[str, str | Path], model: nn.Module, diffusi
 
     items = {g: list_group_images(src, config.split) for g, src in groups.items()}
     chosen = select_images(items, config.images_per_group, config.seed)
-    fingerprint = {"protocol": config.protocol(), "image_size": size,
+    fingerprint = {"protocol": config.protocol(), "image_size": size, "record": list(_RECORD_FIELDS),
                    "groups": {g: [str(Path(src))] + [it.key for it in chosen[g]] for g, src in groups.items()},
                    "provenance": dict(provenance or {})}
     out = Path(out) if out is not None else None
@@ -592,14 +683,18 @@ def run_hspace_study(groups: Mapping[str, str | Path], model: nn.Module, diffusi
             n = len(batch)
             x_rep = x_t.repeat_interleave(K + 1, dim=0)            # [n*(1+K)], image-major, level-minor
             a_rep = alphas.repeat(n)
-            gen_x = ddim_generate(model, spaced, x_rep, a_rep, config.t_edit, config.svd_mode, hook=hook)
+            edit = PerturbationEdit(a_rep, config.svd_mode)
+            gen_x = ddim_generate(model, spaced, x_rep, t_edit=config.t_edit, hook=hook, edit=edit)
             gen01 = ((gen_x.float() + 1) / 2).clamp(0, 1)
             with torch.no_grad():
                 feats = extractor(gen01.to(next(extractor.parameters()).device)).reshape(n, K + 1, -1)
-            dist = feature_distances(feats).cpu()
+            per_level = {k: v.cpu() for k, v in feature_distance_metrics(feats).items()}
+            per_level.update(dh_norm=edit.dh_norm.reshape(n, K + 1)[:, 1:], dh_rel=edit.dh_rel.reshape(n, K + 1)[:, 1:])
             per_image = (time.perf_counter() - t_start) / n
             for j, (i, it) in enumerate(batch):
-                done.setdefault(g, {})[it.key] = {"distances": [float(v) for v in dist[j]], "seconds": per_image}
+                rec = {"distances": [float(v) for v in per_level["distance"][j]], "seconds": per_image}
+                rec.update({name: [float(v) for v in per_level[name][j]] for name in _RECORD_FIELDS})
+                done.setdefault(g, {})[it.key] = rec
                 seconds.append(per_image)
                 if i < config.grid_images:
                     inp = _to_uint8((x0[j].float() + 1) / 2)
@@ -618,7 +713,8 @@ def run_hspace_study(groups: Mapping[str, str | Path], model: nn.Module, diffusi
             rec = done[g][it.key]
             for k, d in enumerate(rec["distances"], start=1):
                 rows.append({"group": g, "image_id": it.key, "level": k, "alpha": config.alphas[k - 1],
-                             "distance": float(d), "path": str(it.path)})
+                             "distance": float(d), "path": str(it.path),
+                             **{name: float(rec[name][k - 1]) for name in _RECORD_FIELDS}})
         grid[g].sort(key=lambda e: [it.key for it in chosen[g]].index(e[0]))
     bar.close()
     evals = len(timesteps) * (K + 1) + (len(timesteps) - 1 if config.start == "ddim-inversion" else 0)
@@ -634,32 +730,65 @@ def _group_order(rows: Sequence[Mapping]) -> list[str]:
     return list(dict.fromkeys(r["group"] for r in rows))
 
 
+#: Extra per-(group, level) columns of `summarize_distances`: (summary column, row key, statistic).
+_SUMMARY_EXTRAS = (("cosine_mean", "cosine_distance", np.nanmean), ("cosine_median", "cosine_distance", np.nanmedian),
+                   ("relative_mean", "relative_distance", np.nanmean),
+                   ("relative_median", "relative_distance", np.nanmedian),
+                   ("dh_norm_mean", "dh_norm", np.mean), ("dh_rel_mean", "dh_rel", np.mean))
+
+
 def summarize_distances(rows: Sequence[Mapping]) -> list[dict]:
-    """Per (group, level): n, mean, std (ddof 1), median, q25, q75, min, max of the distances."""
+    """Per (group, level): n, mean, std (ddof 1), median, q25, q75, min, max of the L2 distances; where the
+    rows carry them, also cosine_mean/median, relative_mean/median (NaNs ignored) and dh_norm_mean,
+    dh_rel_mean (the mean size of the h-space edit, absolute and relative to ||h||)."""
     out = []
     for g in _group_order(rows):
         for level in sorted({int(r["level"]) for r in rows if r["group"] == g}):
             sel = [r for r in rows if r["group"] == g and int(r["level"]) == level]
             d = np.array([float(r["distance"]) for r in sel])
-            out.append({"group": g, "level": level, "alpha": float(sel[0]["alpha"]), "n": int(d.size),
-                        "mean": float(d.mean()), "std": float(d.std(ddof=1)) if d.size > 1 else float("nan"),
-                        "median": float(np.median(d)), "q25": float(np.quantile(d, 0.25)),
-                        "q75": float(np.quantile(d, 0.75)), "min": float(d.min()), "max": float(d.max())})
+            row = {"group": g, "level": level, "alpha": float(sel[0]["alpha"]), "n": int(d.size),
+                   "mean": float(d.mean()), "std": float(d.std(ddof=1)) if d.size > 1 else float("nan"),
+                   "median": float(np.median(d)), "q25": float(np.quantile(d, 0.25)),
+                   "q75": float(np.quantile(d, 0.75)), "min": float(d.min()), "max": float(d.max())}
+            for col, key, stat in _SUMMARY_EXTRAS:
+                if all(key in r for r in sel):
+                    v = np.array([float(r[key]) for r in sel])
+                    row[col] = float(stat(v)) if not np.isnan(v).all() else float("nan")
+            out.append(row)
     return out
 
 
-def mann_whitney_tests(rows: Sequence[Mapping], alternative: str = "two-sided") -> list[dict]:
-    """Mann-Whitney U (``scipy.stats.mannwhitneyu``) between every pair of groups at every level.
+def _metrics_in(rows: Sequence[Mapping]) -> tuple[str, ...]:
+    return tuple(m for m in METRICS if rows and all(m in r for r in rows))
+
+
+def _per_level(rows: Sequence[Mapping], metric: str) -> dict[int, dict[str, dict[str, float]]]:
+    """level -> group -> image_id -> value of ``metric`` (an image listed twice in a group is an error)."""
+    out: dict[int, dict[str, dict[str, float]]] = {}
+    for r in rows:
+        if metric not in r:
+            raise ValueError(f"the rows have no {metric!r} column; metrics present: {_metrics_in(rows)}")
+        per = out.setdefault(int(r["level"]), {}).setdefault(r["group"], {})
+        key = str(r["image_id"])
+        if key in per:
+            raise ValueError(f"image {key!r} appears twice in group {r['group']!r} at level {r['level']}")
+        per[key] = float(r[metric])
+    return out
+
+
+def mann_whitney_tests(rows: Sequence[Mapping], alternative: str = "two-sided", metric: str = "distance") -> list[dict]:
+    """Mann-Whitney U (``scipy.stats.mannwhitneyu``, unpaired) of ``metric`` between every pair of groups at
+    every level, over all images of each group.
 
     ``u_statistic`` is U of group_a; ``p_value`` for ``alternative`` ("two-sided", "less", "greater": the
-    distances of group_a tend to be smaller / larger)."""
+    distances of group_a tend to be smaller / larger). The study's groups are paired (same images, same
+    noise): `wilcoxon_tests` is the test that uses it."""
     from scipy.stats import mannwhitneyu
 
     out = []
     groups = _group_order(rows)
-    for level in sorted({int(r["level"]) for r in rows}):
-        per = {g: np.array([float(r["distance"]) for r in rows if r["group"] == g and int(r["level"]) == level])
-               for g in groups}
+    for level, per_group in sorted(_per_level(rows, metric).items()):
+        per = {g: np.array(list(per_group.get(g, {}).values()), dtype=np.float64) for g in groups}
         for a, b in itertools.combinations(groups, 2):
             da, db = per[a], per[b]
             if da.size == 0 or db.size == 0:
@@ -668,8 +797,63 @@ def mann_whitney_tests(rows: Sequence[Mapping], alternative: str = "two-sided") 
             out.append({"level": level, "group_a": a, "group_b": b, "n_a": int(da.size), "n_b": int(db.size),
                         "u_statistic": float(res.statistic), "p_value": float(res.pvalue),
                         "median_a": float(np.median(da)), "median_b": float(np.median(db)),
-                        "alternative": alternative})
+                        "alternative": alternative, "metric": metric, "test": "mann-whitney"})
     return out
+
+
+def wilcoxon_tests(rows: Sequence[Mapping], alternative: str = "two-sided", metric: str = "distance") -> list[dict]:
+    """Wilcoxon signed-rank tests (``scipy.stats.wilcoxon``, its default method and zero handling) of ``metric``
+    between every pair of groups at every level, paired by image: only images present in both groups count
+    (``n_pairs``); the differences are group_a - group_b.
+
+    ``statistic`` is scipy's (two-sided: min(W+, W-); one-sided: W+); ``p_value`` for ``alternative``
+    ("greater": group_a's values tend to be larger on the same image). Identical values on every image give
+    p = 1; no shared image gives n_pairs 0 and NaN (logged). ``median_a`` / ``median_b`` are over the pairs,
+    ``median_diff`` the median of the differences."""
+    from scipy.stats import wilcoxon
+
+    out = []
+    groups = _group_order(rows)
+    for level, per_group in sorted(_per_level(rows, metric).items()):
+        for a, b in itertools.combinations(groups, 2):
+            va, vb = per_group.get(a, {}), per_group.get(b, {})
+            if not va or not vb:
+                continue
+            keys = [k for k in va if k in vb]
+            da = np.array([va[k] for k in keys], dtype=np.float64)
+            db = np.array([vb[k] for k in keys], dtype=np.float64)
+            row = {"level": level, "metric": metric, "group_a": a, "group_b": b, "n_pairs": len(keys),
+                   "statistic": float("nan"), "p_value": float("nan"), "median_a": float("nan"),
+                   "median_b": float("nan"), "median_diff": float("nan"), "alternative": alternative,
+                   "test": "wilcoxon"}
+            if not keys:
+                log.warning("groups %r and %r share no image at level %d: no paired test (give the groups the same "
+                            "images, or use --test mann-whitney)", a, b, level)
+            else:
+                diff = da - db
+                if np.all(diff == 0):
+                    stat, p = 0.0, 1.0
+                else:
+                    res = wilcoxon(da, db, alternative=alternative)
+                    stat, p = float(res.statistic), float(res.pvalue)
+                row.update(statistic=stat, p_value=p, median_a=float(np.median(da)), median_b=float(np.median(db)),
+                           median_diff=float(np.median(diff)))
+            out.append(row)
+    return out
+
+
+def group_tests(rows: Sequence[Mapping], test: str = "wilcoxon", metrics: Sequence[str] | None = None,
+                alternative: str = "two-sided") -> list[dict]:
+    """The tests between groups written by the study: ``test`` one of `TESTS` ("wilcoxon": paired by image,
+    the default; "mann-whitney": unpaired), for each of ``metrics`` (default: those of `METRICS` the rows carry);
+    rows ordered by level, then metric, then pair of groups."""
+    if test not in TESTS:
+        raise ValueError(f"unknown test {test!r}; valid: {', '.join(TESTS)}")
+    metrics = tuple(metrics) if metrics is not None else _metrics_in(rows)
+    fn = wilcoxon_tests if test == "wilcoxon" else mann_whitney_tests
+    order = {m: i for i, m in enumerate(metrics)}
+    tests = [t for m in metrics for t in fn(rows, alternative=alternative, metric=m)]
+    return sorted(tests, key=lambda t: (t["level"], order[t["metric"]]))  # stable: pairs keep their order
 
 
 def write_csv(path: str | Path, rows: Sequence[Mapping], columns: Sequence[str] | None = None) -> Path:
@@ -683,11 +867,18 @@ def write_csv(path: str | Path, rows: Sequence[Mapping], columns: Sequence[str] 
     return atomic_write_text(path, buf.getvalue())
 
 
-DISTANCE_COLUMNS = ("group", "image_id", "level", "alpha", "distance", "path")
+#: Recorded per image and level beside the L2 ``distance`` (manifest and distances.csv).
+_RECORD_FIELDS = ("cosine_distance", "relative_distance", "dh_norm", "dh_rel")
+DISTANCE_COLUMNS = ("group", "image_id", "level", "alpha", "distance", "path") + _RECORD_FIELDS
+WILCOXON_COLUMNS = ("level", "metric", "group_a", "group_b", "n_pairs", "statistic", "p_value", "median_a",
+                    "median_b", "median_diff", "alternative", "test")
+MANN_WHITNEY_COLUMNS = ("level", "group_a", "group_b", "n_a", "n_b", "u_statistic", "p_value", "median_a",
+                        "median_b", "alternative", "metric", "test")
 
 
 def read_distances(out_dir: str | Path) -> list[dict]:
-    """Read ``distances.csv`` of a study folder back (level int, alpha/distance float)."""
+    """Read ``distances.csv`` of a study folder back (level int; alpha, distance and the extra metrics float;
+    extra metrics missing from older files, or empty, are left out of the row)."""
     path = Path(out_dir) / "distances.csv"
     if not path.is_file():
         raise FileNotFoundError(f"{path} not found; run `python -m analysis.hspace --out {out_dir}` first")
@@ -697,6 +888,11 @@ def read_distances(out_dir: str | Path) -> list[dict]:
         r["level"] = int(r["level"])
         r["alpha"] = float(r["alpha"])
         r["distance"] = float(r["distance"])
+        for name in _RECORD_FIELDS:
+            if r.get(name) in (None, ""):
+                r.pop(name, None)
+            else:
+                r[name] = float(r[name])
     return rows
 
 
@@ -715,8 +911,10 @@ def load_grid(out_dir: str | Path) -> dict[str, list[tuple[str, np.ndarray, list
     return grid
 
 
-def write_study_outputs(result: HSpaceResult, out: str | Path) -> dict[str, Path]:
-    """Write distances.csv, summary.csv, mannwhitney.csv, summary.json and the figures (PNG + PDF)."""
+def write_study_outputs(result: HSpaceResult, out: str | Path, test: str = "wilcoxon",
+                        figures: bool = True) -> dict[str, Path]:
+    """Write distances.csv, summary.csv, the tests between groups (`group_tests` with ``test``: wilcoxon.csv or
+    mannwhitney.csv, its path under key ``"tests"``), summary.json and, with ``figures``, the figures (PNG + PDF)."""
     import matplotlib.pyplot as plt  # headless: matplotlib falls back to Agg by itself
 
     from analysis.hspace_plots import plot_distance_histograms, plot_histogram_overlay, plot_level_grid, save_figure
@@ -725,14 +923,17 @@ def write_study_outputs(result: HSpaceResult, out: str | Path) -> dict[str, Path
     paths = {"distances": write_csv(out / "distances.csv", result.rows, DISTANCE_COLUMNS)}
     summary = summarize_distances(result.rows)
     paths["summary_csv"] = write_csv(out / "summary.csv", summary)
-    tests = mann_whitney_tests(result.rows)
-    paths["mannwhitney"] = write_csv(out / "mannwhitney.csv", tests, (
-        "level", "group_a", "group_b", "n_a", "n_b", "u_statistic", "p_value", "median_a", "median_b", "alternative"))
+    tests = group_tests(result.rows, test=test)
+    name, columns = (("wilcoxon.csv", WILCOXON_COLUMNS) if test == "wilcoxon"
+                     else ("mannwhitney.csv", MANN_WHITNEY_COLUMNS))
+    paths["tests"] = write_csv(out / name, tests, columns)
     info = {"protocol": result.config.protocol(), "groups": result.groups, "provenance": result.provenance,
             "seconds_per_image": result.seconds_per_image, "unet_evals_per_image": result.unet_evals_per_image,
             "grid_images": {g: [e[0] for e in items] for g, items in result.grid.items()},
-            "summary": summary, "mann_whitney": tests}
+            "summary": summary, "test": test, "group_tests": tests}
     paths["summary_json"] = atomic_write_text(out / "summary.json", json.dumps(info, indent=1))
+    if not figures:
+        return paths
     alphas = result.config.alphas
     fig = plot_distance_histograms(result.rows, alphas=alphas)
     paths["histograms"] = save_figure(fig, out / "histograms")[0]
@@ -811,7 +1012,7 @@ def run(out: str | Path, *, quick: bool = False, groups: Mapping[str, str | Path
         prior: str | Path | None = None, prior_config: str | None = None, weights: str | None = None,
         feature_size: int | None = None, device: str = "auto", config: HSpaceConfig | None = None,
         quick_corruption: str = "lowlight", quick_severity: int = 3, quick_restored: bool = True,
-        threads: int | None = None, progress: bool = True) -> HSpaceResult:
+        threads: int | None = None, progress: bool = True, test: str = "wilcoxon") -> HSpaceResult:
     """The whole study as the CLI runs it: load the prior and ResNet50, build the quick-mode groups if asked,
     run, write every output into ``out``. Returns the `HSpaceResult`.
 
@@ -819,7 +1020,7 @@ def run(out: str | Path, *, quick: bool = False, groups: Mapping[str, str | Path
     weights (``weights`` "imagenet" from the torch cache or a path); quick mode uses the built-in trained prior,
     a random ResNet50 unless ``weights`` is given, and mini-CUB groups. ``threads``: torch CPU threads for the
     run (restored afterwards); None: 1 in quick mode (small models on a shared CPU run several times faster
-    single-threaded, measured), torch's default otherwise."""
+    single-threaded, measured), torch's default otherwise. ``test``: the tests between groups (`group_tests`)."""
     if threads is None and quick:
         threads = 1
     old_threads = torch.get_num_threads()
@@ -828,13 +1029,13 @@ def run(out: str | Path, *, quick: bool = False, groups: Mapping[str, str | Path
     try:
         return _run(out, quick=quick, groups=groups, prior=prior, prior_config=prior_config, weights=weights,
                     feature_size=feature_size, device=device, config=config, quick_corruption=quick_corruption,
-                    quick_severity=quick_severity, quick_restored=quick_restored, progress=progress)
+                    quick_severity=quick_severity, quick_restored=quick_restored, progress=progress, test=test)
     finally:
         torch.set_num_threads(old_threads)
 
 
 def _run(out, *, quick, groups, prior, prior_config, weights, feature_size, device, config, quick_corruption,
-         quick_severity, quick_restored, progress) -> HSpaceResult:
+         quick_severity, quick_restored, progress, test="wilcoxon") -> HSpaceResult:
     from classifiers.predict import resolve_device
 
     out = Path(out)
@@ -872,7 +1073,7 @@ def _run(out, *, quick, groups, prior, prior_config, weights, feature_size, devi
                   "feature_size": int(feature_size), "quick": bool(quick), "device": str(dev)}
     result = run_hspace_study(groups, model, diffusion, extractor, config, out=out, provenance=provenance,
                               progress=progress)
-    write_study_outputs(result, out)
+    write_study_outputs(result, out, test=test)
     return result
 
 
@@ -881,6 +1082,11 @@ def _parse_group(text: str) -> tuple[str, str]:
     if not sep or not name.strip() or not path.strip():
         raise argparse.ArgumentTypeError(f"--group expects NAME=PATH (e.g. clean=data/CUB_200_2011), got {text!r}")
     return name.strip(), path.strip()
+
+
+def _svd_mode_arg(text: str) -> str:
+    """argparse type of --svd-mode: a deprecated alias becomes its new name (choices then check the rest)."""
+    return resolve_svd_mode(text) if text in SVD_MODE_ALIASES else text
 
 
 def _parse_floats(text: str) -> tuple[float, ...]:
@@ -933,8 +1139,15 @@ def build_parser() -> argparse.ArgumentParser:
                    help="alpha_k = scale * k: the top singular value s1 becomes (1 + alpha_k) s1")
     p.add_argument("--alphas", type=_parse_floats, default=None,
                    help="explicit comma-separated alpha_1..alpha_K (overrides --levels/--scale)")
-    p.add_argument("--svd-mode", default=d.svd_mode, choices=SVD_MODES,
-                   help="sample: per-sample SVD of h (C x HW); batch-pca: PCA of flattened h over a batch's images")
+    p.add_argument("--svd-mode", default=d.svd_mode, choices=SVD_MODES, type=_svd_mode_arg,
+                   help="sample: per-sample SVD of h (C x HW), the paper's edit; batch-svd: h moved along the first "
+                        "principal component of the flattened h of the current batch's 2..--batch-images unperturbed "
+                        "samples, recomputed at each edited step -- not Haas et al.'s global per-timestep direction "
+                        "from a reference set, so results depend on how images are batched ('batch-pca' is a "
+                        "deprecated alias)")
+    p.add_argument("--test", default="wilcoxon", choices=TESTS,
+                   help="test between groups per level and metric: wilcoxon (signed-rank, paired by image: the groups "
+                        "hold the same images with the same noise) or mann-whitney (unpaired U)")
     p.add_argument("--start", default=d.start, choices=START_MODES,
                    help="how to reach x_t0: seeded q_sample noise or DDIM inversion")
     p.add_argument("--seed", type=int, default=d.seed, help="seed of the image selection and the q_sample noise")
@@ -995,15 +1208,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         result = run(args.out, quick=args.quick, groups=groups, prior=args.prior, prior_config=args.prior_config,
                      weights=args.weights, feature_size=args.feature_size, device=args.device, config=config,
                      quick_corruption=args.quick_corruption, quick_severity=args.quick_severity,
-                     quick_restored=not args.no_restored, threads=args.threads, progress=not args.no_progress)
+                     quick_restored=not args.no_restored, threads=args.threads, progress=not args.no_progress,
+                     test=args.test)
     except (FileNotFoundError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     print(f"h-space study: {len(result.rows)} distances, {len(result.groups)} groups, "
           f"{result.seconds_per_image:.2f} s/image ({result.unet_evals_per_image} UNet evaluations/image)")
+    nan = float("nan")
     for s in summarize_distances(result.rows):
         print(f"  {s['group']:>14s} level {s['level']} (alpha {s['alpha']:g}): median {s['median']:.4g} "
-              f"mean {s['mean']:.4g} (n={s['n']})")
+              f"mean {s['mean']:.4g} (n={s['n']}); median cosine {s.get('cosine_median', nan):.3g}, relative "
+              f"{s.get('relative_median', nan):.3g}; mean |dh| {s.get('dh_norm_mean', nan):.3g} "
+              f"({s.get('dh_rel_mean', nan):.1%} of |h|)")
+    print(f"tests between groups: {args.test} ({'wilcoxon' if args.test == 'wilcoxon' else 'mannwhitney'}.csv)")
     print(f"outputs in {args.out}")
     return 0
 

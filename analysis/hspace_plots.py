@@ -3,7 +3,8 @@ generations at perturbation levels 0..K (Fig. 2(a)).
 
 Every function takes data (the rows of ``analysis.hspace.read_distances`` / ``HSpaceResult.rows``, or
 ``HSpaceResult.grid`` / ``analysis.hspace.load_grid``) and an ``ax`` or a figure, and returns it; nothing
-here computes statistics the package lacks or writes files except `save_figure`.
+here computes statistics the package lacks or writes files except `save_figure`. The histograms plot the row
+key ``metric``: ``distance`` (L2, the paper's), ``cosine_distance`` or ``relative_distance``.
 """
 from __future__ import annotations
 
@@ -17,11 +18,16 @@ from matplotlib.ticker import MaxNLocator
 log = logging.getLogger(__name__)
 
 __all__ = ["plot_group_histogram", "plot_distance_histograms", "plot_histogram_overlay", "plot_level_grid",
-           "save_figure", "LEVEL_MARKS"]
+           "save_figure", "LEVEL_MARKS", "METRIC_LABELS"]
 
 #: The paper marks the levels with circled digits.
 LEVEL_MARKS = {1: "\u2460", 2: "\u2461", 3: "\u2462", 4: "\u2463", 5: "\u2464", 6: "\u2465", 7: "\u2466",
                8: "\u2467", 9: "\u2468"}
+
+#: Axis labels of the metrics (row keys of the distance rows).
+METRIC_LABELS = {"distance": "L2 distance of ResNet50 features",
+                 "cosine_distance": "cosine distance of ResNet50 features",
+                 "relative_distance": "L2 distance of ResNet50 features / norm of the unperturbed ones"}
 
 
 def _plt():
@@ -39,10 +45,18 @@ def _levels(rows: Sequence[Mapping]) -> list[int]:
     return sorted({int(r["level"]) for r in rows})
 
 
-def _bins(rows: Sequence[Mapping], bins: int) -> np.ndarray:
-    d = np.array([float(r["distance"]) for r in rows], dtype=float)
+def _values(rows: Sequence[Mapping], metric: str) -> np.ndarray:
+    """The finite values of ``metric`` in ``rows``."""
+    if any(metric not in r for r in rows):
+        raise ValueError(f"the rows have no {metric!r} values (older distances.csv?); plot 'distance' instead")
+    d = np.array([float(r[metric]) for r in rows], dtype=float)
+    return d[np.isfinite(d)]
+
+
+def _bins(rows: Sequence[Mapping], bins: int, metric: str = "distance") -> np.ndarray:
+    d = _values(rows, metric)
     if d.size == 0:
-        raise ValueError("no distances to plot (empty rows)")
+        raise ValueError(f"no {metric} values to plot (empty rows)")
     lo, hi = float(d.min()), float(d.max())
     if hi <= lo:
         hi = lo + 1e-6
@@ -57,24 +71,25 @@ def _level_label(level: int, alphas: Sequence[float] | None) -> str:
 
 
 def plot_group_histogram(rows: Sequence[Mapping], group: str, ax=None, levels: Sequence[int] | None = None,
-                         bins: int | np.ndarray = 20, alphas: Sequence[float] | None = None, legend: bool = True):
-    """Histogram of one group's distances, one translucent histogram per level (levels overlaid).
+                         bins: int | np.ndarray = 20, alphas: Sequence[float] | None = None, legend: bool = True,
+                         metric: str = "distance"):
+    """Histogram of one group's ``metric`` values, one translucent histogram per level (levels overlaid).
 
-    ``rows``: dicts with group, level, distance. Returns the Axes."""
+    ``rows``: dicts with group, level and ``metric``. Returns the Axes."""
     plt = _plt()
     ax = ax if ax is not None else plt.gca()
     sel = [r for r in rows if str(r["group"]) == group]
     if not sel:
         raise ValueError(f"group {group!r} has no rows; groups present: {_groups(rows)}")
     levels = list(levels) if levels is not None else _levels(sel)
-    edges = bins if isinstance(bins, np.ndarray) else _bins(sel, bins)
+    edges = bins if isinstance(bins, np.ndarray) else _bins(sel, bins, metric)
     cmap = plt.get_cmap("viridis")
     for i, level in enumerate(levels):
-        d = [float(r["distance"]) for r in sel if int(r["level"]) == level]
+        d = _values([r for r in sel if int(r["level"]) == level], metric)
         color = cmap(i / max(1, len(levels) - 1))
         ax.hist(d, bins=edges, alpha=0.55, color=color, edgecolor=color, linewidth=0.8,
                 label=_level_label(level, alphas))
-    med = np.median([float(r["distance"]) for r in sel if int(r["level"]) == levels[-1]])
+    med = np.median(_values([r for r in sel if int(r["level"]) == levels[-1]], metric))
     ax.set_title(f"{group}  (median at level {levels[-1]}: {med:.3g})", fontsize=10)
     ax.set_ylabel("images")
     ax.yaxis.set_major_locator(MaxNLocator(integer=True))
@@ -85,25 +100,25 @@ def plot_group_histogram(rows: Sequence[Mapping], group: str, ax=None, levels: S
 
 def plot_distance_histograms(rows: Sequence[Mapping], fig=None, groups: Sequence[str] | None = None,
                              levels: Sequence[int] | None = None, bins: int = 20,
-                             alphas: Sequence[float] | None = None):
+                             alphas: Sequence[float] | None = None, metric: str = "distance"):
     """Fig. 2(b) style: one panel per group (stacked, shared distance axis), levels overlaid in each.
 
-    ``rows``: the study's distance rows (group, level, distance). Returns the Figure."""
+    ``rows``: the study's distance rows (group, level, ``metric``). Returns the Figure."""
     plt = _plt()
     groups = list(groups) if groups is not None else _groups(rows)
     if fig is None:
         fig = plt.figure(figsize=(6.5, 1.9 * len(groups) + 0.6))
     axes = fig.subplots(len(groups), 1, sharex=True, squeeze=False)[:, 0]
-    edges = _bins([r for r in rows if str(r["group"]) in groups], bins)
+    edges = _bins([r for r in rows if str(r["group"]) in groups], bins, metric)
     for i, (g, ax) in enumerate(zip(groups, axes)):
-        plot_group_histogram(rows, g, ax=ax, levels=levels, bins=edges, alphas=alphas, legend=(i == 0))
-    axes[-1].set_xlabel("L2 distance of ResNet50 features, perturbed vs unperturbed generation")
+        plot_group_histogram(rows, g, ax=ax, levels=levels, bins=edges, alphas=alphas, legend=(i == 0), metric=metric)
+    axes[-1].set_xlabel(f"{METRIC_LABELS.get(metric, metric)}, perturbed vs unperturbed generation")
     fig.tight_layout()
     return fig
 
 
 def plot_histogram_overlay(rows: Sequence[Mapping], ax=None, level: int | None = None,
-                           groups: Sequence[str] | None = None, bins: int = 20):
+                           groups: Sequence[str] | None = None, bins: int = 20, metric: str = "distance"):
     """All groups in one Axes (step histograms) at ``level`` (default: the highest), as one reads Fig. 2(b):
     clean and DiffLoss-restored images should sit at larger distances than degraded ones. Returns the Axes."""
     plt = _plt()
@@ -113,13 +128,14 @@ def plot_histogram_overlay(rows: Sequence[Mapping], ax=None, level: int | None =
     if not sel:
         raise ValueError(f"no rows at level {level}; levels present: {_levels(rows)}")
     groups = list(groups) if groups is not None else _groups(sel)
-    edges = _bins(sel, bins)
+    edges = _bins(sel, bins, metric)
     colors = plt.get_cmap("tab10")
     for i, g in enumerate(groups):
-        d = [float(r["distance"]) for r in sel if str(r["group"]) == g]
+        d = _values([r for r in sel if str(r["group"]) == g], metric)
         ax.hist(d, bins=edges, histtype="stepfilled", alpha=0.25, color=colors(i % 10))
         ax.hist(d, bins=edges, histtype="step", linewidth=1.6, color=colors(i % 10), label=f"{g} (n={len(d)})")
-    ax.set_xlabel(f"ResNet50 feature distance at level {LEVEL_MARKS.get(level, level)}")
+    label = METRIC_LABELS.get(metric, metric).replace(" of ResNet50 features", "")
+    ax.set_xlabel(f"ResNet50 feature {label} at level {LEVEL_MARKS.get(level, level)}")
     ax.set_ylabel("images")
     ax.yaxis.set_major_locator(MaxNLocator(integer=True))
     ax.legend(fontsize=8, frameon=False)

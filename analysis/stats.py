@@ -1,7 +1,8 @@
-"""Statistics for Table 2: bootstrap confidence intervals of top-1 accuracy and McNemar's exact test.
+"""Statistics for Table 2: bootstrap confidence intervals of top-1 accuracy, McNemar's exact test and the
+Holm correction of a family of p-values.
 
-All functions take per-image 0/1 correctness vectors (``bool`` or ``int`` arrays of shape ``[N]``) and
-return plain Python numbers; randomness comes from an explicit ``seed``.
+The bootstrap and McNemar functions take per-image 0/1 correctness vectors (``bool`` or ``int`` arrays of
+shape ``[N]``) and return plain Python numbers; randomness comes from an explicit ``seed``.
 """
 from __future__ import annotations
 
@@ -9,7 +10,11 @@ from typing import Sequence
 
 import numpy as np
 
-__all__ = ["bootstrap_ci", "top1_with_ci", "mcnemar_counts", "mcnemar_exact_p", "mcnemar_test"]
+__all__ = ["bootstrap_ci", "top1_with_ci", "mcnemar_counts", "mcnemar_exact_p", "mcnemar_test", "holm_adjust",
+           "adjust_p_values", "P_ADJUST_METHODS"]
+
+#: Multiple-comparison corrections `adjust_p_values` knows ("none": the p-values as they are).
+P_ADJUST_METHODS = ("none", "holm")
 
 
 def _as_vector(values, name: str) -> np.ndarray:
@@ -95,3 +100,35 @@ def mcnemar_test(correct_a, correct_b) -> dict[str, float | int]:
     ``{"n", "b", "c", "p_value"}`` (b: A right & B wrong, c: A wrong & B right)."""
     b, c = mcnemar_counts(correct_a, correct_b)
     return {"n": int(np.asarray(correct_a).shape[0]), "b": b, "c": c, "p_value": mcnemar_exact_p(b, c)}
+
+
+def _as_p_values(p_values) -> np.ndarray:
+    p = np.asarray(list(p_values), dtype=np.float64).reshape(-1)
+    if p.size and not (np.isfinite(p).all() and (p >= 0).all() and (p <= 1).all()):
+        raise ValueError(f"p-values must lie in [0, 1], got {p[~((p >= 0) & (p <= 1))][:5].tolist()}")
+    return p
+
+
+def holm_adjust(p_values: Sequence[float]) -> list[float]:
+    """Holm's step-down adjusted p-values of one family of ``m`` tests (same order as ``p_values``).
+
+    With the p-values sorted ascending, p_(1) <= ... <= p_(m): adj_(i) = max_{j <= i} min(1, (m - j + 1) p_(j)).
+    Rejecting every test with adj <= alpha controls the family-wise error rate at alpha, under any dependence
+    between the tests. E.g. [0.01, 0.04, 0.03, 0.005] -> [0.03, 0.06, 0.06, 0.02].
+    """
+    p = _as_p_values(p_values)
+    m = p.size
+    order = np.argsort(p, kind="stable")
+    scaled = np.minimum(1.0, (m - np.arange(m)) * p[order])
+    out = np.empty(m, dtype=np.float64)
+    out[order] = np.maximum.accumulate(scaled) if m else scaled
+    return [float(v) for v in out]
+
+
+def adjust_p_values(p_values: Sequence[float], method: str = "holm") -> list[float]:
+    """``p_values`` corrected for multiple comparisons by ``method`` (one of `P_ADJUST_METHODS`)."""
+    if method not in P_ADJUST_METHODS:
+        raise ValueError(f"unknown p-value adjustment {method!r}; valid: {', '.join(P_ADJUST_METHODS)}")
+    if method == "holm":
+        return holm_adjust(p_values)
+    return [float(v) for v in _as_p_values(p_values)]

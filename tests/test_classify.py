@@ -367,6 +367,111 @@ def default_pp(size):
     return default_preprocess("resnet-mini", size)
 
 
+# ---------------------------------------------------------------------------------------------- multiple comparisons, seeds
+def _holm_by_hand(ps):
+    order = sorted(range(len(ps)), key=lambda i: ps[i])
+    m, out, running = len(ps), [0.0] * len(ps), 0.0
+    for rank, i in enumerate(order):
+        running = max(running, min(1.0, (m - rank) * ps[i]))
+        out[i] = running
+    return out
+
+
+def test_mcnemar_holm_column_and_markdown(table_run):
+    tests = load_mcnemar(table_run)
+    assert len(tests) == 2 * 4 and all(t["p_adjust"] == "holm" for t in tests)  # holm is the default
+    raw = [t["p_value"] for t in tests]
+    assert [t["p_adjusted"] for t in tests] == pytest.approx(_holm_by_hand(raw), rel=1e-5)
+    assert all(t["p_adjusted"] >= t["p_value"] for t in tests)
+    md = (table_run / "table.md").read_text()
+    assert "| p | p (Holm) |" in md
+    assert "Holm-corrected over all 8 McNemar tests of this table" in md and "uncorrected" in md
+    doc = json.loads((table_run / "table.json").read_text())
+    assert doc["meta"]["p_adjust"] == "holm" and "p_adjusted" in doc["mcnemar"][0]
+
+
+def test_p_adjust_none_and_bootstrap_seed(table_run, tmp_path, capsys):
+    shutil.copytree(table_run / "predictions", tmp_path / "src" / "predictions")
+    out = tmp_path / "none"
+    assert main(["--from-predictions", str(tmp_path / "src"), "--out", str(out), "--n-boot", "300",
+                 "--p-adjust", "none", "--bootstrap-seed", "7"]) == 0
+    tests = load_mcnemar(out)
+    assert all(t["p_adjusted"] == t["p_value"] and t["p_adjust"] == "none" for t in tests)
+    md = (out / "table.md").read_text()
+    assert "not corrected for multiple comparisons" in md and "p (Holm)" not in md
+    assert "300 resamples, seed 7" in md
+    # the seed reaches every cell's bootstrap: the CIs are those of top1_with_ci(..., seed=7)
+    preds, _ = load_predictions(tmp_path / "src")
+    by_key = {p.key: p for p in preds}
+    for r in load_table(out):
+        want = top1_with_ci(by_key[(r["config"], r["degradation"], r["classifier"])].correct, n_boot=300, seed=7)
+        assert (r["ci_low"], r["ci_high"]) == pytest.approx((want["ci_low"], want["ci_high"]), abs=1e-4)
+    # --seed is the same flag
+    assert main(["--from-predictions", str(tmp_path / "src"), "--out", str(tmp_path / "s7"), "--n-boot", "300",
+                 "--p-adjust", "none", "--seed", "7"]) == 0
+    assert (tmp_path / "s7" / "table.csv").read_bytes() == (out / "table.csv").read_bytes()
+    assert main(["--from-predictions", str(tmp_path / "src"), "--out", str(tmp_path / "s8"), "--n-boot", "300",
+                 "--seed", "8"]) == 0
+    assert (tmp_path / "s8" / "table.csv").read_bytes() != (out / "table.csv").read_bytes()
+    capsys.readouterr()
+
+
+def test_legacy_mcnemar_csv_still_loads(tmp_path):
+    legacy = ["config_a", "config_b", "degradation", "classifier", "n", "b", "c", "p_value"]
+    (tmp_path / "mcnemar.csv").write_text(",".join(legacy) + "\ndegraded,w/ DiffLoss,fog,vgg,10,1,5,0.21875\n")
+    assert load_mcnemar(tmp_path) == [{"config_a": "degraded", "config_b": "w/ DiffLoss", "degradation": "fog",
+                                       "classifier": "vgg", "n": 10, "b": 1, "c": 5, "p_value": 0.21875}]
+
+
+def _forbid_work(monkeypatch):
+    def fail(*a, **k):
+        raise AssertionError("no work may start before the arguments and --out are checked")
+
+    for name in ("score_table2", "load_predictions", "_main_demo", "run_table2"):
+        monkeypatch.setattr(ac, name, fail)
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--n-boot", "0"], "--n-boot must be >= 1"),
+    (["--n-boot", "-5"], "--n-boot must be >= 1"),
+    (["--confidence", "95"], "--confidence must be in (0, 1), got 95; for 95% pass --confidence 0.95"),
+    (["--confidence", "0"], "--confidence must be in (0, 1)"),
+    (["--confidence", "1"], "--confidence must be in (0, 1)"),
+])
+@pytest.mark.parametrize("mode", ["score", "from-predictions", "demo"])
+def test_bad_bootstrap_arguments_refused_before_work(flags, message, mode, tmp_path, monkeypatch, capsys):
+    _forbid_work(monkeypatch)
+    base = {"score": ["--classifier", "a=x.pt", "--clean", "c"], "from-predictions": ["--from-predictions", "p"],
+            "demo": []}[mode]
+    assert main(base + flags + ["--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: ") and message in err[0], err
+    assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("mode", ["score", "from-predictions", "demo"])
+def test_unwritable_out_refused_before_scoring(mode, tmp_path, monkeypatch, capsys):
+    _forbid_work(monkeypatch)
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    base = {"score": ["--classifier", "a=x.pt", "--clean", "c"], "from-predictions": ["--from-predictions", "p"],
+            "demo": []}[mode]
+    for out in (blocker / "table2", blocker):
+        assert main(base + ["--out", str(out)]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and f"--out {out}" in err[0] and "choose another --out" in err[0], err
+    assert blocker.read_text() == "not a folder"
+
+
+def test_check_out_writable_leaves_no_trace(tmp_path):
+    ac.check_out_writable(tmp_path / "new" / "deeper")
+    assert list(tmp_path.iterdir()) == []                      # created to test, then removed again
+    (tmp_path / "kept").mkdir()
+    (tmp_path / "kept" / "x.txt").write_text("x")
+    ac.check_out_writable(tmp_path / "kept")
+    assert [p.name for p in (tmp_path / "kept").iterdir()] == ["x.txt"]
+
+
 # ---------------------------------------------------------------------------------------------- mini benchmark
 @pytest.fixture(scope="module")
 def demo_degraded(mini_root):
@@ -425,7 +530,7 @@ def test_embedded_demo_fast(tiny_ckpts, demo_degraded, mini_root, monkeypatch, t
     assert main(["--no-progress"]) == 0
     out = capsys.readouterr().out
     assert "SYNTHETIC SMOKE BENCHMARK" in out and "python -m classifiers.finetune --arch resnet50" in out
-    assert "rows test the plumbing" in out  # the reader is told not to read DiffLoss' effect into the demo rows
+    assert "Read the McNemar rows" in out and "gamma = " in out  # the reader is told which DiffLoss settings and where to look
     rows = load_table(tmp_path / "runs" / "demo-table2")
     configs = {r["config"] for r in rows}
     assert configs == {"clean", "degraded", "w/o DiffLoss", "w/ DiffLoss"}

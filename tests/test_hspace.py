@@ -267,6 +267,120 @@ def test_csv_round_trip(tmp_path):
         H.read_distances(tmp_path / "nope")
 
 
+# ------------------------------------------------------------------------------------------------ edit size, metrics, paired tests
+def test_edit_records_dh_size_per_sample():
+    h = _h(5)
+    s1 = torch.linalg.svdvals(h.reshape(3, 16, 16).double())[:, 0]
+    hn = torch.linalg.vector_norm(h.reshape(3, -1).double(), dim=1)
+    edit = H.PerturbationEdit(torch.tensor([0.0, 0.5, 2.0]), "sample")
+    torch.testing.assert_close(edit.dh_norm, torch.zeros(3, dtype=torch.float64))   # nothing edited yet
+    edit(h)                                                     # inactive: no edit, nothing recorded
+    assert edit.calls == 0
+    edit.active = True
+    edit(h)
+    edit(h * 2)                                                 # second step: s1 and ||h|| double
+    want = torch.tensor([0.0, 0.5, 2.0], dtype=torch.float64) * s1 * 1.5      # mean of 1 x and 2 x
+    torch.testing.assert_close(edit.dh_norm, want, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(edit.dh_rel, torch.tensor([0.0, 0.5, 2.0], dtype=torch.float64) * s1 / hn,
+                               rtol=1e-5, atol=1e-6)                  # the ratio is the same at both steps
+    # batch-svd: |dh| = |alpha| * sd of the unperturbed samples along their first principal direction
+    hb = _h(6, (3, 8, 2, 2))
+    edit = H.PerturbationEdit(torch.tensor([0.0, 0.0, -1.5]), "batch-svd")
+    edit.active = True
+    edit(hb)
+    _, sd = H.batch_principal_direction(hb[:2])
+    torch.testing.assert_close(edit.dh_norm, torch.tensor([0.0, 0.0, 1.5 * sd], dtype=torch.float64),
+                               rtol=1e-5, atol=1e-6)
+
+
+def test_feature_distance_metrics_hand_computation():
+    f = torch.tensor([[[3.0, 4.0], [6.0, 8.0], [4.0, -3.0], [-3.0, -4.0]]])
+    m = H.feature_distance_metrics(f)
+    assert set(m) == {"distance", "cosine_distance", "relative_distance"}
+    torch.testing.assert_close(m["distance"], torch.tensor([[5.0, math.sqrt(50), 10.0]], dtype=torch.float64))
+    torch.testing.assert_close(m["cosine_distance"], torch.tensor([[0.0, 1.0, 2.0]], dtype=torch.float64))
+    torch.testing.assert_close(m["relative_distance"],
+                               torch.tensor([[1.0, math.sqrt(50) / 5, 2.0]], dtype=torch.float64))
+    torch.testing.assert_close(m["distance"], H.feature_distances(f))
+    zero = H.feature_distance_metrics(torch.tensor([[[0.0, 0.0], [1.0, 0.0]]]))
+    assert float(zero["distance"]) == 1.0                      # undefined without a reference norm: NaN
+    assert math.isnan(float(zero["cosine_distance"])) and math.isnan(float(zero["relative_distance"]))
+
+
+def _paired_rows(a, b, ids_a=None, ids_b=None, level=1):
+    rows = []
+    for g, vals, ids in (("clean", a, ids_a), ("degraded", b, ids_b)):
+        ids = ids or [str(i) for i in range(len(vals))]
+        for i, v in zip(ids, vals):
+            rows.append({"group": g, "image_id": i, "level": level, "alpha": 1.0, "distance": float(v),
+                         "path": f"{g}/{i}.png"})
+    return rows
+
+
+def test_wilcoxon_is_paired_by_image_hand_values():
+    # a = b + (1..5): the per-image shift is small against the spread between images
+    b = [1.0, 10.0, 20.0, 30.0, 40.0]
+    a = [v + d for v, d in zip(b, (1, 2, 3, 4, 5))]
+    # degraded rows in another order and with an image the other group lacks: pairing is by image id
+    rows = _paired_rows(a, list(reversed(b)) + [99.0], ids_b=["4", "3", "2", "1", "0", "extra"])
+    (t,) = H.wilcoxon_tests(rows)
+    assert (t["group_a"], t["group_b"], t["level"], t["metric"], t["test"]) == ("clean", "degraded", 1, "distance",
+                                                                                 "wilcoxon")
+    assert t["n_pairs"] == 5 and t["statistic"] == 0.0         # all 5 differences positive: W- = 0
+    assert math.isclose(t["p_value"], 2 / 2**5, rel_tol=1e-9)  # exact two-sided: 2 * P(W- = 0) = 0.0625
+    assert t["median_diff"] == 3.0 and t["median_a"] == 23.0 and t["median_b"] == 20.0
+    (mw,) = H.mann_whitney_tests(_paired_rows(a, b))            # unpaired: the shift drowns in the spread
+    assert mw["p_value"] > 0.5
+    same = H.wilcoxon_tests(_paired_rows(a, a))
+    assert same[0]["p_value"] == 1.0 and same[0]["n_pairs"] == 5
+    none = H.wilcoxon_tests(_paired_rows(a, b, ids_b=["x", "y", "z", "u", "v"]))
+    assert none[0]["n_pairs"] == 0 and math.isnan(none[0]["p_value"])
+
+
+def test_group_tests_choice_and_metrics():
+    rows = [dict(r, cosine_distance=0.1 * r["distance"], relative_distance=0.5 * r["distance"]) for r in _rows()]
+    wx = H.group_tests(rows)                                    # the default: paired Wilcoxon
+    assert {t["test"] for t in wx} == {"wilcoxon"} and len(wx) == 2 * 3   # levels x metrics
+    assert [t["metric"] for t in wx[:3]] == ["distance", "cosine_distance", "relative_distance"]
+    mw = H.group_tests(rows, test="mann-whitney", metrics=("distance",))
+    ref = H.mann_whitney_tests(rows)
+    assert [(t["u_statistic"], t["p_value"]) for t in mw] == [(t["u_statistic"], t["p_value"]) for t in ref]
+    assert H.group_tests(_rows())[0]["metric"] == "distance" and len(H.group_tests(_rows())) == 2  # legacy rows
+    with pytest.raises(ValueError, match="wilcoxon, mann-whitney"):
+        H.group_tests(rows, test="t-test")
+
+
+def test_summary_reports_cosine_relative_and_edit_size():
+    rows = [dict(r, cosine_distance=0.1 * r["distance"], relative_distance=0.5 * r["distance"],
+                 dh_norm=10.0 * r["level"], dh_rel=0.2 * r["level"]) for r in _rows()]
+    s = {(r["group"], r["level"]): r for r in H.summarize_distances(rows)}
+    c = s[("clean", 2)]                                         # distances 8, 10, 12
+    assert c["median"] == 10.0 and math.isclose(c["cosine_median"], 1.0) and math.isclose(c["relative_mean"], 5.0)
+    assert math.isclose(c["cosine_mean"], 1.0) and math.isclose(c["relative_median"], 5.0)
+    assert c["dh_norm_mean"] == 20.0 and math.isclose(c["dh_rel_mean"], 0.4)
+    assert "cosine_median" not in H.summarize_distances(_rows())[0]
+
+
+def test_batch_svd_is_the_honest_name_and_batch_pca_an_alias(caplog):
+    import re
+
+    assert H.SVD_MODES == ("sample", "batch-svd")
+    new = H.HSpaceConfig(svd_mode="batch-svd", batch_images=2)
+    with caplog.at_level("WARNING", logger="analysis.hspace"):
+        old = H.HSpaceConfig(svd_mode="batch-pca", batch_images=2)
+    assert old.svd_mode == "batch-svd" and old.protocol() == new.protocol()
+    assert "deprecated" in caplog.text and "batch-svd" in caplog.text
+    assert H.PerturbationEdit(torch.zeros(2), "batch-pca").svd_mode == "batch-svd"
+    p = H.build_parser()
+    assert p.parse_args(["--svd-mode", "batch-pca"]).svd_mode == "batch-svd"
+    assert p.parse_args(["--svd-mode", "batch-svd"]).svd_mode == "batch-svd"
+    text = re.sub(r"\s+", " ", p.format_help())
+    assert "not Haas et al." in text and "'batch-pca' is a deprecated alias" in text
+    assert "not Haas et al." in re.sub(r"\s+", " ", H.batch_principal_direction.__doc__)
+    with pytest.raises(ValueError, match="batch-images >= 2"):
+        H.HSpaceConfig(svd_mode="batch-svd", batch_images=1)
+
+
 # ------------------------------------------------------------------------------------------------ the study
 def _config(**kw):
     base = dict(t0=300, steps=3, t_edit=100, alphas=(1.0, 2.0), images_per_group=2, batch_images=2, grid_images=1)
@@ -281,6 +395,13 @@ def test_study_is_deterministic_and_resumes(tmp_path, tiny_prior, extractor, min
     assert len(r1.rows) == 2 * 2 * 2                           # groups x images x levels
     assert {r["level"] for r in r1.rows} == {1, 2}
     assert all(r["distance"] >= 0 for r in r1.rows)
+    for r in r1.rows:                                          # the new per-image columns
+        assert 0 <= r["cosine_distance"] <= 2 and r["relative_distance"] >= 0 and r["dh_norm"] > 0
+        assert 0 < r["dh_rel"] < r["alpha"] + 1e-6              # |dh| = alpha s1 <= alpha ||h||_F
+    by = {(r["group"], r["image_id"], r["level"]): r for r in r1.rows}
+    for (g, i, level), r in by.items():
+        if level == 2:
+            assert r["dh_norm"] > by[(g, i, 1)]["dh_norm"]     # alpha 2 edits h more than alpha 1
     assert r1.unet_evals_per_image == 3 * 3 and r1.seconds_per_image > 0
     key, inp, gens = r1.grid["clean"][0]
     assert inp.dtype == np.uint8 and inp.shape == (32, 32, 3) and len(gens) == 3
@@ -308,11 +429,25 @@ def test_write_outputs_and_figures(tmp_path, tiny_prior, extractor, mini_root):
     for stem in ("histograms", "histogram_overlay", "grid"):
         for ext in ("png", "pdf"):
             assert (tmp_path / f"{stem}.{ext}").stat().st_size > 1000
-    with open(paths["mannwhitney"]) as fh:
+    assert paths["tests"].name == "wilcoxon.csv"                 # the paired test is the default
+    with open(paths["tests"]) as fh:
+        wx = list(csv.DictReader(fh))
+    assert len(wx) == 2 * 3 and {float(t["p_value"]) for t in wx} == {1.0}   # identical groups; 3 metrics
+    assert {t["metric"] for t in wx} == {"distance", "cosine_distance", "relative_distance"}
+    with open(paths["distances"]) as fh:
+        header = next(csv.reader(fh))
+    assert header[:6] == ["group", "image_id", "level", "alpha", "distance", "path"]   # old columns first
+    assert header[6:] == ["cosine_distance", "relative_distance", "dh_norm", "dh_rel"]
+    back = H.read_distances(tmp_path)
+    assert back[0]["dh_norm"] == res.rows[0]["dh_norm"] and isinstance(back[0]["cosine_distance"], float)
+    mw_paths = H.write_study_outputs(res, tmp_path / "mw", test="mann-whitney", figures=False)
+    assert mw_paths["tests"].name == "mannwhitney.csv" and not (tmp_path / "mw" / "histograms.png").exists()
+    with open(mw_paths["tests"]) as fh:
         mw = list(csv.DictReader(fh))
-    assert len(mw) == 2 and float(mw[0]["p_value"]) == 1.0      # identical groups
+    assert len(mw) == 2 * 3 and float(mw[0]["p_value"]) == 1.0 and "u_statistic" in mw[0]
     info = json.loads((tmp_path / "summary.json").read_text())
     assert info["seconds_per_image"] > 0 and info["protocol"]["alphas"] == [1.0, 2.0]
+    assert info["test"] == "wilcoxon" and len(info["group_tests"]) == 6
     grid = H.load_grid(tmp_path)
     assert np.array_equal(grid["clean"][0][2][1], res.grid["clean"][0][2][1])
 
@@ -362,6 +497,9 @@ def test_cli_parser_flags():
         p.parse_args(["--group", "novalue"])
     with pytest.raises(SystemExit):
         p.parse_args(["--svd-mode", "nope"])
+    assert p.parse_args([]).test == "wilcoxon" and p.parse_args(["--test", "mann-whitney"]).test == "mann-whitney"
+    with pytest.raises(SystemExit):
+        p.parse_args(["--test", "t-test"])
 
 
 @pytest.mark.slow
@@ -398,6 +536,13 @@ def test_plot_functions_take_axes(tmp_path):
     assert plot_histogram_overlay(_rows(), ax=ax, level=2) is ax
     with pytest.raises(ValueError, match="groups present"):
         plot_group_histogram(_rows(), "nope", ax=ax)
+    cos_rows = [dict(r, cosine_distance=0.01 * r["distance"]) for r in _rows()]
+    fig_c, ax_c = plt.subplots()
+    plot_histogram_overlay(cos_rows, ax=ax_c, level=2, metric="cosine_distance")
+    assert "cosine distance" in ax_c.get_xlabel()
+    assert ax_c.get_xlim()[1] < 1.0                             # the cosine values (<= 0.12), not the L2 ones
+    with pytest.raises(ValueError, match="no 'relative_distance'"):
+        plot_group_histogram(_rows(), "clean", ax=ax, metric="relative_distance")
     img = np.zeros((8, 8, 3), np.uint8)
     g = plot_level_grid({"clean": [("1", img, [img, img, img])]}, alphas=(1.0, 2.0))
     assert len(g.axes) == 4
