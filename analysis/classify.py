@@ -16,8 +16,11 @@ anything is scored.
 
 --set takes CONFIG/DEGRADATION=ROOT (the last '/' before '=' separates them, so 'w/o DiffLoss/fog' works).
 The same can be given as a JSON/YAML --spec file. --bbox-crop scores box-cropped images instead (URIE's CUB-C
-protocol: crop to the box, resize to 256x256, centre-crop 227; --bbox-size changes the two sizes). Without --classifier, --spec or --from-predictions it
-runs the embedded demo: a synthetic smoke benchmark on the built-in mini-CUB that needs no data.
+protocol: crop to the box, resize to 256x256, centre-crop 227; --bbox-size changes the two sizes). Each
+classifier must have been trained on the protocol it is scored with (python -m classifiers.finetune --bbox-crop
+records it in the checkpoint; older checkpoints mean whole images); a mismatch is an error unless
+--allow-protocol-mismatch. Without --classifier, --spec or --from-predictions it runs the embedded demo: a
+synthetic smoke benchmark on the built-in mini-CUB that needs no data.
 """
 from __future__ import annotations
 
@@ -37,7 +40,16 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 import torch
 
-from classifiers import CLASSIFIERS, eval_transform, load_classifier
+from classifiers import (
+    CLASSIFIERS,
+    URIE_BBOX_SIZE,
+    describe_protocol,
+    eval_protocol,
+    load_classifier,
+    parse_bbox_size,
+    protocol_preprocess,
+    protocol_transform,
+)
 from classifiers.predict import make_loader, predict, resolve_device
 from cubdata import CubIndex, atomic_write_text, cache_dir, crop_to_bbox, load_pil_rgb, read_cub, sha256_file
 
@@ -50,7 +62,7 @@ log = logging.getLogger(__name__)
 __all__ = [
     "CLEAN", "TABLE_COLUMNS", "MCNEMAR_COLUMNS", "PREDICTION_COLUMNS", "DEMO_CORRUPTIONS", "DEMO_SEVERITY",
     "DEMO_ARCHS", "URIE_BBOX_SIZE", "SetSpec", "Table2Spec", "Predictions", "ScoringDataset", "parse_set_arg",
-    "parse_bbox_size",
+    "parse_bbox_size", "check_protocol",
     "parse_classifier_arg", "load_spec", "check_same_test_split", "score_table2", "summarize", "format_markdown",
     "format_latex", "write_outputs", "load_table", "load_mcnemar", "load_predictions", "run_table2",
     "demo_classifiers", "demo_spec", "run_demo", "build_parser", "main", "check_out_writable", "P_ADJUST_METHODS",
@@ -67,8 +79,6 @@ DEFAULT_P_ADJUST = "holm"
 PREDICTION_COLUMNS = ("config", "degradation", "classifier", "image_id", "rel_path", "label", "pred", "correct")
 PREDICTIONS_FORMAT = "diffloss-toolkit/table2-predictions-v1"
 DEFAULT_OUT = "runs/table2"
-#: URIE's CUB-C protocol (Son et al. 2020): crop to the box, resize to 256x256, centre-crop 227.
-URIE_BBOX_SIZE = (256, 227)
 DEMO_OUT = "runs/demo-table2"
 
 
@@ -91,13 +101,16 @@ class Table2Spec:
     first appearance of each config). ``bbox_crop`` scores box-cropped images (URIE's CUB-C protocol):
     each image is cropped to its box, resized to ``bbox_size[0]`` x ``bbox_size[0]`` and centre-cropped to
     ``bbox_size[1]`` (default URIE's 256 / 227); ``bbox_size=None`` uses each classifier's own resize / crop
-    size instead."""
+    size instead. A classifier trained on another protocol than the one requested (its checkpoint's
+    ``protocol``: whole images or box crops at some size) is refused (`check_protocol`) unless
+    ``allow_protocol_mismatch``, which only logs a warning."""
 
     clean: str
     classifiers: dict[str, str]
     sets: list[SetSpec] = field(default_factory=list)
     bbox_crop: bool = False
     bbox_size: tuple[int, int] | None = URIE_BBOX_SIZE
+    allow_protocol_mismatch: bool = False
 
     def validate(self) -> None:
         if not self.clean:
@@ -119,21 +132,6 @@ class Table2Spec:
             resize, crop = (int(v) for v in self.bbox_size)
             if not 16 <= crop <= resize:
                 raise ValueError(f"bbox_size must be (resize, crop) with 16 <= crop <= resize, got {self.bbox_size}")
-
-
-def parse_bbox_size(text: str | Sequence[int] | None) -> tuple[int, int] | None:
-    """``"256,227"`` / ``[256, 227]`` -> ``(256, 227)``; ``"classifier"`` / ``None`` -> ``None`` (each
-    classifier's own resize and crop size)."""
-    if text is None or (isinstance(text, str) and text.strip().lower() == "classifier"):
-        return None
-    parts = text.split(",") if isinstance(text, str) else list(text)
-    try:
-        resize, crop = (int(str(v).strip()) for v in parts)
-    except ValueError:
-        raise ValueError(f"expected RESIZE,CROP (e.g. '256,227') or 'classifier', got {text!r}") from None
-    if not 16 <= crop <= resize:
-        raise ValueError(f"bbox size needs 16 <= CROP <= RESIZE, got resize {resize}, crop {crop}")
-    return resize, crop
 
 
 def parse_set_arg(text: str) -> SetSpec:
@@ -165,7 +163,7 @@ def load_spec(path: str | Path) -> tuple[Table2Spec, dict[str, Any]]:
     Keys: ``clean`` (root), ``classifiers`` (mapping name -> checkpoint, or list of ``"NAME=CKPT"``),
     ``sets`` (mapping ``"CONFIG/DEGRADATION"`` -> root, nested mapping config -> {degradation: root}, or a
     list of ``{config, degradation, root}``), optional ``bbox_crop``, ``bbox_size`` (``"256,227"``,
-    ``[256, 227]`` or ``"classifier"``), ``out``. Relative paths are relative
+    ``[256, 227]`` or ``"classifier"``), ``allow_protocol_mismatch``, ``out``. Relative paths are relative
     to the spec file's folder.
     """
     path = Path(path)
@@ -181,7 +179,7 @@ def load_spec(path: str | Path) -> tuple[Table2Spec, dict[str, Any]]:
     if not isinstance(doc, dict):
         raise ValueError(f"spec file {path} must hold a mapping with 'clean', 'classifiers', 'sets'; found "
                          f"{type(doc).__name__}")
-    known = {"clean", "classifiers", "sets", "bbox_crop", "bbox_size", "out"}
+    known = {"clean", "classifiers", "sets", "bbox_crop", "bbox_size", "allow_protocol_mismatch", "out"}
     unknown = set(doc) - known
     if unknown:
         raise ValueError(f"spec file {path}: unknown keys {sorted(unknown)}; valid keys: {sorted(known)}")
@@ -218,7 +216,8 @@ def load_spec(path: str | Path) -> tuple[Table2Spec, dict[str, Any]]:
     if "out" in extra:
         extra["out"] = _resolve(base, str(extra["out"]))
     bbox_size = parse_bbox_size(doc["bbox_size"]) if "bbox_size" in doc else URIE_BBOX_SIZE
-    return Table2Spec(clean, classifiers, sets, bool(doc.get("bbox_crop", False)), bbox_size), extra
+    return Table2Spec(clean, classifiers, sets, bool(doc.get("bbox_crop", False)), bbox_size,
+                      bool(doc.get("allow_protocol_mismatch", False))), extra
 
 
 # --------------------------------------------------------------------------------------------------
@@ -309,13 +308,40 @@ def _check_classes(name: str, info: dict, clean: CubIndex) -> None:
                          f"{clean.root}/classes.txt (label {bad}: {info['class_names'][bad]!r} vs {names[bad]!r})")
 
 
+def check_protocol(name: str, info: dict, spec: Table2Spec) -> str | None:
+    """``None`` when the classifier ``name`` (``info`` from `classifiers.load_classifier`) was trained and
+    measured on the protocol ``spec`` asks for (same ``bbox_crop``; with box crops, the same resize / crop
+    sizes after resolving "the classifier's own"); else the one-line reason, naming the checkpoint, both
+    protocols and the flag to change."""
+    pp, trained = info["preprocess"], info["protocol"]
+    requested = eval_protocol(spec.bbox_crop, spec.bbox_size)
+
+    def sizes(protocol):
+        q = protocol_preprocess(pp, protocol)
+        return int(q["resize"]), int(q["img_size"])
+
+    if trained["bbox_crop"] == requested["bbox_crop"] and (not trained["bbox_crop"] or sizes(trained) == sizes(requested)):
+        return None
+    if trained["bbox_crop"]:
+        r, c = sizes(trained)
+        fix = (f"pass --bbox-crop --bbox-size {r},{c}" if not requested["bbox_crop"] else f"pass --bbox-size {r},{c}")
+        fix += f" (spec file: bbox_crop: true, bbox_size: [{r}, {c}])"
+    else:
+        fix = "drop --bbox-crop (and bbox_crop from the spec file)"
+    return (f"classifier {name!r} ({info['path']}) was trained on {describe_protocol(trained, pp)} but "
+            f"{describe_protocol(requested, pp)} was requested; {fix} to score it as trained, or pass "
+            "--allow-protocol-mismatch to evaluate across protocols on purpose")
+
+
 def score_table2(spec: Table2Spec, device: str | torch.device = "auto", batch_size: int = 64, workers: int = 2,
                  progress: bool = True) -> tuple[list[Predictions], dict[str, Any]]:
     """Score every classifier of ``spec`` on the clean test split and on every set's test split.
 
     Returns ``(predictions, meta)``: predictions in row order (clean first), one per (set, classifier);
-    ``meta`` records the roots, the checkpoints with their arch/preprocessing and ``bbox_crop``. Sets are
-    validated before any model runs (`check_same_test_split`).
+    ``meta`` records the roots, the checkpoints with their arch/preprocessing/training protocol and
+    ``bbox_crop``. Sets (`check_same_test_split`) and each classifier's training protocol against the requested
+    one (`check_protocol`: ValueError, or a warning with ``spec.allow_protocol_mismatch``) are checked before
+    any model runs.
     """
     spec.validate()
     device = resolve_device(device)
@@ -337,10 +363,16 @@ def score_table2(spec: Table2Spec, device: str | torch.device = "auto", batch_si
             raise ValueError(f"--bbox-crop needs {clean.root}/bounding_boxes.txt with a box for every test image")
         bboxes = [r.bbox for r in records]
 
-    models, infos = {}, {}
+    models, infos, mismatched = {}, {}, []
     for name, ckpt in spec.classifiers.items():
         model, info = load_classifier(ckpt, device, expect_arch=name if name in CLASSIFIERS else None)
         _check_classes(name, info, clean)
+        problem = check_protocol(name, info, spec)
+        if problem is not None:
+            if not spec.allow_protocol_mismatch:
+                raise ValueError(problem)
+            log.warning("%s (allowed by --allow-protocol-mismatch)", problem.split("; ")[0])
+            mismatched.append(name)
         if device.type == "cuda":
             model = model.to(memory_format=torch.channels_last)
         models[name], infos[name] = model, info
@@ -357,10 +389,7 @@ def score_table2(spec: Table2Spec, device: str | torch.device = "auto", batch_si
         paths = [idx.image_path(idx.record(i)) for i in ids]
         found: dict[str, dict[str, np.ndarray]] = {}
         for key, names in groups.items():
-            preprocess = json.loads(key)
-            if spec.bbox_crop and spec.bbox_size is not None:
-                preprocess.update(resize=int(spec.bbox_size[0]), img_size=int(spec.bbox_size[1]))
-            transform = eval_transform(preprocess, bbox_crop=spec.bbox_crop)
+            transform = protocol_transform(json.loads(key), eval_protocol(spec.bbox_crop, spec.bbox_size))
             ds = ScoringDataset(paths, labels, ids, transform, bboxes)
             loader = make_loader(ds, batch_size, min(workers, len(ds)), device)
             desc = "clean" if config == CLEAN else f"{config}/{degradation}"
@@ -376,8 +405,10 @@ def score_table2(spec: Table2Spec, device: str | torch.device = "auto", batch_si
         "clean_root": str(clean.root),
         "bbox_crop": bool(spec.bbox_crop),
         "bbox_size": (list(spec.bbox_size) if spec.bbox_crop and spec.bbox_size is not None else None),
+        "allow_protocol_mismatch": bool(spec.allow_protocol_mismatch),
+        "protocol_mismatch": mismatched,
         "classifiers": {n: {"ckpt": str(spec.classifiers[n]), "arch": infos[n]["arch"],
-                            "preprocess": infos[n]["preprocess"],
+                            "preprocess": infos[n]["preprocess"], "protocol": infos[n]["protocol"],
                             "clean_test_top1_at_training": infos[n]["clean_test_top1"]} for n in spec.classifiers},
         "sets": [{"config": s.config, "degradation": s.degradation, "root": str(s.root)} for s in spec.sets],
     }
@@ -826,6 +857,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--bbox-size", default=None, metavar="RESIZE,CROP",
                    help="with --bbox-crop: resize the box to RESIZE x RESIZE and centre-crop CROP; 'classifier' "
                         "uses each checkpoint's own sizes (default: URIE's 256,227, or the spec file's bbox_size)")
+    p.add_argument("--allow-protocol-mismatch", action="store_true",
+                   help="score classifiers even if they were trained on another protocol (whole images vs "
+                        "--bbox-crop, or other box sizes) than the one asked for: a logged warning, not an error")
     p.add_argument("--from-predictions", default=None, metavar="DIR",
                    help="re-make every table from DIR/predictions without running any model")
     p.add_argument("--device", default="auto", help="'auto', 'cpu', 'cuda', 'cuda:1' ...")
@@ -917,6 +951,7 @@ def main(argv: list[str] | None = None) -> int:
         spec.bbox_crop = spec.bbox_crop or args.bbox_crop
         if args.bbox_size is not None:
             spec.bbox_size = parse_bbox_size(args.bbox_size)
+        spec.allow_protocol_mismatch = spec.allow_protocol_mismatch or args.allow_protocol_mismatch
         out = Path(args.out or extra.get("out") or DEFAULT_OUT)
         check_out_writable(out)
         result = run_table2(spec, out, device=args.device, batch_size=args.batch_size, workers=args.workers,

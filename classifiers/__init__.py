@@ -16,7 +16,8 @@
 
 Every model takes ImageNet-normalised ``float NCHW`` input (see `eval_transform`) and returns logits.
 A fine-tuned checkpoint (written by `classifiers.finetune`) records the architecture, the class names, the
-preprocessing and the clean test accuracy; `load_classifier` rebuilds the model from it.
+preprocessing, the protocol it was trained and measured on (whole images, or box crops as in URIE's CUB-C:
+`eval_protocol`, `protocol_transform`) and the clean test accuracy; `load_classifier` rebuilds the model from it.
 """
 from __future__ import annotations
 
@@ -25,7 +26,7 @@ import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import torch
 from torch import nn
@@ -41,11 +42,18 @@ __all__ = [
     "build_backbone",
     "build_classifier",
     "classifier_head",
+    "URIE_BBOX_SIZE",
+    "WHOLE_IMAGE",
     "default_preprocess",
+    "describe_protocol",
+    "eval_protocol",
     "eval_transform",
     "get_arch",
     "imagenet_weights_file",
     "load_classifier",
+    "parse_bbox_size",
+    "protocol_preprocess",
+    "protocol_transform",
 ]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -390,14 +398,80 @@ def eval_transform(preprocess: dict[str, Any], bbox_crop: bool = False):
     ])
 
 
+#: URIE's CUB-C protocol (Son et al. 2020): crop to the box, resize to 256x256, centre-crop 227.
+URIE_BBOX_SIZE = (256, 227)
+#: The protocol of checkpoints that record none (written before protocols were recorded): whole images.
+WHOLE_IMAGE = {"bbox_crop": False, "bbox_size": None}
+
+
+def parse_bbox_size(text: str | Sequence[int] | None) -> tuple[int, int] | None:
+    """``"256,227"`` / ``[256, 227]`` -> ``(256, 227)``; ``"classifier"`` / ``None`` -> ``None`` (the
+    classifier's own resize and crop size). Needs ``16 <= crop <= resize``."""
+    if text is None or (isinstance(text, str) and text.strip().lower() == "classifier"):
+        return None
+    parts = text.split(",") if isinstance(text, str) else list(text)
+    try:
+        resize, crop = (int(str(v).strip()) for v in parts)
+    except ValueError:
+        raise ValueError(f"expected RESIZE,CROP (e.g. '256,227') or 'classifier', got {text!r}") from None
+    if not 16 <= crop <= resize:
+        raise ValueError(f"bbox size needs 16 <= CROP <= RESIZE, got resize {resize}, crop {crop}")
+    return resize, crop
+
+
+def eval_protocol(bbox_crop: bool = False, bbox_size: Sequence[int] | None = URIE_BBOX_SIZE) -> dict[str, Any]:
+    """The evaluation protocol as recorded in checkpoints: ``{"bbox_crop": bool, "bbox_size": [resize, crop]
+    or None}``. Whole images -> ``bbox_size`` None; box crops with ``bbox_size=None`` -> the classifier's own
+    sizes (`protocol_preprocess` resolves them)."""
+    size = parse_bbox_size(bbox_size) if bbox_crop else None
+    return {"bbox_crop": bool(bbox_crop), "bbox_size": list(size) if size is not None else None}
+
+
+def protocol_preprocess(preprocess: dict[str, Any], protocol: dict[str, Any]) -> dict[str, Any]:
+    """The preprocessing ``protocol`` scores with: ``preprocess`` (a checkpoint's record), with ``resize`` /
+    ``img_size`` replaced by the protocol's ``bbox_size`` when it crops to boxes at set sizes."""
+    pp = dict(preprocess)
+    if protocol.get("bbox_crop") and protocol.get("bbox_size") is not None:
+        pp.update(resize=int(protocol["bbox_size"][0]), img_size=int(protocol["bbox_size"][1]))
+    return pp
+
+
+def protocol_transform(preprocess: dict[str, Any], protocol: dict[str, Any]):
+    """The test transform of ``protocol`` (`eval_transform` of `protocol_preprocess`): whole images -> resize
+    the shorter side, centre crop; box crops (the image must already be cropped to its box) -> resize to a
+    square, centre crop. Shared by fine-tuning's evaluation and `analysis.classify`, so both score alike."""
+    return eval_transform(protocol_preprocess(preprocess, protocol), bbox_crop=bool(protocol.get("bbox_crop")))
+
+
+def describe_protocol(protocol: dict[str, Any], preprocess: dict[str, Any] | None = None) -> str:
+    """``"whole images"`` or ``"box -> 256x256 -> centre crop 227"`` (sizes from ``preprocess`` when the
+    protocol uses the classifier's own)."""
+    if not protocol.get("bbox_crop"):
+        return "whole images"
+    size = protocol.get("bbox_size")
+    if size is None and preprocess is not None:
+        size = [preprocess["resize"], preprocess["img_size"]]
+    return f"box -> {size[0]}x{size[0]} -> centre crop {size[1]}" if size else "box crops at the classifier's sizes"
+
+
+def _checkpoint_protocol(ckpt: dict[str, Any], path: Path) -> dict[str, Any]:
+    raw = ckpt.get("protocol")
+    if raw is None:
+        return dict(WHOLE_IMAGE)
+    if not isinstance(raw, dict) or "bbox_crop" not in raw:
+        raise ValueError(f"checkpoint {path}: 'protocol' must be a mapping with bbox_crop and bbox_size, found {raw!r}")
+    return eval_protocol(bool(raw["bbox_crop"]), raw.get("bbox_size"))
+
+
 def load_classifier(ckpt_path: str | os.PathLike, device: str | torch.device = "cpu", *,
                     expect_arch: str | None = None) -> tuple[nn.Module, dict[str, Any]]:
     """Rebuild a fine-tuned classifier from a `classifiers.finetune` checkpoint.
 
     Returns ``(model, info)``: the model in eval mode with ``requires_grad_(False)`` on ``device``; ``info``
     holds ``arch``, ``num_classes``, ``class_names`` (index = 0-based label), ``preprocess`` (``img_size``,
-    ``resize``, ``mean``, ``std``, ``interpolation``), ``clean_test_top1`` (percent or None), ``epoch``,
-    ``complete`` and ``path``. ``expect_arch`` (e.g. the name a user gave) must match the recorded arch.
+    ``resize``, ``mean``, ``std``, ``interpolation``), ``protocol`` (what it was trained and measured on,
+    `eval_protocol`'s dict; checkpoints without one: whole images), ``clean_test_top1`` (percent or None),
+    ``epoch``, ``complete`` and ``path``. ``expect_arch`` (e.g. the name a user gave) must match the recorded arch.
     """
     path = Path(ckpt_path)
     if not path.is_file():
@@ -426,6 +500,7 @@ def load_classifier(ckpt_path: str | os.PathLike, device: str | torch.device = "
         "num_classes": int(ckpt["num_classes"]),
         "class_names": list(ckpt["class_names"]),
         "preprocess": dict(ckpt["preprocess"]),
+        "protocol": _checkpoint_protocol(ckpt, path),
         "clean_test_top1": ckpt.get("clean_test_top1"),
         "epoch": ckpt.get("epoch"),
         "epochs": ckpt.get("epochs"),

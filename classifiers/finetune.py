@@ -6,10 +6,15 @@ epochs; training images RandomResizedCrop(448, scale 0.25-1) + horizontal flip; 
 and centre-cropped to 448; ImageNet mean/std. Mixed precision on CUDA. On real CUB this should reach about
 85-87% top-1 for ResNet50 and 75-80% for VGG16 at 448 px (HaoMood/fine-grained-baseline: 85.99 / 78.79).
 
+``--bbox-crop`` trains and measures on bounding-box crops instead, the protocol `analysis.classify
+--bbox-crop` scores with (URIE's CUB-C): every image is cropped to its CUB box first; training then applies
+RandomResizedCrop(CROP) + flip, testing resizes the box to RESIZE x RESIZE and centre-crops CROP
+(``--bbox-size RESIZE,CROP``, default 256,227).
+
 The checkpoint (``--out``, written atomically after every epoch) records the architecture, the class
-names, the preprocessing and, once training has finished, the clean test top-1; ``--resume`` continues an
-interrupted run from its last epoch. Several GPUs: ``torchrun --nproc_per_node N -m classifiers.finetune
-...`` (DDP; ``--batch-size`` is per process).
+names, the preprocessing, the protocol (``{"bbox_crop", "bbox_size"}``) and, once training has finished,
+the clean test top-1; ``--resume`` continues an interrupted run from its last epoch. Several GPUs:
+``torchrun --nproc_per_node N -m classifiers.finetune ...`` (DDP; ``--batch-size`` is per process).
 
     python -m classifiers.finetune --arch resnet50 --cub-root data/CUB_200_2011 --out ckpt/resnet50.pt
 """
@@ -35,17 +40,23 @@ from cubdata import CubDataset, atomic_save_torch, read_cub
 from . import (
     CHECKPOINT_FORMAT,
     CLASSIFIERS,
+    URIE_BBOX_SIZE,
     build_classifier,
     classifier_head,
     default_preprocess,
-    eval_transform,
+    describe_protocol,
+    eval_protocol,
     get_arch,
+    parse_bbox_size,
+    protocol_preprocess,
+    protocol_transform,
 )
 from .predict import evaluate_top1, make_loader, resolve_device
 
 log = logging.getLogger(__name__)
 
-__all__ = ["FinetuneConfig", "RegistryChoices", "finetune", "train_transform", "build_parser", "main"]
+__all__ = ["FinetuneConfig", "RegistryChoices", "finetune", "run_preprocess", "train_transform", "build_parser",
+           "main"]
 
 
 @dataclass
@@ -57,7 +68,9 @@ class FinetuneConfig:
     RandomResizedCrop area range. ``workers`` DataLoader processes per GPU/process. ``eval_every`` > 0 also
     measures test top-1 every that many epochs (the final test top-1 is always measured). ``threads``: torch
     intra-op threads during the run (restored afterwards; ``None`` leaves torch's setting alone; 1 is the
-    fastest for the tiny mini nets on a busy CPU).
+    fastest for the tiny mini nets on a busy CPU). ``bbox_crop``: train and test on images cropped to their
+    CUB boxes; the test transform resizes the box to ``bbox_size[0]`` square and centre-crops ``bbox_size[1]``
+    (which is then also the training crop size; ``bbox_size=None``: the arch's / ``img_size``'s own sizes).
     """
 
     arch: str
@@ -65,6 +78,8 @@ class FinetuneConfig:
     out: str
     weights: str = "imagenet"
     img_size: int | None = None
+    bbox_crop: bool = False
+    bbox_size: tuple[int, int] | None = URIE_BBOX_SIZE
     epochs: int = 50
     batch_size: int = 32
     lr: float = 2e-3
@@ -98,11 +113,36 @@ class FinetuneConfig:
             raise ValueError(f"crop_scale must satisfy 0 < low <= high <= 1, got {self.crop_scale}")
         if self.resume and self.overwrite:
             raise ValueError("resume and overwrite exclude each other")
+        if self.bbox_crop:
+            size = parse_bbox_size(self.bbox_size)
+            if size is not None and self.img_size is not None and int(self.img_size) != size[1]:
+                s = int(self.img_size)
+                raise ValueError(
+                    f"--img-size {s} conflicts with --bbox-size {size[0]},{size[1]}: with --bbox-crop the network "
+                    f"trains and is tested at the box protocol's crop size ({size[1]}); pass --bbox-size "
+                    f"{round(s * 256 / 227)},{s} (URIE's ratio) or --bbox-size classifier, or drop --img-size")
 
     def training_key(self) -> dict[str, Any]:
         """The fields that change the trained weights (used to check a resumed run and to key caches)."""
         skip = {"out", "workers", "device", "resume", "overwrite", "progress", "download", "eval_every", "threads"}
-        return {k: v for k, v in dataclasses.asdict(self).items() if k not in skip}
+        if not self.bbox_crop:  # whole images: the key runs had before the protocol existed (caches stay valid)
+            skip |= {"bbox_crop", "bbox_size"}
+        key = {k: v for k, v in dataclasses.asdict(self).items() if k not in skip}
+        if self.bbox_crop:
+            key["bbox_size"] = parse_bbox_size(self.bbox_size)
+        return key
+
+
+def run_preprocess(config: FinetuneConfig) -> tuple[dict[str, Any], dict[str, Any]]:
+    """``(preprocess, protocol)`` of a run, as its checkpoint records them: the arch's preprocessing at
+    ``img_size`` (or, with box crops at set sizes, at ``bbox_size``) and `classifiers.eval_protocol`'s dict
+    with the box sizes resolved (never None when ``bbox_crop``)."""
+    protocol = eval_protocol(config.bbox_crop, config.bbox_size)
+    size = protocol["bbox_size"][1] if protocol["bbox_size"] else config.img_size
+    preprocess = protocol_preprocess(default_preprocess(config.arch, size), protocol)
+    if protocol["bbox_crop"]:
+        protocol["bbox_size"] = [int(preprocess["resize"]), int(preprocess["img_size"])]
+    return preprocess, protocol
 
 
 def train_transform(preprocess: dict[str, Any], crop_scale=(0.25, 1.0)):
@@ -198,9 +238,12 @@ def finetune(config: FinetuneConfig, on_epoch_end: Callable[[int, dict], None] |
 
     index = read_cub(config.cub_root)
     class_names = _class_names(index)
-    preprocess = default_preprocess(config.arch, config.img_size)
-    train_set = CubDataset(index, "train", transform=train_transform(preprocess, config.crop_scale))
-    test_set = CubDataset(index, "test", transform=eval_transform(preprocess))
+    preprocess, protocol = run_preprocess(config)
+    # with bbox_crop both splits are cropped to their boxes before the transforms (missing boxes: ValueError)
+    train_set = CubDataset(index, "train", transform=train_transform(preprocess, config.crop_scale),
+                           bbox_crop=protocol["bbox_crop"])
+    test_set = CubDataset(index, "test", transform=protocol_transform(preprocess, protocol),
+                          bbox_crop=protocol["bbox_crop"])
     if len(train_set) == 0 or len(test_set) == 0:
         raise ValueError(f"{index.root} has {len(train_set)} train and {len(test_set)} test images; need both")
 
@@ -218,8 +261,8 @@ def finetune(config: FinetuneConfig, on_epoch_end: Callable[[int, dict], None] |
             if rank > 0:
                 # other augmentation draws per process (DDP copies rank 0's initial weights to every rank)
                 torch.manual_seed(config.seed + rank)
-            return _train(config, model, index, class_names, preprocess, train_set, test_set, device, existing,
-                          distributed, rank, world, on_epoch_end)
+            return _train(config, model, index, class_names, preprocess, protocol, train_set, test_set, device,
+                          existing, distributed, rank, world, on_epoch_end)
     finally:
         torch.set_num_threads(old_threads)
 
@@ -232,7 +275,7 @@ def _jsonable(obj):
     return obj
 
 
-def _train(config, model, index, class_names, preprocess, train_set, test_set, device, existing,
+def _train(config, model, index, class_names, preprocess, protocol, train_set, test_set, device, existing,
            distributed, rank, world, on_epoch_end):
     out = Path(config.out)
     head_name, head = classifier_head(model, config.arch if config.arch in CLASSIFIERS else None)
@@ -287,13 +330,14 @@ def _train(config, model, index, class_names, preprocess, train_set, test_set, d
 
     if rank == 0:
         log.info("fine-tuning %s (%s weights, head %s) on %s: %d train / %d test images, %d classes, %d px, "
-                 "%d epochs, device %s%s", config.arch, config.weights, head_name, index.root, len(train_set),
-                 len(test_set), len(class_names), preprocess["img_size"], config.epochs, device,
+                 "%s, %d epochs, device %s%s", config.arch, config.weights, head_name, index.root, len(train_set),
+                 len(test_set), len(class_names), preprocess["img_size"], describe_protocol(protocol), config.epochs,
+                 device,
                  f", DDP x{world}" if distributed else "")
     t_start = time.perf_counter()
     base = {
         "format": CHECKPOINT_FORMAT, "arch": config.arch, "num_classes": len(class_names),
-        "class_names": class_names, "preprocess": preprocess, "weights": str(config.weights),
+        "class_names": class_names, "preprocess": preprocess, "protocol": protocol, "weights": str(config.weights),
         "config": _jsonable(dataclasses.asdict(config)), "training_key": _jsonable(config.training_key()),
         "epochs": config.epochs, "cub_root": str(index.root),
     }
@@ -379,6 +423,13 @@ class RegistryChoices(list):
         return list.__contains__(self, item) or (isinstance(item, str) and ":" in item)
 
 
+def _bbox_size_arg(text: str) -> tuple[int, int] | None:
+    try:
+        return parse_bbox_size(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+
+
 def build_parser() -> argparse.ArgumentParser:
     d = FinetuneConfig(arch="resnet50", cub_root="", out="")
     p = argparse.ArgumentParser(prog="python -m classifiers.finetune", description=__doc__,
@@ -393,6 +444,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--download", action="store_true", help="let torchvision download missing ImageNet weights")
     p.add_argument("--img-size", type=int, default=d.img_size,
                    help="training/test crop size (448 or 224 for the paper's nets); default: the arch's")
+    p.add_argument("--bbox-crop", action="store_true",
+                   help="train and test on images cropped to their CUB bounding boxes (URIE's CUB-C protocol, "
+                        "as python -m analysis.classify --bbox-crop scores)")
+    p.add_argument("--bbox-size", type=_bbox_size_arg, default=d.bbox_size, metavar="RESIZE,CROP",
+                   help="with --bbox-crop: test by resizing the box to RESIZE x RESIZE and centre-cropping CROP (also "
+                        "the training crop size); 'classifier': the arch's own sizes (or --img-size's)")
     p.add_argument("--epochs", type=int, default=d.epochs, help="number of epochs (cosine schedule length)")
     p.add_argument("--batch-size", type=int, default=d.batch_size, help="images per step (per process under DDP)")
     p.add_argument("--lr", type=float, default=d.lr, help="SGD learning rate of the pretrained body")
@@ -421,7 +478,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     config = FinetuneConfig(
         arch=args.arch, cub_root=args.cub_root, out=args.out, weights=args.weights, img_size=args.img_size,
-        epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, head_lr_mult=args.head_lr_mult,
+        bbox_crop=args.bbox_crop, bbox_size=args.bbox_size, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, head_lr_mult=args.head_lr_mult,
         momentum=args.momentum, weight_decay=args.weight_decay, warmup_epochs=args.warmup_epochs,
         crop_scale=tuple(args.crop_scale), label_smoothing=args.label_smoothing, workers=args.workers,
         device=args.device, amp=args.amp, seed=args.seed, download=args.download, eval_every=args.eval_every,

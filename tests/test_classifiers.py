@@ -242,3 +242,97 @@ def test_torchrun_ddp_two_processes_cpu(mini_root, tmp_path):
     ckpt = torch.load(out, weights_only=True)
     assert ckpt["complete"] and ckpt["epoch"] == 2 and ckpt["clean_test_top1"] is not None
     assert [h["epoch"] for h in ckpt["history"]] == [1, 2]
+
+
+# ---------------------------------------------------------------------------------------------- bbox protocol
+def _box_then_square(path, bbox, resize, crop, preprocess):
+    """URIE's protocol written out by hand: box crop -> resize x resize (bilinear) -> centre crop -> normalise."""
+    from torchvision.transforms import functional as TF
+
+    from cubdata import crop_to_bbox, load_pil_rgb
+
+    img = crop_to_bbox(load_pil_rgb(path), bbox)
+    img = TF.center_crop(TF.resize(img, [resize, resize], interpolation=TF.InterpolationMode.BILINEAR), [crop, crop])
+    return TF.normalize(TF.to_tensor(img), preprocess["mean"], preprocess["std"])
+
+
+def test_finetune_bbox_crop_trains_on_boxes_and_records_protocol(tmp_path, monkeypatch, capsys):
+    from PIL import Image
+
+    import classifiers.finetune as cf
+    from cubdata import crop_to_bbox, generate_mini_cub, load_pil_rgb
+
+    index = generate_mini_cub(tmp_path / "cub", n_classes=2, per_class=4)
+    train = index.split("train")
+    full_sizes = sorted(Image.open(index.image_path(r)).size for r in train)
+    box_sizes = sorted(crop_to_bbox(load_pil_rgb(index.image_path(r)), r.bbox).size for r in train)
+    assert box_sizes != full_sizes  # otherwise the test could not tell the two apart
+
+    seen, eval_sets = [], []
+    real_train, real_eval = cf.train_transform, cf.evaluate_top1
+
+    def recording_train_transform(preprocess, crop_scale=(0.25, 1.0)):
+        t = real_train(preprocess, crop_scale)
+
+        def f(img):
+            seen.append(img.size)
+            return t(img)
+        return f
+
+    def recording_evaluate(model, dataset, *a, **k):
+        eval_sets.append(dataset)
+        return real_eval(model, dataset, *a, **k)
+
+    monkeypatch.setattr(cf, "train_transform", recording_train_transform)
+    monkeypatch.setattr(cf, "evaluate_top1", recording_evaluate)
+    out = tmp_path / "bbox.pt"
+    assert cf.main(["--arch", "resnet-mini", "--cub-root", str(tmp_path / "cub"), "--out", str(out), "--weights", "none",
+                    "--img-size", "32", "--bbox-crop", "--bbox-size", "36,32", "--epochs", "1", "--batch-size", "16",
+                    "--workers", "0", "--no-progress", "--threads", "1"]) == 0
+    assert "clean test top-1" in capsys.readouterr().out
+    # training saw every train image once, cropped to its box (before the random resized crop)
+    assert sorted(seen) == box_sizes
+    # evaluation: box -> 36x36 -> centre crop 32, image by image as written out by hand
+    (ds,) = eval_sets
+    test = index.split("test")
+    assert len(ds) == len(test)
+    pp = dict(default_preprocess("resnet-mini", 32), resize=36)
+    for i, r in enumerate(test):
+        assert torch.allclose(ds[i][0], _box_then_square(index.image_path(r), r.bbox, 36, 32, pp), atol=1e-6)
+    ckpt = torch.load(out, weights_only=True)
+    assert ckpt["protocol"] == {"bbox_crop": True, "bbox_size": [36, 32]}
+    assert ckpt["preprocess"]["img_size"] == 32 and ckpt["preprocess"]["resize"] == 36
+    _, info = load_classifier(out)
+    assert info["protocol"] == {"bbox_crop": True, "bbox_size": [36, 32]}
+
+
+def test_whole_image_protocol_recorded_and_old_checkpoints_default_to_it(tiny_ckpts, tmp_path):
+    ckpt = torch.load(tiny_ckpts["resnet-mini"], weights_only=True)
+    assert ckpt["protocol"] == {"bbox_crop": False, "bbox_size": None}
+    del ckpt["protocol"]  # a checkpoint written before the protocol was recorded
+    torch.save(ckpt, tmp_path / "old.pt")
+    _, info = load_classifier(tmp_path / "old.pt")
+    assert info["protocol"] == {"bbox_crop": False, "bbox_size": None}
+
+
+def test_finetune_bbox_config_checks_and_flags(mini_root, tmp_path):
+    from classifiers import URIE_BBOX_SIZE, eval_protocol
+
+    cfg = _tiny_config(mini_root, tmp_path / "x.pt", bbox_crop=True)  # img_size 32 vs the default 256,227
+    with pytest.raises(ValueError, match=r"--bbox-size 36,32"):
+        cfg.validate()
+    _tiny_config(mini_root, tmp_path / "x.pt", bbox_crop=True, bbox_size=(36, 32)).validate()
+    _tiny_config(mini_root, tmp_path / "x.pt", bbox_crop=True, bbox_size=None).validate()  # own sizes
+    _tiny_config(mini_root, tmp_path / "x.pt", img_size=None, bbox_crop=True).validate()  # URIE's 256,227
+    # whole-image runs keep the training key they had before the protocol existed (cached checkpoints stay valid)
+    assert not {"bbox_crop", "bbox_size"} & set(_tiny_config(mini_root, tmp_path / "x.pt").training_key())
+    assert _tiny_config(mini_root, tmp_path / "x.pt", bbox_crop=True, bbox_size=(36, 32)).training_key()["bbox_size"] == (36, 32)
+    args = build_parser().parse_args(["--arch", "resnet-mini", "--cub-root", "x", "--out", "y"])
+    assert args.bbox_crop is False and tuple(args.bbox_size) == URIE_BBOX_SIZE == (256, 227)
+    args = build_parser().parse_args(["--arch", "resnet-mini", "--cub-root", "x", "--out", "y", "--bbox-crop",
+                                      "--bbox-size", "classifier"])
+    assert args.bbox_crop and args.bbox_size is None
+    assert eval_protocol(False, (256, 227)) == {"bbox_crop": False, "bbox_size": None}
+    assert eval_protocol(True) == {"bbox_crop": True, "bbox_size": [256, 227]}
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["--arch", "resnet-mini", "--cub-root", "x", "--out", "y", "--bbox-size", "227,256"])

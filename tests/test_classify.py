@@ -324,16 +324,20 @@ def test_bbox_crop(tiny_ckpts, mini_root, variants, tmp_path, monkeypatch):
     x, y, w, h = rec.bbox
     assert ds[0][0].size == (round(w), round(h)) and ds[0][1:] == (rec.label, rec.image_id)
     # URIE's protocol by default: box -> 256x256 -> centre crop 227, whatever the classifier's own size (48)
+    import classifiers
+
     seen = []
-    real = ac.eval_transform
+    real = classifiers.eval_transform
 
     def recording_transform(pp, bbox_crop=False):  # records the sizes, scores at 48 px to stay fast
         seen.append((pp["resize"], pp["img_size"], bbox_crop))
         return real(dict(pp, resize=55, img_size=48), bbox_crop)
 
-    monkeypatch.setattr(ac, "eval_transform", recording_transform)
+    monkeypatch.setattr(classifiers, "eval_transform", recording_transform)
+    # the tiny classifiers saw whole images: scoring them on boxes is a protocol mismatch, allowed here on purpose
     spec = Table2Spec(str(mini_root), {"resnet-mini": str(tiny_ckpts["resnet-mini"])},
-                      [SetSpec("degraded", "gray", str(variants["gray"]))], bbox_crop=True)
+                      [SetSpec("degraded", "gray", str(variants["gray"]))], bbox_crop=True,
+                      allow_protocol_mismatch=True)
     assert spec.bbox_size == ac.URIE_BBOX_SIZE == (256, 227)
     preds, meta = score_table2(spec, device="cpu", batch_size=16, workers=0, progress=False)
     assert meta["bbox_crop"] is True and meta["bbox_size"] == [256, 227]
@@ -349,7 +353,8 @@ def test_bbox_crop(tiny_ckpts, mini_root, variants, tmp_path, monkeypatch):
     seen.clear()
     out = tmp_path / "o"
     assert main(["--classifier", f"resnet-mini={tiny_ckpts['resnet-mini']}", "--clean", str(mini_root), "--bbox-crop",
-                 "--bbox-size", "classifier", "--out", str(out), "--workers", "0", "--no-progress", "--n-boot", "50"]) == 0
+                 "--bbox-size", "classifier", "--allow-protocol-mismatch", "--out", str(out), "--workers", "0",
+                 "--no-progress", "--n-boot", "50"]) == 0
     assert set(seen) == {(55, 48, True)} and "each classifier's own sizes" in (out / "table.md").read_text()
     assert ac.parse_bbox_size("300, 256") == (300, 256) and ac.parse_bbox_size([256, 227]) == (256, 227)
     for bad in ("256", "227,256", "a,b"):
@@ -359,6 +364,83 @@ def test_bbox_crop(tiny_ckpts, mini_root, variants, tmp_path, monkeypatch):
                                      "bbox_crop: true\nbbox_size: [300, 256]\n")
     spec2, _ = ac.load_spec(tmp_path / "s.yaml")
     assert spec2.bbox_crop and spec2.bbox_size == (300, 256)
+
+
+@pytest.fixture(scope="module")
+def bbox_ckpt(mini_root, tmp_path_factory):
+    """A resnet-mini fine-tuned (1 epoch, 32 px) on mini-CUB's box crops: box -> 36x36 -> centre crop 32."""
+    from classifiers.finetune import FinetuneConfig, finetune
+
+    out = tmp_path_factory.mktemp("bbox-ckpt") / "resnet-mini-bbox.pt"
+    finetune(FinetuneConfig(arch="resnet-mini", cub_root=str(mini_root), out=str(out), weights="none", img_size=32,
+                            bbox_crop=True, bbox_size=(36, 32), epochs=1, batch_size=16, lr=0.05, workers=0,
+                            progress=False, threads=1))
+    return out
+
+
+def _one_error_line(capsys) -> str:
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: "), err
+    return err[0]
+
+
+def test_protocol_mismatch_refused_both_ways(tiny_ckpts, bbox_ckpt, mini_root, tmp_path, capsys):
+    whole = tiny_ckpts["resnet-mini"]
+    base = ["--clean", str(mini_root), "--out", str(tmp_path / "o"), "--workers", "0", "--no-progress", "--n-boot", "50"]
+    # --bbox-crop on a whole-image checkpoint
+    assert main(["--classifier", f"resnet-mini={whole}", "--bbox-crop"] + base) == 2
+    err = _one_error_line(capsys)
+    assert str(whole) in err and "trained on whole images" in err and "box -> 256x256 -> centre crop 227" in err
+    assert "drop --bbox-crop" in err and "--allow-protocol-mismatch" in err
+    # whole images on a box-trained checkpoint
+    assert main(["--classifier", f"resnet-mini={bbox_ckpt}"] + base) == 2
+    err = _one_error_line(capsys)
+    assert str(bbox_ckpt) in err and "box -> 36x36 -> centre crop 32" in err and "whole images" in err
+    assert "--bbox-crop --bbox-size 36,32" in err and "--allow-protocol-mismatch" in err
+    # box crops, but at other sizes than it was trained with
+    assert main(["--classifier", f"resnet-mini={bbox_ckpt}", "--bbox-crop"] + base) == 2
+    err = _one_error_line(capsys)
+    assert "box -> 256x256 -> centre crop 227" in err and "--bbox-size 36,32" in err
+    assert not (tmp_path / "o").exists()  # refused before anything was scored or written
+    # a spec file's bbox_crop is the same request
+    (tmp_path / "s.yaml").write_text(f"clean: {mini_root}\nclassifiers: {{r: {whole}}}\nbbox_crop: true\n")
+    assert main(["--spec", str(tmp_path / "s.yaml"), "--out", str(tmp_path / "o"), "--workers", "0", "--no-progress"]) == 2
+    assert "--allow-protocol-mismatch" in _one_error_line(capsys)
+
+
+def test_protocol_match_accepted_and_scores_like_finetune(bbox_ckpt, tiny_ckpts, mini_root, tmp_path, capsys):
+    from classifiers import load_classifier
+
+    common = ["--clean", str(mini_root), "--workers", "0", "--no-progress", "--n-boot", "50"]
+    for i, size in enumerate(("36,32", "classifier")):  # the recorded sizes, given or taken from the checkpoint
+        out = tmp_path / f"box{i}"
+        assert main(["--classifier", f"resnet-mini={bbox_ckpt}", "--bbox-crop", "--bbox-size", size,
+                     "--out", str(out)] + common) == 0
+        (clean,) = [r for r in load_table(out) if r["config"] == "clean"]
+        # the same protocol as fine-tuning's own evaluation: the same accuracy on the same test images
+        assert clean["top1"] == pytest.approx(load_classifier(bbox_ckpt)[1]["clean_test_top1"], abs=1e-4)
+        doc = json.loads((out / "table.json").read_text())
+        assert doc["meta"]["classifiers"]["resnet-mini"]["protocol"] == {"bbox_crop": True, "bbox_size": [36, 32]}
+    # whole-image checkpoint, whole-image scoring: accepted as before
+    assert main(["--classifier", f"resnet-mini={tiny_ckpts['resnet-mini']}", "--out", str(tmp_path / "w")] + common) == 0
+    capsys.readouterr()
+
+
+def test_allow_protocol_mismatch_downgrades_to_warning(tiny_ckpts, bbox_ckpt, mini_root, tmp_path, caplog, capsys):
+    import logging
+
+    common = ["--clean", str(mini_root), "--workers", "0", "--no-progress", "--n-boot", "50", "--allow-protocol-mismatch"]
+    with caplog.at_level(logging.WARNING, logger="analysis.classify"):
+        assert main(["--classifier", f"resnet-mini={tiny_ckpts['resnet-mini']}", "--bbox-crop",
+                     "--out", str(tmp_path / "a")] + common) == 0
+        assert main(["--classifier", f"resnet-mini={bbox_ckpt}", "--out", str(tmp_path / "b")] + common) == 0
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert any("trained on whole images" in w and str(tiny_ckpts["resnet-mini"]) in w for w in warnings), warnings
+    assert any("box -> 36x36 -> centre crop 32" in w and str(bbox_ckpt) in w for w in warnings), warnings
+    doc = json.loads((tmp_path / "a" / "table.json").read_text())
+    assert doc["meta"]["allow_protocol_mismatch"] is True and doc["meta"]["protocol_mismatch"] == ["resnet-mini"]
+    assert "allow_protocol_mismatch" in ac.load_spec.__doc__
+    capsys.readouterr()
 
 
 def default_pp(size):
