@@ -53,8 +53,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from cubdata import (atomic_write_bytes, atomic_write_text, encode_image, read_cub, sha256_file,
-                     write_cub_metadata)
+from cubdata import (ImageDecodeError, atomic_write_bytes, atomic_write_text, encode_image, load_pil_rgb, read_cub,
+                     sha256_file, write_cub_metadata)
 
 from cubdata import load_square_tensor as load_image_tensor
 from diffloss.sampling import ddim_schedule, keep_global_rng, spaced_diffusion
@@ -485,22 +485,40 @@ def list_group_images(source: str | Path, split: str = "test") -> list[ImageItem
     return [ImageItem(p.relative_to(source).with_suffix("").as_posix(), p) for p in files]
 
 
-def select_images(groups: Mapping[str, Sequence[ImageItem]], n: int | None, seed: int = 0) -> dict[str, list[ImageItem]]:
-    """Pick ``n`` images per group (all if ``n`` is None or <= 0), the same keys in every group when the
-    groups share at least ``n`` keys (a seeded random subset of the shared keys, in the first group's order);
-    otherwise a seeded subset of each group on its own (logged)."""
+#: Paired groups must match at least this fraction of the images asked for (all: of the largest group).
+MIN_MATCHED_FRACTION = 0.5
+
+
+def _matched_keys(groups: Mapping[str, Sequence[ImageItem]]) -> tuple[list[str], dict[str, list[str]]]:
+    """(keys present in every group, in the first group's order; {group: its keys missing from another group})."""
+    names = list(groups)
+    common = set.intersection(*({it.key for it in groups[g]} for g in names))
+    shared = [it.key for it in groups[names[0]] if it.key in common]
+    dropped = {g: [it.key for it in groups[g] if it.key not in common] for g in names}
+    return shared, {g: keys for g, keys in dropped.items() if keys}
+
+
+def select_images(groups: Mapping[str, Sequence[ImageItem]], n: int | None, seed: int = 0, *,
+                  paired: bool = True) -> dict[str, list[ImageItem]]:
+    """Pick ``n`` images per group (all if ``n`` is None or <= 0).
+
+    ``paired`` (the default; the Wilcoxon tests compare the same image across groups): the same keys in every
+    group, a seeded random subset of the keys present in all groups (in the first group's order). Images that
+    some group lacks are dropped with a warning that names them; fewer matched images than
+    `MIN_MATCHED_FRACTION` of the number asked for (all: of the largest group), or none, is a ValueError.
+    ``paired=False`` (unpaired tests): the shared keys when there are at least ``n``, otherwise a seeded subset
+    of each group on its own."""
     rng = np.random.default_rng(int(seed))
     names = list(groups)
     if not names:
         raise ValueError("no image groups given")
-    order = [it.key for it in groups[names[0]]]
-    common = set(order)
-    for name in names[1:]:
-        common &= {it.key for it in groups[name]}
     want = None if n is None or n <= 0 else int(n)
-    shared = [k for k in order if k in common]
-    if shared and (want is None or len(shared) >= want):
-        keep = set(shared) if want is None else set(rng.choice(shared, size=want, replace=False).tolist())
+    shared, dropped = _matched_keys(groups)
+    if paired and len(names) > 1:
+        _check_matched(groups, shared, dropped, want)
+    if shared and (want is None or len(shared) >= want or paired):
+        keep = set(shared) if want is None or len(shared) < want else \
+            set(rng.choice(shared, size=want, replace=False).tolist())
         return {g: [it for it in groups[g] if it.key in keep] for g in names}
     log.info("groups share %d image keys (< %s): picking images per group independently", len(shared), want)
     out = {}
@@ -512,6 +530,30 @@ def select_images(groups: Mapping[str, Sequence[ImageItem]], n: int | None, seed
             pick = set(rng.choice(len(items), size=want, replace=False).tolist())
             out[g] = [it for i, it in enumerate(items) if i in pick]
     return out
+
+
+def _check_matched(groups: Mapping[str, Sequence[ImageItem]], shared: Sequence[str],
+                   dropped: Mapping[str, Sequence[str]], want: int | None) -> None:
+    """Say how many images matched across the groups and which were dropped; refuse too few (see select_images)."""
+    largest = max(len(items) for items in groups.values())
+    reference = largest if want is None else min(want, largest)
+    sizes = ", ".join(f"{g!r} {len(items)}" for g, items in groups.items())
+    if not shared:
+        raise ValueError(
+            f"the image groups share no image ({sizes} images): the paired study needs the same images in every "
+            "group (CUB roots: the same image ids; folders: the same relative paths); use --test mann-whitney "
+            "for unpaired groups"
+        )
+    examples = "; ".join(f"{g!r}: {len(keys)} not in every group, e.g. {keys[:5]}" for g, keys in dropped.items())
+    if len(shared) < MIN_MATCHED_FRACTION * reference:
+        asked = "available" if want is None or want > largest else "requested"
+        raise ValueError(
+            f"only {len(shared)} of {reference} {asked} images are present in every group ({sizes} images; "
+            f"{examples}): give the groups the same images (same CUB image ids or relative paths)"
+        )
+    if dropped:
+        log.warning("h-space groups: %d of %d images matched across %d groups; dropped the images not in every "
+                    "group: %s", len(shared), largest, len(groups), examples)
 
 
 def _to_uint8(img01: torch.Tensor) -> np.ndarray:
@@ -620,8 +662,13 @@ def _read_grid_item(folder: Path, levels: int):
 
 def run_hspace_study(groups: Mapping[str, str | Path], model: nn.Module, diffusion, extractor: nn.Module,
                      config: HSpaceConfig | None = None, out: str | Path | None = None,
-                     provenance: Mapping | None = None, progress: bool = True, hook=None) -> HSpaceResult:
+                     provenance: Mapping | None = None, progress: bool = True, hook=None,
+                     paired: bool = True) -> HSpaceResult:
     """Run the perturbation study over ``groups`` (name -> CUB root or image folder).
+
+    ``paired`` (for the paired Wilcoxon tests): every group must hold the same images (see `select_images`,
+    which warns about images some group lacks and refuses too few matches); False for unpaired groups. Every
+    selected image is decoded once before anything is generated, so an unreadable file fails at once.
 
     ``model``/``diffusion``: the prior (``diffloss.load_adm``); images are sized to ``model.image_size``.
     ``extractor``: [0, 1] NCHW -> [N, D] features (`build_feature_extractor`). With ``out`` a manifest
@@ -641,7 +688,9 @@ def run_hspace_study(groups: Mapping[str, str | Path], model: nn.Module, diffusi
     alphas = torch.tensor((0.0,) + config.alphas, dtype=torch.float32)
 
     items = {g: list_group_images(src, config.split) for g, src in groups.items()}
-    chosen = select_images(items, config.images_per_group, config.seed)
+    chosen = select_images(items, config.images_per_group, config.seed, paired=paired)
+    for it in dict.fromkeys(it for picked in chosen.values() for it in picked):
+        load_pil_rgb(it.path)  # ImageDecodeError names the file, before hours of generation
     fingerprint = {"protocol": config.protocol(), "image_size": size, "record": list(_RECORD_FIELDS),
                    "groups": {g: [str(Path(src))] + [it.key for it in chosen[g]] for g, src in groups.items()},
                    "provenance": dict(provenance or {})}
@@ -952,7 +1001,7 @@ def write_study_outputs(result: HSpaceResult, out: str | Path, test: str = "wilc
 # ----------------------------------------------------------------------------------------------------------
 # Quick mode and the entry points
 # ----------------------------------------------------------------------------------------------------------
-QUICK_DEFAULTS = dict(steps=6, images_per_group=4, grid_images=2, batch_images=4, feature_size=64)
+QUICK_DEFAULTS = dict(steps=25, images_per_group=4, grid_images=2, batch_images=4, feature_size=64)
 
 
 def subset_cub_root(src_root: str | Path, dst: str | Path, image_ids: Sequence[int | str]) -> Path:
@@ -1072,7 +1121,7 @@ def _run(out, *, quick, groups, prior, prior_config, weights, feature_size, devi
     provenance = {"prior": str(prior) if prior else None, "prior_config": prior_config, "weights": str(weights),
                   "feature_size": int(feature_size), "quick": bool(quick), "device": str(dev)}
     result = run_hspace_study(groups, model, diffusion, extractor, config, out=out, provenance=provenance,
-                              progress=progress)
+                              progress=progress, paired=test == "wilcoxon")
     write_study_outputs(result, out, test=test)
     return result
 
@@ -1210,8 +1259,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                      quick_corruption=args.quick_corruption, quick_severity=args.quick_severity,
                      quick_restored=not args.no_restored, threads=args.threads, progress=not args.no_progress,
                      test=args.test)
-    except (FileNotFoundError, ValueError) as err:
-        print(f"error: {err}", file=sys.stderr)
+    except (FileNotFoundError, ValueError, ImageDecodeError) as err:  # PriorCheckpointMismatch is a ValueError
+        text = " ".join(str(err).split())  # one line, whatever the message holds
+        if isinstance(err, ImageDecodeError):
+            text += "; replace it with a readable image (or, in an image folder, remove it)"
+        print(f"error: {text}", file=sys.stderr)
         return 2
     print(f"h-space study: {len(result.rows)} distances, {len(result.groups)} groups, "
           f"{result.seconds_per_image:.2f} s/image ({result.unet_evals_per_image} UNet evaluations/image)")

@@ -28,18 +28,20 @@ import io
 import logging
 import math
 import os
+import sys
 from pathlib import Path
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from cubdata import atomic_write_text, load_rgb
+from cubdata import ImageDecodeError, atomic_write_text, load_rgb
 
 log = logging.getLogger(__name__)
 
 __all__ = [
-    "METRICS", "HIGHER_IS_BETTER", "psnr", "ssim", "find_images", "match_images", "lpips_backbone_file",
+    "METRICS", "HIGHER_IS_BETTER", "psnr", "ssim", "find_images", "match_images", "check_decodable",
+    "lpips_backbone_file",
     "load_lpips", "fid_weights_file", "load_fid", "evaluate_quality", "summary_rows", "format_markdown",
     "write_report", "build_parser", "main",
 ]
@@ -96,7 +98,7 @@ def find_images(root: str | os.PathLike) -> dict[str, Path]:
     extension (POSIX). Hidden and temporary files are skipped."""
     root = Path(root)
     if not root.is_dir():
-        raise FileNotFoundError(f"image folder not found: {root}")
+        raise FileNotFoundError(f"image folder not found: {root}; pass an existing folder of images or a CUB root")
     base = root / "images" if (root / "images.txt").is_file() and (root / "images").is_dir() else root
     out: dict[str, Path] = {}
     for p in sorted(base.rglob("*")):
@@ -135,9 +137,44 @@ def match_images(pred_dir: str | os.PathLike, gt_dir: str | os.PathLike) -> list
     return pairs
 
 
+def check_decodable(paths) -> None:
+    """Open every image's header (cheap: no full decode) so that a file that is not an image fails before any
+    metric runs. Raises `cubdata.ImageDecodeError` naming the first such file; truncated files that pass the
+    header check still fail, with the same error, when they are decoded."""
+    from PIL import Image
+
+    for path in paths:
+        try:
+            with Image.open(path) as im:
+                im.verify()
+        except Exception as err:  # noqa: BLE001 - PIL raises many kinds for a broken file
+            raise ImageDecodeError(
+                f"cannot decode image {path}: {type(err).__name__}: {err}; replace it with a readable image or "
+                "remove it"
+            ) from None
+
+
 # --------------------------------------------------------------------------------------------------
 # LPIPS and FID (pretrained parts: local files only)
 # --------------------------------------------------------------------------------------------------
+def _error_kind(err: Exception) -> str:
+    """``struct.error``, ``RuntimeError``: the exception's name, qualified when it is not a builtin."""
+    cls = type(err)
+    return cls.__qualname__ if cls.__module__ == "builtins" else f"{cls.__module__}.{cls.__qualname__}"
+
+
+def _read_weights(path: Path, what: str) -> object:
+    """``torch.load(weights_only=True)`` of a weights file; a truncated or garbage file becomes one ValueError
+    naming it and what was expected (torch's own message would advise the unsafe ``weights_only=False``)."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001 - truncated, garbage or pickled-object files all land here
+        raise ValueError(
+            f"{str(path)!r} is not a weights file this toolkit can read ({_error_kind(err)}: truncated, not a "
+            f"torch file, or it holds pickled objects, which are never loaded); expected {what}"
+        ) from None
+
+
 def _hub_checkpoints() -> Path:
     return Path(torch.hub.get_dir()) / "checkpoints"
 
@@ -155,6 +192,11 @@ def lpips_backbone_file(net: str = "alex") -> Path:
 def load_lpips(net: str = "alex", weights: str | os.PathLike | None = None, device: str | torch.device = "cpu"):
     """torchmetrics' LPIPS module (frozen, eval) with its backbone loaded from ``weights`` (a torchvision
     state dict such as ``alexnet-owt-7be5be79.pth``) or from the torch hub cache; never downloads."""
+    if net not in LPIPS_NETS:
+        raise ValueError(f"unknown LPIPS net {net!r}; valid: {sorted(LPIPS_NETS)}")
+    what = f"torchvision's {LPIPS_NETS[net][0]} ImageNet state dict (pass one with --lpips-weights PATH)"
+    # a given file is checked first: a garbage one fails before torchvision and torchmetrics are imported
+    state = _read_weights(Path(weights), what) if weights is not None and Path(weights).is_file() else None
     import torchvision
     from torchmetrics.functional.image.lpips import _NoTrainLpips
 
@@ -167,8 +209,9 @@ def load_lpips(net: str = "alex", weights: str | os.PathLike | None = None, devi
             f"download: fetch {url} on a machine with internet and put it into {expected.parent} (torch hub "
             "cache) or pass --lpips-weights PATH."
         )
+    if state is None:
+        state = _read_weights(path, f"{expected.name}, {what}")
     model = _NoTrainLpips(pretrained=True, net=net, pnet_rand=True)  # linear heads ship with torchmetrics
-    state = torch.load(path, map_location="cpu", weights_only=True)
     if isinstance(state, dict) and "state_dict" in state:
         state = state["state_dict"]
     mapped, slice_of = {}, {}
@@ -208,6 +251,9 @@ def load_fid(weights: str | os.PathLike | None = None, device: str | torch.devic
             f"{FID_WEIGHTS_URL} on a machine with internet and put it into {fid_weights_file().parent} (torch hub "
             "cache) or pass --fid-weights PATH."
         )
+    # torch-fidelity reads the file with weights_only=False (it may run code in a pickle): only a file that loads
+    # as plain tensors gets that far
+    _read_weights(path, f"torch-fidelity's InceptionV3 state dict {FID_WEIGHTS} (pass one with --fid-weights PATH)")
     return FrechetInceptionDistance(feature=2048, normalize=False, feature_extractor_weights_path=str(path)).to(device)
 
 
@@ -234,6 +280,7 @@ def evaluate_quality(pred_dir, gt_dir, metrics=("psnr", "ssim"), device: str = "
     """
     metrics = _parse_metrics(metrics)
     pairs = match_images(pred_dir, gt_dir)
+    check_decodable(p for _, pred, gt in pairs for p in (pred, gt))
     lp = load_lpips(lpips_net, lpips_weights, device) if "lpips" in metrics else None
     fid = load_fid(fid_weights, device) if "fid" in metrics else None
     if fid is not None and len(pairs) < 2:
@@ -347,18 +394,24 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    metrics = _parse_metrics(args.metrics)
-    names = [n.strip() for n in args.names.split(",")] if args.names else [Path(p).name or str(p) for p in args.pred]
-    if len(names) != len(args.pred):
-        raise SystemExit(f"--names gives {len(names)} name(s) for {len(args.pred)} --pred folder(s)")
-    if len(set(names)) != len(names):
-        names = [f"{n} ({i + 1})" for i, n in enumerate(names)]
-    results = {}
-    for name, pred in zip(names, args.pred):
-        results[name] = evaluate_quality(pred, args.gt, metrics, device=args.device, lpips_net=args.lpips_net,
-                                         lpips_weights=args.lpips_weights, fid_weights=args.fid_weights,
-                                         progress=not args.no_progress)
-    paths = write_report(results, args.out)
+    try:
+        metrics = _parse_metrics(args.metrics)
+        names = [n.strip() for n in args.names.split(",")] if args.names else [Path(p).name or str(p) for p in args.pred]
+        if len(names) != len(args.pred):
+            raise ValueError(f"--names gives {len(names)} name(s) for {len(args.pred)} --pred folder(s)")
+        if len(set(names)) != len(names):
+            names = [f"{n} ({i + 1})" for i, n in enumerate(names)]
+        for pred in args.pred:  # every folder is paired and readable before the first one is scored
+            check_decodable(p for _, pr, gt in match_images(pred, args.gt) for p in (pr, gt))
+        results = {}
+        for name, pred in zip(names, args.pred):
+            results[name] = evaluate_quality(pred, args.gt, metrics, device=args.device, lpips_net=args.lpips_net,
+                                             lpips_weights=args.lpips_weights, fid_weights=args.fid_weights,
+                                             progress=not args.no_progress)
+        paths = write_report(results, args.out)
+    except (ValueError, FileNotFoundError, ImageDecodeError, ImportError) as err:
+        print("error: " + " ".join(str(err).split()), file=sys.stderr)  # one line, whatever the message holds
+        return 2
     print(format_markdown(summary_rows(results), metrics), end="")
     print(f"wrote {', '.join(str(p) for p in paths.values())}")
     return 0

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from cubdata import atomic_write_bytes, load_rgb, mini_cub_root, read_cub
+from cubdata import ImageDecodeError, atomic_write_bytes, load_rgb, mini_cub_root, read_cub
 
 from . import corrupt, get_corruption, get_corruption_names, image_rng
 from ._checks import check_image, check_severity
@@ -92,19 +92,49 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _say_error(err: Exception) -> None:
+    text = " ".join(str(err).split())  # one line, whatever the message holds
+    if isinstance(err, ImageDecodeError):
+        text += "; pass a readable image file (JPEG, PNG, ...)"
+    print(f"error: {text}", file=sys.stderr)
+
+
+def _grid_args(args: argparse.Namespace) -> tuple[list[str], list[int]]:
+    """The corruption names and severities of ``--corruptions``/``--severities``; ValueError naming the bad one."""
+    names = [n.strip() for n in args.corruptions.split(",") if n.strip()]
+    if not names:
+        raise ValueError(f"--corruptions names no corruption; valid: {', '.join(get_corruption_names())}")
+    for n in names:
+        get_corruption(n)  # an unknown name raises, listing the valid ones
+    sevs = []
+    for s in args.severities.split(","):
+        try:
+            sevs.append(check_severity(int(s)))
+        except ValueError:
+            raise ValueError(f"--severities must be comma-separated integers in 1..5, got {args.severities!r}") from None
+    return names, sevs
+
+
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    args = build_parser().parse_args(argv)
     try:
-        names = [n.strip() for n in args.corruptions.split(",") if n.strip()]
-        for n in names:
-            get_corruption(n)
-        sevs = [check_severity(int(s)) for s in args.severities.split(",")]
+        names, sevs = _grid_args(args)
     except (ValueError, TypeError) as err:
-        parser.error(str(err))
+        _say_error(err)
+        raise SystemExit(2)  # a bad argument exits as argparse does, but in one line
+    try:
+        return _main(args, names, sevs)
+    except (ValueError, TypeError, FileNotFoundError, ImageDecodeError) as err:  # CubLayoutError is a ValueError
+        _say_error(err)
+        return 2
+
+
+def _main(args: argparse.Namespace, names: list[str], sevs: list[int]) -> int:
     path = Path(args.image) if args.image else default_preview_image()
-    image = load_rgb(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"image file not found: {path}; pass an existing image (or none for a mini-benchmark image)")
+    image = load_rgb(path)  # ImageDecodeError names the file
 
     import matplotlib
 

@@ -205,6 +205,83 @@ def _double_kwargs(model_kwargs: Mapping[str, Any]) -> dict[str, Any]:
     return {k: torch.cat([v, v]) if isinstance(v, torch.Tensor) else v for k, v in model_kwargs.items()}
 
 
+# ---------------------------------------------------------------------------------------------------
+# Gradient scaling through a float16 UNet
+# ---------------------------------------------------------------------------------------------------
+# At the paper's weights the gradient reaching the UNet's output is gamma * 2 * (pred_z - pred_x) / N
+# (N = B*C*H*W): ~1e-8 at 32 px, below float16's smallest subnormal (6e-8), so an fp16 backward turns it
+# into exactly 0. The pair below works like AMP's loss scaling, inside the criterion: on the way into the
+# UNet the gradients of its outputs (eps prediction and h-space, both float32 there) are multiplied by a
+# power of two S that brings their largest magnitude to ~1; on the way out the gradient of the UNet's input
+# is divided by the same S. Powers of two make both steps exact, so the value of ``total`` and the gradient
+# the caller sees are unchanged; only the float16 arithmetic in between sees well-scaled numbers.
+_GRAD_TARGET = 1.0  # largest |gradient| entering the UNet after scaling: ample headroom below 65504
+
+
+class _GradScale:
+    """The scale chosen by :class:`_ScaleGradIntoUNet` for one backward pass, read by :class:`_UnscaleGradOutOfUNet`."""
+
+    __slots__ = ("scale",)
+
+    def __init__(self) -> None:
+        self.scale: torch.Tensor | None = None
+
+
+def _power_of_two_scale(grads: Sequence[torch.Tensor]) -> torch.Tensor:
+    # No host sync: a zero, Inf or NaN maximum gives scale 1 (nothing to rescue, or nothing to protect).
+    amax = torch.stack([g.detach().abs().amax().float() for g in grads]).amax()
+    exponent = torch.floor(torch.log2(_GRAD_TARGET / amax))
+    ok = torch.isfinite(exponent)
+    return torch.where(ok, torch.exp2(torch.where(ok, exponent, 0.0).clamp(-100.0, 100.0)), 1.0)
+
+
+class _ScaleGradIntoUNet(torch.autograd.Function):
+    """Identity on the UNet's (float32) outputs; backward multiplies all their gradients by one power of two."""
+
+    @staticmethod
+    def forward(ctx, holder: _GradScale, *tensors: torch.Tensor):
+        ctx.holder = holder
+        return tuple(t.view_as(t) for t in tensors)
+
+    @staticmethod
+    def backward(ctx, *grads: torch.Tensor):
+        present = [g for g in grads if g is not None]
+        if not present:
+            return (None, *grads)
+        scale = _power_of_two_scale(present)
+        ctx.holder.scale = scale
+        return (None, *(None if g is None else g * scale.to(g.dtype) for g in grads))
+
+
+class _UnscaleGradOutOfUNet(torch.autograd.Function):
+    """Identity on the UNet's (float32) input; backward divides its gradient by the scale applied at the outputs."""
+
+    @staticmethod
+    def forward(ctx, holder: _GradScale, x: torch.Tensor) -> torch.Tensor:
+        ctx.holder = holder
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        scale = ctx.holder.scale
+        return None, (grad if scale is None else grad / scale.to(grad.dtype))
+
+
+def _unet_backward_in_float16(model: nn.Module, device_type: str, autocast_dtype: torch.dtype | None) -> bool:
+    """Whether the UNet's backward would run in float16 (autocast to fp16, the option or an outer region, or
+    float16 weights), with frozen weights (scaling would change parameter gradients otherwise)."""
+    if autocast_dtype is not None:
+        fp16 = autocast_dtype == torch.float16
+    else:
+        fp16 = torch.is_autocast_enabled(device_type) and torch.get_autocast_dtype(device_type) == torch.float16
+    params = list(model.parameters())
+    fp16 = fp16 or any(p.dtype == torch.float16 for p in params)
+    if fp16 and any(p.requires_grad for p in params):
+        log.debug("UNet parameters require grad: no float16 gradient scaling inside DiffLoss")
+        return False
+    return fp16
+
+
 def diffloss_terms(
     model: nn.Module,
     diffusion: Any,
@@ -231,7 +308,10 @@ def diffloss_terms(
             no-grad call for the clean branch plus a call for the restored branch. Same numbers.
         model_kwargs: extra UNet arguments, e.g. ``{"y": labels}`` for class-conditional priors.
         autocast_dtype: run the UNet calls (only them) under ``torch.autocast`` with this dtype
-            (bfloat16/float16); the diffusion arithmetic and the MSEs stay float32.
+            (bfloat16/float16); the diffusion arithmetic and the MSEs stay float32. Whenever the UNet runs
+            in float16 (this option, an outer fp16 autocast region or float16 weights), the gradient through
+            it is scaled by a power of two and unscaled again (see ``_ScaleGradIntoUNet``): at the paper's
+            weights it would otherwise underflow to 0. Values and the returned gradient are unchanged.
     """
     model_kwargs = dict(model_kwargs or {})
     device_type = restored.device.type
@@ -260,24 +340,30 @@ def diffloss_terms(
     x_t = diffuse(diffusion, x, t, noise)
     ts = model_timesteps(diffusion, t)
     n = z.shape[0]
+    # fp16 UNet: scale the gradient through it (see _ScaleGradIntoUNet); the z branch only, in both modes
+    holder = _GradScale() if z_t.requires_grad and _unet_backward_in_float16(model, device_type, autocast_dtype) else None
+    z_in = z_t if holder is None else _UnscaleGradOutOfUNet.apply(holder, z_t)
     if batch_branches:
         with amp(), hspace_hook(model) as hs:
-            out = model(torch.cat([z_t, x_t]), torch.cat([ts, ts]), **_double_kwargs(model_kwargs))
+            out = model(torch.cat([z_in, x_t]), torch.cat([ts, ts]), **_double_kwargs(model_kwargs))
         out_z, out_x = out[:n], out[n:].detach()
-        h_z, h_x = hs.h[:n], hs.h[n:].detach()
+        h_z, h_x = (None, None) if hs.h is None else (hs.h[:n], hs.h[n:].detach())
     else:
         with torch.no_grad(), amp(), hspace_hook(model) as hs:
             out_x = model(x_t, ts, **model_kwargs)
         h_x = hs.h
         with amp(), hspace_hook(model) as hs:
-            out_z = model(z_t, ts, **model_kwargs)
+            out_z = model(z_in, ts, **model_kwargs)
         h_z = hs.h
     if h_z is None:
         raise RuntimeError("the UNet's middle_block did not run; cannot read h-space")
+    out_z, h_z = out_z.float(), h_z.float()
+    if holder is not None:
+        out_z, h_z = _ScaleGradIntoUNet.apply(holder, out_z, h_z)
     pred_z = prior_prediction(diffusion, out_z, z_t, t, target)
     pred_x = prior_prediction(diffusion, out_x, x_t, t, target)
     nat = _weighted_mse(pred_z, pred_x, weights)
-    sem = _weighted_mse(h_z.float(), h_x.float(), weights)
+    sem = _weighted_mse(h_z, h_x.float(), weights)
     return pixel, nat, sem
 
 
@@ -405,7 +491,8 @@ class DiffLoss(nn.Module):
     Speed/memory options (keyword-only; they change ``model`` in place, like the freezing does):
         autocast: "bf16" | "fp16" | a torch dtype | None ("fp32"): run the UNet calls under
             ``torch.autocast`` (the diffusion arithmetic and the MSEs stay float32). An autocast region
-            around the whole criterion works too.
+            around the whole criterion works too. Under fp16 the gradient through the UNet is scaled
+            internally (a power of two, divided out again), so it does not underflow at the paper's weights.
         channels_last: convert the UNet's conv weights and the UNet inputs to ``torch.channels_last``.
         checkpointing: False (leave the model as it is), True or "torch" (``torch.utils.checkpoint``
             around every ResBlock/AttentionBlock, works with frozen weights under any autocast), or

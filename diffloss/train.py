@@ -35,6 +35,7 @@ import logging
 import math
 import os
 import shutil
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -46,7 +47,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from cubdata import atomic_save_torch, atomic_write_bytes, atomic_write_text, cache_dir
+from cubdata import ImageDecodeError, atomic_save_torch, atomic_write_bytes, atomic_write_text, cache_dir
 
 from .distributed import barrier, distributed, gather
 from .nets import DEFAULT_NET, RESTORATION_NETS, build_net, count_parameters, pad_multiple_of, restore_tensor
@@ -268,6 +269,25 @@ def _csv_text(rows: list[Mapping[str, Any]], fields) -> str:
 # --------------------------------------------------------------------------------------------------
 # checkpoints
 # --------------------------------------------------------------------------------------------------
+def _error_kind(err: Exception) -> str:
+    """``struct.error``, ``RuntimeError``: the exception's name, qualified when it is not a builtin."""
+    cls = type(err)
+    return cls.__qualname__ if cls.__module__ == "builtins" else f"{cls.__module__}.{cls.__qualname__}"
+
+
+def _read_checkpoint_file(path: Path) -> Any:
+    """``torch.load(weights_only=True)`` of a restoration checkpoint; a truncated or garbage file becomes one
+    ValueError naming it (torch's own message would advise ``weights_only=False``, an unsafe load)."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001 - truncated, garbage or pickled-object files all land here
+        raise ValueError(
+            f"{str(path)!r} is not a restoration checkpoint this toolkit can read ({_error_kind(err)}: truncated, "
+            "not a torch file, or it holds pickled objects, which are never loaded); pass a ckpt.pt written by "
+            "python -m diffloss.train, or delete the broken file and train again"
+        ) from None
+
+
 def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu") -> tuple[nn.Module, dict]:
     """Load a restoration checkpoint written by `train_restoration`: returns ``(net in eval mode, ckpt dict)``."""
     path = Path(path)
@@ -275,7 +295,7 @@ def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu")
         path = path / "ckpt.pt"
     if not path.is_file():
         raise FileNotFoundError(f"restoration checkpoint not found: {path} (train one with python -m diffloss.train)")
-    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    ckpt = _read_checkpoint_file(path)
     if not isinstance(ckpt, dict) or ckpt.get("format") != CKPT_FORMAT:
         raise ValueError(
             f"{path} is not a restoration checkpoint of this toolkit (expected format {CKPT_FORMAT!r}, "
@@ -363,16 +383,14 @@ def _train(cfg: TrainConfig, rank: int, world: int, device: torch.device) -> Pat
     if ckpt_path.is_file():
         if not cfg.resume:
             raise ValueError(f"{run_dir} already holds ckpt.pt; pass --resume to continue that run or choose another --out")
-        ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+        ckpt = _read_checkpoint_file(ckpt_path)
         diff = _config_diff(ckpt["config"], cfg)
         if diff:
             raise ValueError(f"cannot resume {ckpt_path}: the run was made with other settings: " + "; ".join(diff))
         if ckpt.get("world_size", 1) != world:
             raise ValueError(f"cannot resume {ckpt_path}: it was trained on {ckpt.get('world_size')} process(es), now {world}")
-    if rank == 0:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(run_dir / "config.json", json.dumps(dataclasses.asdict(cfg), indent=2) + "\n")
-
+    # Every input is checked (pairs, network, init checkpoint, prior) before the run folder is made: a refused
+    # run leaves nothing behind.
     train_src = open_pairs(cfg.pairs, "train", seed=cfg.seed)
     val_src = open_pairs(cfg.val_pairs, "all", seed=cfg.seed) if cfg.val_pairs else open_pairs(cfg.pairs, "val", seed=cfg.seed)
     log.info("training pairs: %r; validation pairs: %r", train_src, val_src)
@@ -396,6 +414,9 @@ def _train(cfg: TrainConfig, rank: int, world: int, device: torch.device) -> Pat
         for group in opt.param_groups:
             group["lr"] = cfg.lr
     crit, prior_size = _build_criterion(cfg, device, rank) if cfg.diffloss else (None, None)
+    if rank == 0:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(run_dir / "config.json", json.dumps(dataclasses.asdict(cfg), indent=2) + "\n")
 
     start, log_rows, val_rows = 0, [], []
     rng_state = None
@@ -661,19 +682,24 @@ def main(argv=None) -> int:
     if args.threads > 0:
         torch.set_num_threads(args.threads)
     try:
-        net_kwargs = json.loads(args.net_kwargs)
-    except json.JSONDecodeError as err:
-        raise SystemExit(f"--net-kwargs must be a JSON dict, got {args.net_kwargs!r}: {err}")
-    cfg = TrainConfig(
-        out=args.out, pairs=args.pairs, val_pairs=args.val_pairs, net=args.net, net_kwargs=net_kwargs,
-        diffloss=args.diffloss == "on", prior=args.prior, prior_config=args.prior_config, gamma=args.gamma,
-        lam=args.lam, target=args.target, diffloss_fit=args.diffloss_fit, steps=args.steps, batch=args.batch,
-        crop=args.crop, lr=args.lr, seed=args.seed, flip=not args.no_flip, init=args.init,
-        init_optimizer=args.init_optimizer,
-        val_every=args.val_every, val_images=args.val_images, ckpt_every=args.ckpt_every, workers=args.workers,
-        device=args.device, resume=args.resume, progress=not args.no_progress, plot=not args.no_plot,
-    )
-    run_dir = train_restoration(cfg)
+        try:
+            net_kwargs = json.loads(args.net_kwargs)
+        except json.JSONDecodeError as err:
+            raise ValueError(f"--net-kwargs must be a JSON dict, got {args.net_kwargs!r}: {err}") from None
+        cfg = TrainConfig(
+            out=args.out, pairs=args.pairs, val_pairs=args.val_pairs, net=args.net, net_kwargs=net_kwargs,
+            diffloss=args.diffloss == "on", prior=args.prior, prior_config=args.prior_config, gamma=args.gamma,
+            lam=args.lam, target=args.target, diffloss_fit=args.diffloss_fit, steps=args.steps, batch=args.batch,
+            crop=args.crop, lr=args.lr, seed=args.seed, flip=not args.no_flip, init=args.init,
+            init_optimizer=args.init_optimizer,
+            val_every=args.val_every, val_images=args.val_images, ckpt_every=args.ckpt_every, workers=args.workers,
+            device=args.device, resume=args.resume, progress=not args.no_progress, plot=not args.no_plot,
+        )
+        run_dir = train_restoration(cfg)
+    except (ValueError, TypeError, FileNotFoundError, ImageDecodeError, FloatingPointError) as err:
+        # PriorCheckpointMismatch, CubLayoutError and UnmatchedPairsError are ValueErrors
+        print("error: " + " ".join(str(err).split()), file=sys.stderr)
+        return 2
     done = json.loads((run_dir / "done.json").read_text())
     if int(os.environ.get("RANK", "0")) == 0:
         val = done.get("val") or {}

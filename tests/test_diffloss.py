@@ -477,6 +477,44 @@ def test_autocast_option_equals_an_autocast_region_and_approximates_float32(prio
         DiffLoss(model, diffusion, autocast="int8")
 
 
+@pytest.fixture(scope="module")
+def paper_weight_batch():
+    """One 32x32 image: at gamma=1e-3, lam=1e-2 the gradient entering an fp16 UNet is below fp16's smallest
+    subnormal (6e-8) at this size, so unscaled fp16 autocast gives exactly zero."""
+    g = torch.Generator().manual_seed(7)
+    clean = torch.rand(1, 3, S, S, generator=g)
+    restored = (clean + 0.1 * torch.randn(1, 3, S, S, generator=g)).clamp(0, 1)
+    return restored, clean, torch.tensor([250]), torch.randn(1, 3, S, S, generator=g)
+
+
+def _diffusion_grad(crit, restored, clean, t, noise):
+    """d(total - pixel)/d restored: the diffusion terms' gradient alone, and the output."""
+    r = restored.clone().requires_grad_(True)
+    out = crit(r, clean, t=t, noise=noise)
+    (grad,) = torch.autograd.grad(out.total - out.pixel, r)
+    return out, grad
+
+
+@pytest.mark.parametrize("batch_branches", [True, False])
+@pytest.mark.parametrize("amp", [None, "bf16", "fp16"])
+def test_autocast_keeps_the_diffusion_gradient_at_the_papers_weights(prior, paper_weight_batch, amp,
+                                                                     batch_branches):
+    model, diffusion = prior
+    kw = dict(gamma=1e-3, lam=1e-2, batch_branches=batch_branches)
+    ref, ref_grad = _diffusion_grad(DiffLoss(model, diffusion, **kw), *paper_weight_batch)
+    out, grad = _diffusion_grad(DiffLoss(model, diffusion, autocast=amp, **kw), *paper_weight_batch)
+    assert ref_grad.abs().max() > 0 and grad.abs().max() > 0
+    assert torch.nn.functional.cosine_similarity(grad.flatten(), ref_grad.flatten(), dim=0) > 0.99
+    torch.testing.assert_close(grad.norm(), ref_grad.norm(), rtol=5e-2, atol=0)  # scale divided out again
+    torch.testing.assert_close(out.total, ref.total, rtol=1e-3, atol=0)  # the value is not scaled
+    # the pixel term's gradient is untouched by the internal scaling
+    r = paper_weight_batch[0].clone().requires_grad_(True)
+    total = DiffLoss(model, diffusion, autocast=amp, **kw)(r, *paper_weight_batch[1:]).total
+    (full,) = torch.autograd.grad(total, r)
+    pixel_grad = 2 * (2 * r.detach() - 1 - (2 * paper_weight_batch[1] - 1)) * 2 / r.numel()
+    torch.testing.assert_close(full - grad, pixel_grad, rtol=1e-4, atol=1e-9)
+
+
 def test_checkpointing_under_cpu_autocast_torch_impl_works_guided_diffusion_impl_is_refused(prior, small_batch):
     model, diffusion = prior
     plain, plain_grad = _value_and_grad(DiffLoss(model, diffusion, autocast="bf16"), *small_batch)

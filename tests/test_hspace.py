@@ -226,12 +226,57 @@ def test_groups_and_selection(mini_root, folder_group):
     sel = H.select_images({"a": cub, "b": list(reversed(cub))}, 5, seed=3)
     assert {it.key for it in sel["a"]} == {it.key for it in sel["b"]}              # the same images in both
     assert len(sel["a"]) == 5 and sel == H.select_images({"a": cub, "b": list(reversed(cub))}, 5, seed=3)
-    mixed = H.select_images({"a": cub, "f": folder}, 2, seed=0)   # no shared keys: per group
+    mixed = H.select_images({"a": cub, "f": folder}, 2, seed=0, paired=False)   # no shared keys: per group
     assert len(mixed["a"]) == 2 and len(mixed["f"]) == 2
     img = H.load_image_tensor(cub[0].path, 32)
     assert img.shape == (3, 32, 32) and 0 <= float(img.min()) and float(img.max()) <= 1
     with pytest.raises(FileNotFoundError, match="CUB root or"):
         H.list_group_images(folder_group / "missing")
+
+
+def test_selection_says_which_images_a_group_lacks(mini_root, caplog):
+    cub = H.list_group_images(mini_root)[:24]
+    lacking = [it for it in cub if it.key != cub[5].key]                 # one image missing from a group
+    with caplog.at_level("WARNING", logger="analysis.hspace"):
+        sel = H.select_images({"clean": cub, "restored": lacking}, None)
+    assert [it.key for it in sel["clean"]] == [it.key for it in sel["restored"]] == [it.key for it in lacking]
+    said = " ".join(r.getMessage() for r in caplog.records if r.levelname == "WARNING")
+    assert "23 of 24" in said and repr(cub[5].key) in said and "clean" in said
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="analysis.hspace"):           # nothing dropped: nothing said
+        H.select_images({"clean": cub, "again": list(reversed(cub))}, 5, seed=3)
+    assert not [r for r in caplog.records if r.levelname == "WARNING"]
+
+
+def test_selection_refuses_when_too_few_images_match(mini_root, folder_group):
+    cub = H.list_group_images(mini_root)[:24]
+    with pytest.raises(ValueError, match="10 of 24") as err:                # fewer than half of the available
+        H.select_images({"clean": cub, "restored": cub[:10]}, None)
+    assert "\n" not in str(err.value)
+    with pytest.raises(ValueError, match="3 of 8"):                      # fewer than half of the requested
+        H.select_images({"clean": cub, "restored": cub[:3]}, 8)
+    assert len(H.select_images({"clean": cub, "restored": cub[:5]}, 8)["restored"]) == 5  # enough: all 5 matched
+    folder = H.list_group_images(folder_group)
+    with pytest.raises(ValueError, match="share no image"):                # zero matched
+        H.select_images({"clean": cub, "folder": folder}, 2)
+    unpaired = H.select_images({"clean": cub, "folder": folder}, 2, paired=False)
+    assert len(unpaired["clean"]) == 2 and len(unpaired["folder"]) == 2
+
+
+def test_study_checks_every_image_decodes_before_generating(tmp_path, tiny_prior, extractor):
+    from cubdata import ImageDecodeError, generate_mini_cub, read_cub
+
+    root = tmp_path / "cub"
+    generate_mini_cub(root, n_classes=2, per_class=4)
+    idx = read_cub(root)
+    idx.image_path(idx.split("test")[-1]).write_bytes(b"junk")             # the last image of the selection
+
+    def no_unet(*a, **k):
+        raise AssertionError("nothing may be generated before every image is known to decode")
+
+    with pytest.raises(ImageDecodeError, match="cannot decode"):
+        H.run_hspace_study({"clean": root}, *tiny_prior, extractor, _config(images_per_group=0), progress=False,
+                           hook=no_unet)
 
 
 # ------------------------------------------------------------------------------------------------ statistics
@@ -390,8 +435,12 @@ def _config(**kw):
 
 def test_study_is_deterministic_and_resumes(tmp_path, tiny_prior, extractor, mini_root, folder_group):
     model, diffusion = tiny_prior
-    groups = {"clean": mini_root, "flipped": folder_group}
-    r1 = H.run_hspace_study(groups, model, diffusion, extractor, _config(), out=tmp_path / "a", progress=False)
+    groups = {"clean": mini_root, "flipped": folder_group}      # no shared keys: unpaired
+    with pytest.raises(ValueError, match="share no image"):
+        H.run_hspace_study(groups, model, diffusion, extractor, _config(), out=tmp_path / "a", progress=False)
+    assert not (tmp_path / "a").exists()
+    r1 = H.run_hspace_study(groups, model, diffusion, extractor, _config(), out=tmp_path / "a", progress=False,
+                            paired=False)
     assert len(r1.rows) == 2 * 2 * 2                           # groups x images x levels
     assert {r["level"] for r in r1.rows} == {1, 2}
     assert all(r["distance"] >= 0 for r in r1.rows)
@@ -405,7 +454,8 @@ def test_study_is_deterministic_and_resumes(tmp_path, tiny_prior, extractor, min
     assert r1.unet_evals_per_image == 3 * 3 and r1.seconds_per_image > 0
     key, inp, gens = r1.grid["clean"][0]
     assert inp.dtype == np.uint8 and inp.shape == (32, 32, 3) and len(gens) == 3
-    r2 = H.run_hspace_study(groups, model, diffusion, extractor, _config(), out=tmp_path / "b", progress=False)
+    r2 = H.run_hspace_study(groups, model, diffusion, extractor, _config(), out=tmp_path / "b", progress=False,
+                            paired=False)
     assert [r["distance"] for r in r1.rows] == [r["distance"] for r in r2.rows]
     assert np.array_equal(r1.grid["clean"][0][2][0], r2.grid["clean"][0][2][0])
 
@@ -413,11 +463,11 @@ def test_study_is_deterministic_and_resumes(tmp_path, tiny_prior, extractor, min
         raise AssertionError("a resumed run must not generate again")
 
     r3 = H.run_hspace_study(groups, model, diffusion, extractor, _config(), out=tmp_path / "a", progress=False,
-                            hook=no_unet)
+                            hook=no_unet, paired=False)
     assert r3.rows == r1.rows and np.array_equal(r3.grid["clean"][0][1], inp)
     # another protocol -> recomputed (not mixed)
     r4 = H.run_hspace_study(groups, model, diffusion, extractor, _config(alphas=(1.0, 3.0)), out=tmp_path / "a",
-                            progress=False)
+                            progress=False, paired=False)
     assert r4.rows[1]["alpha"] == 3.0 and r4.rows[0]["distance"] == r1.rows[0]["distance"]
 
 

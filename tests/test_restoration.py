@@ -249,3 +249,32 @@ def test_ensure_demo_restorers_trains_once_then_reuses(monkeypatch, tmp_path):
     monkeypatch.setitem(train_mod.DEMO_SETTINGS, "steps", 2)  # a changed schedule retrains
     train_mod.ensure_demo_restorers(("rain",), severity=2, cache=tmp_path)
     assert torch.load(out["rain"]["w/ DiffLoss"], weights_only=False)["step"] == 2
+
+
+# ------------------------------------------------------------------------------------------- refusals
+@pytest.mark.parametrize("bad", ["unknown-corruption", "severity", "net", "net-kwargs", "prior", "missing-pairs"])
+def test_refused_run_leaves_no_run_folder_and_says_one_line(bad, mini_root, tmp_path, capsys):
+    out = tmp_path / "run"
+    junk = tmp_path / "junk.pt"
+    junk.write_bytes(b"junk")
+    argv = {
+        "unknown-corruption": ["--pairs", f"synthetic:nope:3:{mini_root}"],
+        "severity": ["--pairs", f"synthetic:fog:9:{mini_root}"],
+        "net": ["--pairs", f"synthetic:fog:3:{mini_root}", "--net", "no-such-net"],
+        "net-kwargs": ["--pairs", f"synthetic:fog:3:{mini_root}", "--net-kwargs", "{not json"],
+        "prior": ["--pairs", f"synthetic:fog:3:{mini_root}", "--diffloss", "on", "--prior", str(junk)],
+        "missing-pairs": ["--pairs", str(tmp_path / "no-such-folder")],
+    }[bad]
+    rc = train_mod.main(argv + ["--out", str(out), "--steps", "1", "--crop", "32", "--no-progress", "--no-plot"])
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert rc == 2 and len(lines) == 1 and lines[0].startswith("error: "), err
+    assert "Traceback" not in err and "weights_only=False" not in err
+    assert not out.exists()  # nothing written before every input was checked
+
+
+def test_refused_library_call_leaves_no_run_folder(mini_root, tmp_path):
+    out = tmp_path / "run"
+    with pytest.raises(ValueError, match="nope"):
+        train_restoration(_cfg(out, mini_root, pairs="synthetic:nope:3"))
+    assert not out.exists()
