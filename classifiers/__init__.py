@@ -31,6 +31,8 @@ from typing import Any, Callable, Sequence
 import torch
 from torch import nn
 
+from cubdata import load_torch_file
+
 log = logging.getLogger(__name__)
 
 __all__ = [
@@ -260,7 +262,7 @@ def imagenet_weights_file(arch: str) -> Path:
 def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     if not path.is_file():
         raise FileNotFoundError(f"weights file not found: {path}")
-    obj = torch.load(path, map_location="cpu", weights_only=True)
+    obj = load_torch_file(path, "weights file (a state dict of tensors)")
     if isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict):
         obj = obj["state_dict"]
     if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
@@ -479,7 +481,7 @@ def load_classifier(ckpt_path: str | os.PathLike, device: str | torch.device = "
             f"classifier checkpoint {path} not found; train one with "
             "`python -m classifiers.finetune --arch resnet50 --cub-root CUB_200_2011 --out CKPT`"
         )
-    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    ckpt = load_torch_file(path, "classifier checkpoint of this toolkit (python -m classifiers.finetune)")
     if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
         found = ckpt.get("format") if isinstance(ckpt, dict) else type(ckpt).__name__
         raise ValueError(

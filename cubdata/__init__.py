@@ -17,6 +17,7 @@ from .io import (
     atomic_write_bytes,
     atomic_write_text,
     encode_image,
+    load_torch_file,
     load_pil_rgb,
     sha256_file,
     load_rgb,
@@ -38,5 +39,5 @@ __all__ = [
     "atomic_write_text", "encode_image", "load_pil_rgb", "load_rgb", "sha256_file", "FULL_CUB_COUNTS", "METADATA_FILES",
     "REQUIRED_FILES", "CubIndex", "CubLayoutError", "CubRecord", "read_cub", "write_cub_metadata",
     "MINI_CLASSES", "MINI_VERSION", "MINI_VARIANTS", "cache_dir", "generate_mini_cub", "mini_cub_root",
-    "IMAGE_SUFFIXES", "list_images", "load_square_tensor", "csv_text", "write_csv", "read_csv",
+    "IMAGE_SUFFIXES", "load_torch_file", "list_images", "load_square_tensor", "csv_text", "write_csv", "read_csv",
 ]

@@ -25,6 +25,7 @@ __all__ = [
     "atomic_write_bytes",
     "atomic_write_text",
     "atomic_save_torch",
+    "load_torch_file",
     "IMAGE_SUFFIXES",
     "list_images",
     "load_square_tensor",
@@ -150,6 +151,21 @@ def atomic_save_torch(obj, path: str | os.PathLike) -> Path:
     buf = io.BytesIO()
     torch.save(obj, buf)
     return atomic_write_bytes(path, buf.getvalue())
+
+
+def load_torch_file(path: str | os.PathLike, what: str = "checkpoint of this toolkit"):
+    """``torch.load(path, map_location="cpu", weights_only=True)``; any failure to read the file (truncated,
+    not a torch file, pickled objects) becomes one ValueError naming the file and ``what`` was expected,
+    never torch's advice to retry with ``weights_only=False`` (an unsafe load)."""
+    import torch
+
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise
+    except Exception as err:  # noqa: BLE001 - every unreadable file gets the same safe one-line answer
+        raise ValueError(f"{path} is not a {what} ({type(err).__name__}: truncated, not a torch file, or it holds "
+                         "pickled objects, which are never loaded)") from None
 
 
 def load_square_tensor(path: str | os.PathLike, size: int):

@@ -115,3 +115,16 @@ def test_train_cli(case, roots, tmp_path, capsys):
                                    "--no-plot"])
     _assert_one_error_line(rc, capsys, needle)
     assert not out.exists()
+
+
+def test_garbage_classifier_weights_get_one_safe_line(tmp_path):
+    import classifiers
+
+    bad = tmp_path / "resnet50-garbage.pth"
+    bad.write_bytes(b"junk")
+    with pytest.raises(ValueError) as err:
+        classifiers.build_backbone("resnet50", bad)
+    msg = str(err.value)
+    assert "resnet50-garbage.pth" in msg and "\n" not in msg and "weights_only=False" not in msg
+    with pytest.raises(ValueError, match="not a classifier checkpoint"):
+        classifiers.load_classifier(bad)
