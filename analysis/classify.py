@@ -52,6 +52,7 @@ from classifiers import (
 )
 from classifiers.predict import make_loader, predict, resolve_device
 from cubdata import CubIndex, atomic_write_text, cache_dir, crop_to_bbox, load_pil_rgb, read_cub, sha256_file
+from diffloss.distributed import distributed, gather_checked, on_rank0, shard
 
 from .stats import P_ADJUST_METHODS, adjust_p_values, mcnemar_test, top1_with_ci
 
@@ -342,9 +343,27 @@ def score_table2(spec: Table2Spec, device: str | torch.device = "auto", batch_si
     ``bbox_crop``. Sets (`check_same_test_split`) and each classifier's training protocol against the requested
     one (`check_protocol`: ValueError, or a warning with ``spec.allow_protocol_mismatch``) are checked before
     any model runs.
+
+    Under ``torchrun --nproc_per_node N`` (`diffloss.distributed`; each rank on its LOCAL_RANK GPU) the
+    batches of every set are shared out between the ranks, whole batches, so every image is scored in the
+    same batch as on one process; the predictions are gathered and put back in test-split order, and every
+    rank returns the same result as a one-process run.
     """
     spec.validate()
-    device = resolve_device(device)
+    with distributed(str(resolve_device(device))) as (rank, world, dev):
+        return _score_table2(spec, dev, batch_size, workers, progress, rank, world)
+
+
+def _shard_positions(n: int, batch_size: int, rank: int, world: int) -> list[int]:
+    """Positions (in test-split order) of the images rank ``rank`` scores: every ``world``-th batch of
+    ``batch_size``. Only the last batch of all can be short, so the shard cut into ``batch_size`` chunks
+    gives back exactly those batches."""
+    batches = [range(i, min(i + batch_size, n)) for i in range(0, n, batch_size)]
+    return [i for b in shard(batches, rank, world) for i in b]
+
+
+def _score_table2(spec: Table2Spec, device: torch.device, batch_size: int, workers: int, progress: bool,
+                  rank: int, world: int) -> tuple[list[Predictions], dict[str, Any]]:
     clean = read_cub(spec.clean)
     records = clean.split("test")
     if not records:
@@ -371,7 +390,8 @@ def score_table2(spec: Table2Spec, device: str | torch.device = "auto", batch_si
         if problem is not None:
             if not spec.allow_protocol_mismatch:
                 raise ValueError(problem)
-            log.warning("%s (allowed by --allow-protocol-mismatch)", problem.split("; ")[0])
+            if rank == 0:
+                log.warning("%s (allowed by --allow-protocol-mismatch)", problem.split("; ")[0])
             mismatched.append(name)
         if device.type == "cuda":
             model = model.to(memory_format=torch.channels_last)
@@ -384,23 +404,42 @@ def score_table2(spec: Table2Spec, device: str | torch.device = "auto", batch_si
     labels = [r.label for r in records]
     ids = [r.image_id for r in records]
     rel = [r.rel_path for r in records]
+    mine = _shard_positions(len(ids), batch_size, rank, world)
+
+    def score_mine() -> list[dict[str, dict[str, np.ndarray]]]:
+        """This rank's predictions: per root, {classifier: {"pred", "label", "image_id"}} on ``mine``."""
+        found_per_root = []
+        for config, degradation, idx in roots:
+            paths = [idx.image_path(idx.record(ids[i])) for i in mine]
+            found: dict[str, dict[str, np.ndarray]] = {}
+            for key, names in groups.items():
+                transform = protocol_transform(json.loads(key), eval_protocol(spec.bbox_crop, spec.bbox_size))
+                ds = ScoringDataset(paths, [labels[i] for i in mine], [ids[i] for i in mine], transform,
+                                    None if bboxes is None else [bboxes[i] for i in mine])
+                loader = make_loader(ds, batch_size, min(workers, len(ds)), device)
+                desc = "clean" if config == CLEAN else f"{config}/{degradation}"
+                found.update(predict({n: models[n] for n in names}, loader, device, desc=desc,
+                                     progress=progress and rank == 0))
+            found_per_root.append(found)
+        return found_per_root
+
+    parts = gather_checked(score_mine, rank, world)
+    where = [np.asarray(_shard_positions(len(ids), batch_size, r, world), np.int64) for r in range(world)]
     out: list[Predictions] = []
-    for config, degradation, idx in roots:
-        paths = [idx.image_path(idx.record(i)) for i in ids]
-        found: dict[str, dict[str, np.ndarray]] = {}
-        for key, names in groups.items():
-            transform = protocol_transform(json.loads(key), eval_protocol(spec.bbox_crop, spec.bbox_size))
-            ds = ScoringDataset(paths, labels, ids, transform, bboxes)
-            loader = make_loader(ds, batch_size, min(workers, len(ds)), device)
-            desc = "clean" if config == CLEAN else f"{config}/{degradation}"
-            found.update(predict({n: models[n] for n in names}, loader, device, desc=desc, progress=progress))
+    for k, (config, degradation, _) in enumerate(roots):
         for name in spec.classifiers:
-            r = found[name]
+            r = {}
+            for field_ in ("pred", "label", "image_id"):  # each rank's shard back into test-split order
+                merged = np.zeros(len(ids), np.int64)
+                for pos, part in zip(where, parts):
+                    merged[pos] = part[k][name][field_]
+                r[field_] = merged
             if not np.array_equal(r["image_id"], np.asarray(ids)):
                 raise RuntimeError("internal error: predictions are not in test-split order")
             out.append(Predictions(config, degradation, name, r["image_id"], r["label"], r["pred"], list(rel)))
-            log.info("%s / %s / %s: top-1 %.2f%% on %d images", config, degradation, name,
-                     100.0 * float(np.mean(r["pred"] == r["label"])), len(ids))
+            if rank == 0:
+                log.info("%s / %s / %s: top-1 %.2f%% on %d images", config, degradation, name,
+                         100.0 * float(np.mean(r["pred"] == r["label"])), len(ids))
     meta = {
         "clean_root": str(clean.root),
         "bbox_crop": bool(spec.bbox_crop),
@@ -710,10 +749,15 @@ def run_table2(spec: Table2Spec, out: str | Path, device: str = "auto", batch_si
                extra_meta: dict | None = None, p_adjust: str = DEFAULT_P_ADJUST) -> dict[str, Any]:
     """Score, summarise and write everything for ``spec`` into ``out``. ``seed``: the bootstrap's;
     ``p_adjust``: the McNemar p-values' correction (`summarize`). Returns ``{"rows", "mcnemar", "markdown",
-    "out", "meta"}``."""
-    preds, meta = score_table2(spec, device=device, batch_size=batch_size, workers=workers, progress=progress)
-    meta.update(extra_meta or {})
-    return _finish(preds, meta, out, n_boot, confidence, seed, write_predictions=True, p_adjust=p_adjust)
+    "out", "meta"}``.
+
+    Under ``torchrun --nproc_per_node N`` the ranks share the scoring (`score_table2`); rank 0 alone
+    summarises and writes, the same files as a one-process run, and every rank returns its result."""
+    with distributed(str(resolve_device(device))) as (rank, world, _):
+        preds, meta = score_table2(spec, device=device, batch_size=batch_size, workers=workers, progress=progress)
+        meta.update(extra_meta or {})
+        return on_rank0(lambda: _finish(preds, meta, out, n_boot, confidence, seed, write_predictions=True,
+                                        p_adjust=p_adjust), rank, world)
 
 
 def _finish(preds, meta, out, n_boot, confidence, seed, write_predictions, p_adjust=DEFAULT_P_ADJUST):
@@ -953,13 +997,18 @@ def main(argv: list[str] | None = None) -> int:
             spec.bbox_size = parse_bbox_size(args.bbox_size)
         spec.allow_protocol_mismatch = spec.allow_protocol_mismatch or args.allow_protocol_mismatch
         out = Path(args.out or extra.get("out") or DEFAULT_OUT)
-        check_out_writable(out)
-        result = run_table2(spec, out, device=args.device, batch_size=args.batch_size, workers=args.workers,
-                            n_boot=args.n_boot, confidence=args.confidence, seed=args.seed, progress=progress,
-                            p_adjust=args.p_adjust)
+        # under torchrun: one process group for the whole command; rank 0 alone checks --out (its
+        # check folder and file would race with the other ranks'), every rank scores its shard
+        with distributed(str(resolve_device(args.device))) as (rank, world, _):
+            on_rank0(lambda: check_out_writable(out), rank, world)
+            result = run_table2(spec, out, device=args.device, batch_size=args.batch_size, workers=args.workers,
+                                n_boot=args.n_boot, confidence=args.confidence, seed=args.seed, progress=progress,
+                                p_adjust=args.p_adjust)
     except (FileNotFoundError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    if rank != 0:  # rank 0 reports for all
+        return 0
     print(result["markdown"])
     print(f"written: {out}/table.csv, table.md, table.tex, table.json, mcnemar.csv, predictions/")
     return 0

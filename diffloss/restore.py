@@ -11,6 +11,11 @@ interrupted run resumes where it stopped and redoes any output that is missing o
 made with another checkpoint is refused instead of silently mixing two networks. An ``--out`` folder that
 holds anything but such a manifest's run (an existing CUB root, any other file) is refused before any work
 unless ``--overwrite`` is given; an empty or absent folder is fine.
+
+Several GPUs: ``torchrun --nproc_per_node N -m diffloss.restore ...`` shares the batches out between N
+processes (each on its LOCAL_RANK GPU; gloo on the CPU works too); rank 0 alone writes the manifest and the
+metadata, and the folder is byte-identical to a one-process run's. Each rank records its progress in
+``restore_manifest.rank<R>.json`` while running, merged into the manifest at the end (and on resume).
 """
 from __future__ import annotations
 
@@ -32,6 +37,7 @@ from tqdm.auto import tqdm
 from cubdata import (atomic_write_bytes, atomic_write_text, encode_image, load_rgb, read_cub, sha256_file,
                      write_cub_metadata)
 
+from .distributed import distributed, env_rank, gather_checked, on_rank0, shard
 from .nets import pad_multiple_of, restore_tensor
 from .train import load_checkpoint
 
@@ -40,6 +46,8 @@ log = logging.getLogger(__name__)
 __all__ = ["restore_cub_root", "restore_array", "output_rel_path", "MANIFEST", "build_parser", "main"]
 
 MANIFEST = "restore_manifest.json"
+#: per-rank progress of a torchrun run (``restore_manifest.rank<R>.json``), merged into MANIFEST and deleted by rank 0
+PART_PREFIX = "restore_manifest.rank"
 FORMATS = ("png", "jpeg")
 
 
@@ -143,7 +151,10 @@ def restore_cub_root(
     input root, split or format raises ValueError unless ``overwrite=True``, and so does an ``out_root``
     holding anything without such a manifest (an existing CUB root, a stray file); an empty folder is fine.
     ``images.txt`` names the files written (``.png`` names for PNG output).
-    Returns a summary dict (counts, seconds, images per second, network, paths).
+
+    Under ``torchrun --nproc_per_node N`` the batches are shared out between the N processes (each on its
+    LOCAL_RANK GPU with CUDA), see `_restore`; the folder written is byte-identical to a one-process run's.
+    Returns a summary dict (counts over all processes, seconds, images per second, network, paths).
     """
     if fmt not in FORMATS:
         raise ValueError(f"fmt must be one of {FORMATS}, got {fmt!r}")
@@ -155,79 +166,159 @@ def restore_cub_root(
     in_root, out_root = Path(in_root), Path(out_root)
     if in_root.resolve() == out_root.resolve():
         raise ValueError(f"--out must differ from --in (both {in_root}); restoring in place would destroy the input")
+    with distributed(str(device)) as (rank, world, dev):
+        return _restore(ckpt_path, in_root, out_root, dev, int(batch_size), split, fmt, quality, overwrite,
+                        progress, rank, world)
+
+
+def _part_path(out_root: Path, rank: int) -> Path:
+    return out_root / f"{PART_PREFIX}{rank}.json"
+
+
+def _plan_output(ckpt_path: Path, in_root: Path, out_root: Path, split: str, fmt: str,
+                 overwrite: bool) -> tuple[dict, dict[str, dict]]:
+    """Rank 0's checks before anything is loaded or written: ``(identity, done)``, the run's identity (what
+    a manifest must match to be resumed) and the verified finished outputs of an earlier run, read from
+    its manifest and from the per-rank parts an interrupted torchrun run left behind."""
     old = _check_out_folder(out_root, overwrite)  # before anything is read, loaded or written
     index = read_cub(in_root)
     records = index.split(split)
     if not records:
         raise ValueError(f"{in_root} has no {split!r} images (it lists {len(index.records)} images in all)")
-    net, info = load_checkpoint(ckpt_path, device)
     identity = {"ckpt_sha256": sha256_file(ckpt_path), "in_root": str(in_root.resolve()), "split": split, "fmt": fmt}
+    if old is None:
+        return identity, {}
+    mismatch = [f"{k}: {old.get(k)!r} vs {v!r}" for k, v in identity.items() if old.get(k) != v]
+    if mismatch and not overwrite:
+        raise ValueError(
+            f"{out_root} was restored with other settings ({'; '.join(mismatch)}); pass overwrite=True "
+            "(--overwrite) to redo it, or choose another output folder"
+        )
+    if mismatch:
+        return identity, {}
+    done = dict(old.get("done", {}))
+    for part in sorted(out_root.glob(f"{PART_PREFIX}*.json")):
+        try:
+            doc = json.loads(part.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as err:
+            log.warning("ignoring unreadable %s (%s)", part, err)
+            continue
+        if isinstance(doc, dict) and isinstance(doc.get("done"), dict) and all(doc.get(k) == v for k, v in identity.items()):
+            done.update(doc["done"])
+    return identity, _verified_done({"done": done}, out_root, fmt, records)
 
-    manifest_path = out_root / MANIFEST
-    done: dict[str, dict] = {}  # image id -> {"path": rel under images/, "sha256": hex}
-    if old is not None:
-        mismatch = [f"{k}: {old.get(k)!r} vs {v!r}" for k, v in identity.items() if old.get(k) != v]
-        if mismatch and not overwrite:
-            raise ValueError(
-                f"{out_root} was restored with other settings ({'; '.join(mismatch)}); pass overwrite=True "
-                "(--overwrite) to redo it, or choose another output folder"
-            )
-        if not mismatch:
-            done = _verified_done(old, out_root, fmt, records)
-    out_root.mkdir(parents=True, exist_ok=True)
 
-    def save_manifest(complete: bool) -> None:
-        atomic_write_text(manifest_path, json.dumps(
-            {**identity, "ckpt": str(ckpt_path), "net": info["net"], "net_kwargs": info.get("net_kwargs", {}),
-             "step": info.get("step"), "complete": complete, "done": done}, indent=1) + "\n")
-
-    save_manifest(False)  # first, so a run killed at any point leaves a folder that is recognisably ours
-
-    todo = [r for r in records if str(r.image_id) not in done]
-    multiple = pad_multiple_of(net)
+def _plan_batches(index, todo: list, multiple: int, batch_size: int) -> list[list]:
+    """The batches of a run, in order: ``todo`` bucketed by padded header size, each bucket cut into
+    ``batch_size`` chunks. The same list on every rank; ranks share whole batches."""
     buckets: dict[tuple[int, int], list] = defaultdict(list)
     for rec in todo:
         h, w = _header_size(index.image_path(rec))
         buckets[(-(-h // multiple) * multiple, -(-w // multiple) * multiple)].append(rec)
+    return [recs[i : i + batch_size] for _, recs in sorted(buckets.items()) for i in range(0, len(recs), batch_size)]
+
+
+def _restore_batch(net: torch.nn.Module, index, chunk: list, out_root: Path, fmt: str, quality: int,
+                   device: torch.device) -> dict[str, dict]:
+    """Restore the records ``chunk`` (one batch) and write each output atomically under ``out_root/images``.
+    Returns their manifest entries: image id -> ``{"path": rel under images/, "sha256": hex}``."""
+    images = [load_rgb(index.image_path(r)) for r in chunk]
+    by_shape: dict[tuple, list[int]] = defaultdict(list)  # header sizes can lie (odd EXIF)
+    for j, im in enumerate(images):
+        by_shape[im.shape].append(j)
+    entries = {}
+    for idxs in by_shape.values():
+        outs = restore_array(net, [images[j] for j in idxs], device)
+        for j, arr in zip(idxs, outs):
+            rel = output_rel_path(chunk[j].rel_path, fmt)
+            data = encode_image(arr, fmt, quality)
+            atomic_write_bytes(out_root / "images" / rel, data)
+            entries[str(chunk[j].image_id)] = {"path": rel, "sha256": hashlib.sha256(data).hexdigest()}
+    return entries
+
+
+def _restore(ckpt_path: Path, in_root: Path, out_root: Path, device: torch.device, batch_size: int, split: str,
+             fmt: str, quality: int, overwrite: bool, progress: bool, rank: int, world: int) -> dict:
+    """`restore_cub_root` on process ``rank`` of ``world``.
+
+    Rank 0 alone checks the output folder and decides what is done (`_plan_output`), writes the manifest
+    before any image (a killed run leaves a folder recognisably ours) and, at the end, the metadata and the
+    complete manifest. Every rank builds the same batch list and restores every ``world``-th batch (whole
+    batches, so each image is computed in the same batch as on one process: same bytes); the images are
+    distinct files, each written atomically. While running, one process saves the manifest after each
+    batch; with several, each rank saves its own part (``restore_manifest.rank<R>.json``) and rank 0 merges
+    the gathered parts into the manifest at the end and deletes them (a resumed run merges leftover parts
+    first, whatever its number of processes)."""
+    identity, done = on_rank0(lambda: _plan_output(ckpt_path, in_root, out_root, split, fmt, overwrite), rank, world)
+    index = read_cub(in_root)
+    records = index.split(split)
+    net, info = load_checkpoint(ckpt_path, device)
+    manifest_path = out_root / MANIFEST
+    order = [str(r.image_id) for r in records]
+
+    def save_manifest(complete: bool) -> None:  # entries in split order, whatever order they were done in
+        atomic_write_text(manifest_path, json.dumps(
+            {**identity, "ckpt": str(ckpt_path), "net": info["net"], "net_kwargs": info.get("net_kwargs", {}),
+             "step": info.get("step"), "complete": complete, "done": {k: done[k] for k in order if k in done}},
+            indent=1) + "\n")
+
+    def start() -> None:
+        out_root.mkdir(parents=True, exist_ok=True)
+        save_manifest(False)  # first, so a run killed at any point leaves a folder that is recognisably ours
+        for part in out_root.glob(f"{PART_PREFIX}*.json"):  # merged into the manifest just written
+            part.unlink()
+
+    on_rank0(start, rank, world)  # also the barrier: no rank writes an image before the manifest exists
+    todo = [r for r in records if str(r.image_id) not in done]
+    mine = shard(_plan_batches(index, todo, pad_multiple_of(net), batch_size), rank, world)
+    new: dict[str, dict] = {}  # this rank's outputs: image id -> {"path": rel under images/, "sha256": hex}
+
+    def save_progress() -> None:
+        if world == 1:
+            done.update(new)
+            save_manifest(False)
+        else:
+            atomic_write_text(_part_path(out_root, rank), json.dumps({**identity, "done": new}, indent=1) + "\n")
+
+    def restore_mine() -> dict[str, dict]:
+        bar = tqdm(total=sum(map(len, mine)), desc=f"restore {in_root.name}", disable=not progress or rank != 0,
+                   dynamic_ncols=True)
+        try:
+            for chunk in mine:
+                new.update(_restore_batch(net, index, chunk, out_root, fmt, quality, device))
+                bar.update(len(chunk))
+                save_progress()
+        finally:
+            bar.close()
+        return new
 
     t0 = time.perf_counter()
-    n_done = 0
-    bar = tqdm(total=len(todo), desc=f"restore {in_root.name}", disable=not progress, dynamic_ncols=True)
-    try:
-        for _, recs in sorted(buckets.items()):
-            for i in range(0, len(recs), batch_size):
-                chunk = recs[i : i + batch_size]
-                images = [load_rgb(index.image_path(r)) for r in chunk]
-                by_shape: dict[tuple, list[int]] = defaultdict(list)  # header sizes can lie (odd EXIF)
-                for j, im in enumerate(images):
-                    by_shape[im.shape].append(j)
-                for idxs in by_shape.values():
-                    outs = restore_array(net, [images[j] for j in idxs], device)
-                    for j, arr in zip(idxs, outs):
-                        rel = output_rel_path(chunk[j].rel_path, fmt)
-                        data = encode_image(arr, fmt, quality)
-                        atomic_write_bytes(out_root / "images" / rel, data)
-                        done[str(chunk[j].image_id)] = {"path": rel, "sha256": hashlib.sha256(data).hexdigest()}
-                n_done += len(chunk)
-                bar.update(len(chunk))
-                save_manifest(False)
-    finally:
-        bar.close()
-    # Metadata last: a folder without images.txt is visibly unfinished. It names the files written.
-    renamed = {r.image_id: output_rel_path(r.rel_path, fmt) for r in records}
-    write_cub_metadata(index, out_root, records=records,
-                       rel_paths={i: rel for i, rel in renamed.items() if rel != index.record(i).rel_path})
-    save_manifest(True)
+    parts = gather_checked(restore_mine, rank, world)
+    n_done = sum(map(len, parts))
+
+    def finish() -> None:
+        for part in parts:
+            done.update(part)
+        # Metadata last: a folder without images.txt is visibly unfinished. It names the files written.
+        renamed = {r.image_id: output_rel_path(r.rel_path, fmt) for r in records}
+        write_cub_metadata(index, out_root, records=records,
+                           rel_paths={i: rel for i, rel in renamed.items() if rel != index.record(i).rel_path})
+        save_manifest(True)
+        for r in range(world):
+            _part_path(out_root, r).unlink(missing_ok=True)
+        read_cub(out_root)  # the result must be a valid CUB root
+
+    on_rank0(finish, rank, world)
     seconds = time.perf_counter() - t0
-    read_cub(out_root)  # the result must be a valid CUB root
     summary = {
         "in_root": str(in_root), "out_root": str(out_root), "ckpt": str(ckpt_path), "net": info["net"],
         "split": split, "n_images": len(records), "n_restored": n_done, "n_skipped": len(records) - len(todo),
         "seconds": round(seconds, 3), "images_per_second": round(n_done / seconds, 3) if n_done and seconds > 0 else None,
-        "fmt": fmt,
+        "fmt": fmt, "processes": world,
     }
-    log.info("restored %d images (%d already done) of %s into %s in %.1f s", n_done, summary["n_skipped"],
-             in_root, out_root, seconds)
+    if rank == 0:
+        log.info("restored %d images (%d already done) of %s into %s in %.1f s%s", n_done, summary["n_skipped"],
+                 in_root, out_root, seconds, f" on {world} processes" if world > 1 else "")
     return summary
 
 
@@ -261,6 +352,8 @@ def main(argv=None) -> int:
     except (ValueError, FileNotFoundError) as err:  # CubLayoutError is a ValueError
         print(f"error: {err}", file=sys.stderr)
         return 2
+    if env_rank() != 0:  # under torchrun rank 0 reports for all
+        return 0
     print(f"{s['out_root']}: {s['n_restored']} restored, {s['n_skipped']} already done, {s['seconds']:.1f} s "
           f"({s['net']})")
     return 0

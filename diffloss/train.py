@@ -23,6 +23,14 @@ Outputs in ``--out``: ``ckpt.pt`` (atomic; net name/kwargs, weights, optimizer, 
 ``config.json`` and ``done.json`` when finished. ``--resume`` continues from ``ckpt.pt`` and gives the same
 weights as an uninterrupted run. Multi-GPU: ``torchrun --nproc_per_node N -m diffloss.train ...`` (DDP;
 ``--batch`` is per process); CPU works.
+
+N processes at ``--batch B`` train on the same crops as one process at ``--batch N*B`` (rank r takes slice r
+of each step's global batch) and DDP averages the gradients, so without DiffLoss the weights match the
+one-process run's up to float rounding. With ``--diffloss on`` they do not match exactly: each rank draws
+DiffLoss's timesteps and noise from its own generator (seeded by ``--seed`` and the rank), so the samples
+of ranks 1.. get other draws than in one process; the difference enters through the gamma-weighted
+diffusion terms only (tests/test_torchrun.py checks both). ``log.csv`` records rank 0's share of each
+batch, not the loss of the global batch.
 """
 from __future__ import annotations
 
