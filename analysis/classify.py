@@ -885,8 +885,9 @@ def run_demo(out: str | Path = DEMO_OUT, device: str = "auto", batch_size: int =
 # CLI
 # --------------------------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m analysis.classify", description=__doc__,
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    from cubdata.cli import HelpFormatter, default_workers
+
+    p = argparse.ArgumentParser(prog="python -m analysis.classify", description=__doc__, formatter_class=HelpFormatter)
     p.add_argument("--classifier", action="append", default=[], metavar="NAME=CKPT",
                    help="a fine-tuned checkpoint and its column name (repeat); if NAME is an architecture "
                         f"({', '.join(CLASSIFIERS)}) the checkpoint must hold that architecture")
@@ -906,9 +907,13 @@ def build_parser() -> argparse.ArgumentParser:
                         "--bbox-crop, or other box sizes) than the one asked for: a logged warning, not an error")
     p.add_argument("--from-predictions", default=None, metavar="DIR",
                    help="re-make every table from DIR/predictions without running any model")
-    p.add_argument("--device", default="auto", help="'auto', 'cpu', 'cuda', 'cuda:1' ...")
+    p.add_argument("--device", default="auto", help="auto (cuda if available, else cpu), cpu, cuda, cuda:1 ...")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch CPU threads, 0: torch's choice (default: 1 for the demo, whose nets are tiny; "
+                        "else torch's choice)")
     p.add_argument("--batch-size", type=int, default=64, help="images per batch")
-    p.add_argument("--workers", type=int, default=2, help="DataLoader worker processes (0: main process)")
+    p.add_argument("--workers", type=int, default=default_workers(),
+                   help="DataLoader worker processes (0: main process; the demo always uses 0)")
     p.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples per cell (>= 1)")
     p.add_argument("--confidence", type=float, default=0.95,
                    help="confidence level of the intervals, in (0, 1): 0.95, not 95")
@@ -997,6 +1002,8 @@ def main(argv: list[str] | None = None) -> int:
             spec.bbox_size = parse_bbox_size(args.bbox_size)
         spec.allow_protocol_mismatch = spec.allow_protocol_mismatch or args.allow_protocol_mismatch
         out = Path(args.out or extra.get("out") or DEFAULT_OUT)
+        if args.threads:
+            torch.set_num_threads(args.threads)
         # under torchrun: one process group for the whole command; rank 0 alone checks --out (its
         # check folder and file would race with the other ranks'), every rank scores its shard
         with distributed(str(resolve_device(args.device))) as (rank, world, _):
@@ -1022,8 +1029,9 @@ def _main_demo(args, progress: bool) -> int:
           f"images; fog / rain / low light at severity {DEMO_SEVERITY}). It shows that the pipeline runs and that "
           "effects have the expected sign; its numbers say nothing about real birds or about the paper.\n",
           flush=True)
-    result = run_demo(out, device=args.device, batch_size=args.batch_size, workers=0,
-                      n_boot=args.n_boot, seed=args.seed, progress=progress, restore=not args.no_restore)
+    result = run_demo(out, device=args.device, batch_size=args.batch_size, workers=0, n_boot=args.n_boot,
+                      seed=args.seed, progress=progress, restore=not args.no_restore,
+                      threads=1 if args.threads is None else args.threads)
     print(result["markdown"])
     for note in result["notes"]:
         print(f"NOTE: {note}\n")

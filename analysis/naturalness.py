@@ -233,24 +233,25 @@ def _parse_set(text: str) -> tuple[str, str]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m analysis.naturalness", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    from cubdata.cli import HelpFormatter
+
+    p = argparse.ArgumentParser(prog="python -m analysis.naturalness", description=__doc__, formatter_class=HelpFormatter)
     p.add_argument("--quick", action="store_true",
                    help="mini-CUB with the Table 2 demo's degraded and restored sets (built and cached on first use)")
     p.add_argument("--clean", default=None, help="the clean CUB root (its test split)")
     p.add_argument("--set", action="append", default=[], metavar="NAME=CUB_ROOT",
                    help="a degraded or restored copy of the clean test split; repeat")
     p.add_argument("--prior", default="builtin",
-                   help="builtin (default), random, a prior.pt of diffloss.train_prior, or 256x256_diffusion_uncond.pt")
+                   help="builtin, random, a prior.pt of diffloss.train_prior, or 256x256_diffusion_uncond.pt")
     p.add_argument("--prior-config", default=None, help="config of a bare guided-diffusion state dict (default adm256-uncond)")
     p.add_argument("--timesteps", default=",".join(map(str, DEFAULT_TIMESTEPS)),
-                   help="comma-separated timesteps (default %(default)s)")
-    p.add_argument("--images", type=int, default=0, help="first N test images (default 0: all)")
-    p.add_argument("--batch-size", type=int, default=16, help="images per UNet call (default 16)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the noise (default 0)")
-    p.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda (default auto)")
-    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (default 0: torch's choice)")
-    p.add_argument("--out", default="runs/naturalness", help="output folder (default runs/naturalness)")
+                   help="comma-separated timesteps")
+    p.add_argument("--images", type=int, default=0, help="first N test images (0: all)")
+    p.add_argument("--batch-size", type=int, default=16, help="images per UNet call")
+    p.add_argument("--seed", type=int, default=0, help="seed of the noise")
+    p.add_argument("--device", default="auto", help="auto (cuda if available, else cpu), cpu, cuda, cuda:1 ...")
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's choice)")
+    p.add_argument("--out", default="runs/naturalness", help="output folder")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
     return p
 

@@ -372,18 +372,41 @@ def write_report(results: dict[str, dict], out_dir: str | os.PathLike) -> dict[s
     return paths
 
 
+def method_labels(pred_dirs) -> list[str]:
+    """Table labels of the methods' folders: each folder's shortest path suffix that no other folder's path
+    ends in, joined with '/' (``x/fog/3``, ``x/rain/3`` -> ``fog/3``, ``rain/3``; ``x/wo``, ``x/w`` -> ``wo``,
+    ``w``). Paths are compared as absolute paths; a folder whose every suffix is another's (``/fog/3`` beside
+    ``/a/fog/3``) gets its absolute path. The same folder named twice keeps its suffix twice (callers number
+    repeats)."""
+    paths = [Path(os.path.abspath(p)) for p in pred_dirs]
+    parts = [p.parts[1:] if p.anchor else p.parts for p in paths]
+    labels = []
+    for i, ps in enumerate(parts):
+        others = [q for j, q in enumerate(parts) if j != i and q != ps]
+        for k in range(1, len(ps) + 1):
+            if all(q[-k:] != ps[-k:] for q in others):
+                labels.append("/".join(ps[-k:]))
+                break
+        else:
+            labels.append(str(paths[i]))
+    return labels
+
+
 # --------------------------------------------------------------------------------------------------
 # CLI
 # --------------------------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m analysis.quality", description=__doc__,
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    from cubdata.cli import HelpFormatter
+
+    p = argparse.ArgumentParser(prog="python -m analysis.quality", description=__doc__, formatter_class=HelpFormatter)
     p.add_argument("--pred", nargs="+", required=True, help="folder(s) / CUB root(s) of restored images, one per method")
-    p.add_argument("--names", default=None, help="comma-separated method names for --pred (default: folder names)")
+    p.add_argument("--names", default=None, help="comma-separated method names for --pred (default: each folder's shortest path suffix that tells it from "
+                        "the others: fog/3 and rain/3 for x/fog/3 and x/rain/3, else the folder name)")
     p.add_argument("--gt", required=True, help="folder / CUB root of the ground-truth (clean) images")
     p.add_argument("--metrics", default="psnr,ssim", help=f"comma-separated subset of {','.join(METRICS)}")
     p.add_argument("--out", default="out/quality", help="output folder for per_image.csv, summary.csv, summary.md")
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="torch device")
+    p.add_argument("--device", default="auto", help="auto (cuda if available, else cpu), cpu, cuda, cuda:1 ...")
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's choice)")
     p.add_argument("--lpips-net", choices=sorted(LPIPS_NETS), default="alex", help="LPIPS backbone")
     p.add_argument("--lpips-weights", default=None, help="torchvision backbone state dict for LPIPS (default: hub cache)")
     p.add_argument("--fid-weights", default=None, help=f"{FID_WEIGHTS} for FID (default: hub cache)")
@@ -392,20 +415,24 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
+    from cubdata.cli import resolve_device_name
+
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
     try:
         metrics = _parse_metrics(args.metrics)
-        names = [n.strip() for n in args.names.split(",")] if args.names else [Path(p).name or str(p) for p in args.pred]
+        names = [n.strip() for n in args.names.split(",")] if args.names else method_labels(args.pred)
         if len(names) != len(args.pred):
             raise ValueError(f"--names gives {len(names)} name(s) for {len(args.pred)} --pred folder(s)")
         if len(set(names)) != len(names):
             names = [f"{n} ({i + 1})" for i, n in enumerate(names)]
         for pred in args.pred:  # every folder is paired and readable before the first one is scored
             check_decodable(p for _, pr, gt in match_images(pred, args.gt) for p in (pr, gt))
-        results = {}
+        results, device = {}, resolve_device_name(args.device)
         for name, pred in zip(names, args.pred):
-            results[name] = evaluate_quality(pred, args.gt, metrics, device=args.device, lpips_net=args.lpips_net,
+            results[name] = evaluate_quality(pred, args.gt, metrics, device=device, lpips_net=args.lpips_net,
                                              lpips_weights=args.lpips_weights, fid_weights=args.fid_weights,
                                              progress=not args.no_progress)
         paths = write_report(results, args.out)

@@ -431,9 +431,11 @@ def _bbox_size_arg(text: str) -> tuple[int, int] | None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from cubdata.cli import HelpFormatter, default_workers
+
     d = FinetuneConfig(arch="resnet50", cub_root="", out="")
     p = argparse.ArgumentParser(prog="python -m classifiers.finetune", description=__doc__,
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                formatter_class=HelpFormatter)
     p.add_argument("--arch", required=True, choices=RegistryChoices(CLASSIFIERS),
                    help="architecture: a registry name or 'pkg.module:factory' for your own")
     p.add_argument("--cub-root", required=True, help="the clean CUB_200_2011 folder (train split is used)")
@@ -460,13 +462,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--crop-scale", type=float, nargs=2, default=list(d.crop_scale), metavar=("LOW", "HIGH"),
                    help="RandomResizedCrop area range")
     p.add_argument("--label-smoothing", type=float, default=d.label_smoothing, help="cross-entropy smoothing")
-    p.add_argument("--workers", type=int, default=d.workers, help="DataLoader worker processes")
-    p.add_argument("--device", default=d.device, help="'auto', 'cpu', 'cuda', 'cuda:1' ...")
+    p.add_argument("--workers", type=int, default=default_workers(),
+                   help="DataLoader worker processes per process (0: load in the main process)")
+    p.add_argument("--device", default="auto", help="auto (cuda if available, else cpu), cpu, cuda, cuda:1 ...")
     p.add_argument("--amp", action=argparse.BooleanOptionalAction, default=d.amp,
                    help="mixed precision on CUDA (bf16 where supported, else fp16 + grad scaling)")
     p.add_argument("--seed", type=int, default=d.seed, help="seed of init, shuffling and augmentation")
     p.add_argument("--eval-every", type=int, default=d.eval_every, help="also measure test top-1 every N epochs (0: only at the end)")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's choice)")
     p.add_argument("--resume", action="store_true", help="continue an unfinished --out (or reuse a finished one)")
     p.add_argument("--overwrite", action="store_true", help="start again even if --out exists")
     p.add_argument("--no-progress", action="store_true", help="disable progress bars")
@@ -482,7 +485,7 @@ def main(argv: list[str] | None = None) -> int:
         momentum=args.momentum, weight_decay=args.weight_decay, warmup_epochs=args.warmup_epochs,
         crop_scale=tuple(args.crop_scale), label_smoothing=args.label_smoothing, workers=args.workers,
         device=args.device, amp=args.amp, seed=args.seed, download=args.download, eval_every=args.eval_every,
-        threads=args.threads,
+        threads=args.threads or None,
         resume=args.resume, overwrite=args.overwrite, progress=not args.no_progress,
     )
     try:

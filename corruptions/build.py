@@ -607,8 +607,10 @@ def _positive_int(text: str) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from cubdata.cli import HelpFormatter
+
     p = argparse.ArgumentParser(
-        prog="python -m corruptions.build", description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter
+        prog="python -m corruptions.build", description=__doc__, formatter_class=HelpFormatter
     )
     p.add_argument("--cub-root", default=None, help="CUB_200_2011 folder (default: the built-in mini benchmark)")
     p.add_argument("--out", default=DEFAULT_OUT, help="output folder; receives <corruption>/<severity>/ CUB roots")
@@ -620,7 +622,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--severities", type=_severity_list, default="1,2,3,4,5", help="comma-separated, each in 1..5")
     p.add_argument("--split", choices=("test", "train", "all"), default="test", help="which images to degrade")
-    p.add_argument("--workers", type=_positive_int, default=1, help="worker processes")
+    p.add_argument("--workers", type=_positive_int, default=1, help="worker processes (1: this process only)")
     p.add_argument("--seed", type=int, default=0, help="base seed (>= 0) of every per-image generator")
     p.add_argument("--format", dest="fmt", choices=("jpeg", "png"), default="jpeg", help="output image format")
     p.add_argument("--quality", type=int, default=95, help="JPEG quality 1..100 (ignored for png)")

@@ -77,11 +77,13 @@ def default_preview_image() -> Path:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from cubdata.cli import HelpFormatter
+
     names = get_corruption_names()
     p = argparse.ArgumentParser(
         prog="python -m corruptions.preview",
         description=__doc__,
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     p.add_argument("image", nargs="?", default=None, help="image file (default: a mini-benchmark test image)")
     p.add_argument("--out", default="corruptions-preview.png", help="output figure (.png, .pdf, .jpg ...)")

@@ -323,32 +323,35 @@ def _restore(ckpt_path: Path, in_root: Path, out_root: Path, device: torch.devic
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m diffloss.restore", description=__doc__,
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    from cubdata.cli import HelpFormatter
+
+    p = argparse.ArgumentParser(prog="python -m diffloss.restore", description=__doc__, formatter_class=HelpFormatter)
     p.add_argument("--ckpt", required=True, help="ckpt.pt of python -m diffloss.train (or its run folder)")
     p.add_argument("--in", dest="in_root", required=True, help="CUB-layout root to restore (e.g. a degraded variant)")
     p.add_argument("--out", required=True, help="output CUB root")
     p.add_argument("--split", choices=("test", "train", "all"), default="test", help="which images to restore")
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="torch device")
+    p.add_argument("--device", default="auto", help="auto (cuda if available, else cpu), cpu, cuda, cuda:1 ...")
     p.add_argument("--batch-size", type=int, default=8, help="images per forward pass (images of equal size only)")
     p.add_argument("--format", choices=FORMATS, default="png", help="output image format")
     p.add_argument("--quality", type=int, default=95, help="JPEG quality (with --format jpeg)")
     p.add_argument("--overwrite", action="store_true",
                    help="write into an --out folder that holds other files, or redo one made with other settings")
-    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's choice)")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     return p
 
 
 def main(argv=None) -> int:
+    from cubdata.cli import resolve_device_name
+
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     if args.threads > 0:
         torch.set_num_threads(args.threads)
     try:
-        s = restore_cub_root(args.ckpt, args.in_root, args.out, device=args.device, batch_size=args.batch_size,
-                             split=args.split, fmt=args.format, quality=args.quality, overwrite=args.overwrite,
-                             progress=not args.no_progress)
+        s = restore_cub_root(args.ckpt, args.in_root, args.out, device=resolve_device_name(args.device),
+                             batch_size=args.batch_size, split=args.split, fmt=args.format, quality=args.quality,
+                             overwrite=args.overwrite, progress=not args.no_progress)
     except (ValueError, FileNotFoundError) as err:  # CubLayoutError is a ValueError
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -22,10 +22,10 @@ Outputs in ``--out``: ``ckpt.pt`` (atomic; net name/kwargs, weights, optimizer, 
 ``log.csv`` (step, pixel, nat, sem, total), ``val.csv`` (validation PSNR/SSIM), ``loss_curve.png``,
 ``config.json`` and ``done.json`` when finished. ``--resume`` continues from ``ckpt.pt`` and gives the same
 weights as an uninterrupted run. Multi-GPU: ``torchrun --nproc_per_node N -m diffloss.train ...`` (DDP;
-``--batch`` is per process); CPU works.
+``--batch-size`` is per process); CPU works.
 
-N processes at ``--batch B`` train on the same crops as one process at ``--batch N*B`` (rank r takes slice r
-of each step's global batch) and DDP averages the gradients, so without DiffLoss the weights match the
+N processes at ``--batch-size B`` train on the same crops as one process at ``--batch-size N*B`` (rank r takes
+slice r of each step's global batch) and DDP averages the gradients, so without DiffLoss the weights match the
 one-process run's up to float rounding. With ``--diffloss on`` they do not match exactly: each rank draws
 DiffLoss's timesteps and noise from its own generator (seeded by ``--seed`` and the rank), so the samples
 of ranks 1.. get other draws than in one process; the difference enters through the gamma-weighted
@@ -638,11 +638,12 @@ def _ensure_demo_restorers(corruptions, severity, cache, progress, s, variants) 
 # CLI
 # --------------------------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
+    from cubdata.cli import HelpFormatter
+
     from .criterion import TARGETS
     from .prior import PRIOR_CONFIGS
 
-    p = argparse.ArgumentParser(prog="python -m diffloss.train", description=__doc__,
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = argparse.ArgumentParser(prog="python -m diffloss.train", description=__doc__, formatter_class=HelpFormatter)
     p.add_argument("--net", default=DEFAULT_NET,
                    help=f"restoration network: one of {', '.join(RESTORATION_NETS)} or pkg.module:factory")
     p.add_argument("--net-kwargs", default="{}", help="JSON dict of keyword arguments for the network factory")
@@ -664,7 +665,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="how crops of another size are fitted to the prior's size for the DiffLoss terms")
     p.add_argument("--out", required=True, help="run folder (ckpt.pt, log.csv, val.csv, loss_curve.png)")
     p.add_argument("--steps", type=int, default=1000, help="total optimisation steps")
-    p.add_argument("--batch", type=int, default=4, help="batch size (per process under torchrun)")
+    p.add_argument("--batch-size", type=int, default=4, help="batch size (per process under torchrun)")
+    p.add_argument("--batch", dest="batch_size", type=int, default=argparse.SUPPRESS, help=argparse.SUPPRESS)  # old spelling
     p.add_argument("--crop", type=int, default=256, help="random crop size (smaller images are padded)")
     p.add_argument("--lr", type=float, default=1e-4, help="Adam learning rate")
     p.add_argument("--seed", type=int, default=0, help="seed of data order, crops, network init and DiffLoss draws")
@@ -675,16 +677,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--val-images", type=int, default=16, help="number of validation pairs (0: no validation)")
     p.add_argument("--ckpt-every", type=int, default=500, help="checkpoint every N steps (0: only at the end)")
     p.add_argument("--workers", type=int, default=0, help="DataLoader worker processes")
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="torch device")
+    p.add_argument("--device", default="auto", help="auto (cuda if available, else cpu), cpu, cuda, cuda:1 ...")
     p.add_argument("--resume", action="store_true", help="continue from RUN_DIR/ckpt.pt if it exists")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     p.add_argument("--no-plot", action="store_true", help="do not write loss_curve.png")
     p.add_argument("--threads", type=int, default=0,
-                   help="torch CPU threads (0: torch's default); 1 is fastest on a busy shared CPU")
+                   help="torch CPU threads (0: torch's choice); 1 is fastest on a busy shared CPU")
     return p
 
 
 def main(argv=None) -> int:
+    from cubdata.cli import resolve_device_name
+
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     if args.threads > 0:
@@ -697,11 +701,12 @@ def main(argv=None) -> int:
         cfg = TrainConfig(
             out=args.out, pairs=args.pairs, val_pairs=args.val_pairs, net=args.net, net_kwargs=net_kwargs,
             diffloss=args.diffloss == "on", prior=args.prior, prior_config=args.prior_config, gamma=args.gamma,
-            lam=args.lam, target=args.target, diffloss_fit=args.diffloss_fit, steps=args.steps, batch=args.batch,
+            lam=args.lam, target=args.target, diffloss_fit=args.diffloss_fit, steps=args.steps, batch=args.batch_size,
             crop=args.crop, lr=args.lr, seed=args.seed, flip=not args.no_flip, init=args.init,
             init_optimizer=args.init_optimizer,
             val_every=args.val_every, val_images=args.val_images, ckpt_every=args.ckpt_every, workers=args.workers,
-            device=args.device, resume=args.resume, progress=not args.no_progress, plot=not args.no_plot,
+            device=resolve_device_name(args.device), resume=args.resume, progress=not args.no_progress,
+            plot=not args.no_plot,
         )
         run_dir = train_restoration(cfg)
     except (ValueError, TypeError, FileNotFoundError, ImageDecodeError, FloatingPointError) as err:

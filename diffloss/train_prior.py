@@ -500,37 +500,39 @@ def _train(cfg: PriorTrainConfig, rank: int, world: int, device: torch.device) -
 # CLI
 # --------------------------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
+    from cubdata.cli import HelpFormatter
+
     d = PriorTrainConfig(out="")
     p = argparse.ArgumentParser(prog="python -m diffloss.train_prior", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+                                formatter_class=HelpFormatter)
     p.add_argument("--out", required=True, help="run folder (prior.pt, train_state.pt, log.csv, samples/)")
     p.add_argument("--data", default=None,
                    help="a CUB root (its train split) or a folder of images (default: the built-in mini-CUB)")
     p.add_argument("--config", choices=sorted(PRIOR_CONFIGS), default=d.config,
-                   help=f"prior architecture (default {d.config})")
-    p.add_argument("--steps", type=int, default=d.steps, help=f"optimisation steps (default {d.steps})")
+                   help="prior architecture")
+    p.add_argument("--steps", type=int, default=d.steps, help="optimisation steps")
     p.add_argument("--batch-size", type=int, default=d.batch_size,
-                   help=f"global batch size, split over torchrun processes (default {d.batch_size})")
-    p.add_argument("--lr", type=float, default=d.lr, help=f"AdamW learning rate (default {d.lr})")
-    p.add_argument("--weight-decay", type=float, default=d.weight_decay, help=f"AdamW weight decay (default {d.weight_decay})")
-    p.add_argument("--warmup-steps", type=int, default=d.warmup_steps, help=f"linear lr warm-up (default {d.warmup_steps})")
-    p.add_argument("--grad-clip", type=float, default=d.grad_clip, help=f"gradient-norm clip, 0: off (default {d.grad_clip})")
-    p.add_argument("--ema-rate", type=float, default=d.ema_rate, help=f"EMA decay of the saved weights (default {d.ema_rate})")
-    p.add_argument("--seed", type=int, default=d.seed, help=f"seed of init, data, timesteps and noise (default {d.seed})")
+                   help="global batch size, split over torchrun processes")
+    p.add_argument("--lr", type=float, default=d.lr, help="AdamW learning rate")
+    p.add_argument("--weight-decay", type=float, default=d.weight_decay, help="AdamW weight decay")
+    p.add_argument("--warmup-steps", type=int, default=d.warmup_steps, help="linear lr warm-up")
+    p.add_argument("--grad-clip", type=float, default=d.grad_clip, help="gradient-norm clip (0: off)")
+    p.add_argument("--ema-rate", type=float, default=d.ema_rate, help="EMA decay of the saved weights")
+    p.add_argument("--seed", type=int, default=d.seed, help="seed of init, data, timesteps and noise")
     p.add_argument("--min-scale", type=float, default=d.min_scale,
-                   help=f"smallest crop area as a fraction of the image (default {d.min_scale})")
+                   help="smallest crop area as a fraction of the image")
     p.add_argument("--no-flip", action="store_true", help="disable random horizontal flips")
     p.add_argument("--ckpt-every", type=int, default=d.ckpt_every,
-                   help=f"write train_state.pt and prior.pt every N steps, 0: at the end (default {d.ckpt_every})")
+                   help="write train_state.pt and prior.pt every N steps (0: at the end)")
     p.add_argument("--sample-every", type=int, default=d.sample_every,
-                   help=f"write a DDIM sample grid every N steps, 0: at the end (default {d.sample_every})")
-    p.add_argument("--sample-images", type=int, default=d.sample_images, help=f"images per grid (default {d.sample_images})")
-    p.add_argument("--sample-steps", type=int, default=d.sample_steps, help=f"DDIM steps per grid (default {d.sample_steps})")
+                   help="write a DDIM sample grid every N steps (0: at the end)")
+    p.add_argument("--sample-images", type=int, default=d.sample_images, help="images per grid")
+    p.add_argument("--sample-steps", type=int, default=d.sample_steps, help="DDIM steps per grid")
     p.add_argument("--export-dtype", choices=("float16", "float32"), default=d.export_dtype,
-                   help=f"precision of the weights in prior.pt (default {d.export_dtype})")
-    p.add_argument("--workers", type=int, default=d.workers, help=f"DataLoader worker processes (default {d.workers})")
-    p.add_argument("--device", default=d.device, help="torch device: auto (cuda if available), cpu, cuda, cuda:1")
-    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (default 0: torch's choice)")
+                   help="precision of the weights in prior.pt")
+    p.add_argument("--workers", type=int, default=d.workers, help="DataLoader worker processes")
+    p.add_argument("--device", default=d.device, help="auto (cuda if available, else cpu), cpu, cuda, cuda:1 ...")
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's choice)")
     p.add_argument("--resume", action="store_true", help="continue from OUT/train_state.pt")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     return p
