@@ -27,6 +27,10 @@ mannwhitney.csv (``--test mann-whitney``: unpaired), summary.json (protocol, sec
 histograms / histogram_overlay / grid as PNG and PDF, generations/ (grid images) and a manifest.json that lets an
 interrupted run resume.
 
+Several GPUs: ``torchrun --nproc_per_node N -m analysis.hspace ...`` (paper mode, or --quick with --group) deals
+the batches of --batch-images images out between N processes (each on its LOCAL_RANK GPU; gloo on the CPU works
+too); rank 0 alone writes, and the outputs are those of a one-process run (timings aside).
+
     python -m analysis.hspace --quick --out runs/hspace-quick
     python -m analysis.hspace --prior 256x256_diffusion_uncond.pt --weights resnet50-0676ba61.pth \\
         --group clean=CUB_200_2011 --group degraded=degraded/fog/3 --group "w/ DiffLoss=restored/fog3-dl" \\
@@ -57,6 +61,7 @@ from cubdata import (ImageDecodeError, atomic_write_bytes, atomic_write_text, en
                      sha256_file, write_cub_metadata)
 
 from cubdata import load_square_tensor as load_image_tensor
+from diffloss.distributed import distributed, env_rank, env_world, gather_checked, on_rank0, shard
 from diffloss.sampling import ddim_schedule, keep_global_rng, spaced_diffusion
 
 log = logging.getLogger(__name__)
@@ -660,6 +665,78 @@ def _read_grid_item(folder: Path, levels: int):
     return imgs[0], imgs[1:]
 
 
+def _plan_study(groups: Mapping[str, str | Path], config: HSpaceConfig, size: int, provenance: Mapping | None,
+                paired: bool, out: Path | None, cached: dict) -> tuple[dict, dict, dict, dict]:
+    """What a run has to do, decided once (rank 0 under torchrun) before anything is generated: pick the images
+    (`select_images`), decode every one, read what an earlier run finished (out/manifest.json, when its
+    fingerprint matches). Returns ``(chosen, fingerprint, done, todo)``: ``done`` the manifest's records,
+    ``todo`` group -> [(selection index, ImageItem)] still to compute (finished images whose grid PNGs are
+    missing are redone). The grid images read back are added to ``cached`` (group -> [grid entries])."""
+    items = {g: list_group_images(src, config.split) for g, src in groups.items()}
+    chosen = select_images(items, config.images_per_group, config.seed, paired=paired)
+    for it in dict.fromkeys(it for picked in chosen.values() for it in picked):
+        load_pil_rgb(it.path)  # ImageDecodeError names the file, before hours of generation
+    fingerprint = {"protocol": config.protocol(), "image_size": size, "record": list(_RECORD_FIELDS),
+                   "groups": {g: [str(Path(src))] + [it.key for it in chosen[g]] for g, src in groups.items()},
+                   "provenance": dict(provenance or {})}
+    done: dict = _manifest_load(out / "manifest.json", fingerprint) if out is not None else {}
+    todo: dict[str, list[tuple[int, ImageItem]]] = {}
+    for g in groups:
+        todo[g] = []
+        for i, it in enumerate(chosen[g]):
+            rec = done.get(g, {}).get(it.key)
+            need_grid = i < config.grid_images
+            cached_grid = _read_grid_item(_grid_dir(out, g, it.key), config.levels) if (rec and need_grid and out) else None
+            if rec and (not need_grid or cached_grid is not None):
+                if cached_grid is not None:
+                    cached.setdefault(g, []).append((it.key, cached_grid[0], cached_grid[1]))
+            else:
+                todo[g].append((i, it))
+    return chosen, fingerprint, done, todo
+
+
+def _study_batch(model: nn.Module, spaced, extractor: nn.Module, batch: Sequence[tuple[int, ImageItem]],
+                 config: HSpaceConfig, size: int, hook=None) -> list[tuple[str, dict, tuple | None]]:
+    """Steps 1-5 of the study for one batch of images of one group (each with 1 + K samples in one UNet batch).
+    Returns per image ``(key, manifest record, grid entry or None)``; the grid entry ``(key, uint8 HxWx3 input,
+    [uint8 HxWx3 generation of level 0..K])`` only for selection indices < ``config.grid_images``."""
+    device = next(model.parameters()).device
+    dtype = next(model.parameters()).dtype
+    K = config.levels
+    alphas = torch.tensor((0.0,) + config.alphas, dtype=torch.float32)
+    t_start = time.perf_counter()
+    x0 = torch.stack([load_image_tensor(it.path, size) for _, it in batch]).to(device, dtype)
+    x0 = x0 * 2 - 1
+    if config.start == "noise":  # each image's own noise: the same whatever batch or process it lands in
+        lat = []
+        for j, (_, it) in enumerate(batch):
+            gen = torch.Generator().manual_seed(_image_seed(config.seed, it.key))
+            lat.append(start_latent(model, spaced, x0[j:j + 1], "noise", gen))
+        x_t = torch.cat(lat)
+    else:
+        x_t = start_latent(model, spaced, x0, "ddim-inversion")
+    n = len(batch)
+    x_rep = x_t.repeat_interleave(K + 1, dim=0)            # [n*(1+K)], image-major, level-minor
+    edit = PerturbationEdit(alphas.repeat(n), config.svd_mode)
+    gen_x = ddim_generate(model, spaced, x_rep, t_edit=config.t_edit, hook=hook, edit=edit)
+    gen01 = ((gen_x.float() + 1) / 2).clamp(0, 1)
+    with torch.no_grad():
+        feats = extractor(gen01.to(next(extractor.parameters()).device)).reshape(n, K + 1, -1)
+    per_level = {k: v.cpu() for k, v in feature_distance_metrics(feats).items()}
+    per_level.update(dh_norm=edit.dh_norm.reshape(n, K + 1)[:, 1:], dh_rel=edit.dh_rel.reshape(n, K + 1)[:, 1:])
+    per_image = (time.perf_counter() - t_start) / n
+    results = []
+    for j, (i, it) in enumerate(batch):
+        rec = {"distances": [float(v) for v in per_level["distance"][j]], "seconds": per_image}
+        rec.update({name: [float(v) for v in per_level[name][j]] for name in _RECORD_FIELDS})
+        entry = None
+        if i < config.grid_images:
+            entry = (it.key, _to_uint8((x0[j].float() + 1) / 2),
+                     [_to_uint8(gen01[j * (K + 1) + k]) for k in range(K + 1)])
+        results.append((it.key, rec, entry))
+    return results
+
+
 def run_hspace_study(groups: Mapping[str, str | Path], model: nn.Module, diffusion, extractor: nn.Module,
                      config: HSpaceConfig | None = None, out: str | Path | None = None,
                      provenance: Mapping | None = None, progress: bool = True, hook=None,
@@ -673,103 +750,85 @@ def run_hspace_study(groups: Mapping[str, str | Path], model: nn.Module, diffusi
     ``model``/``diffusion``: the prior (``diffloss.load_adm``); images are sized to ``model.image_size``.
     ``extractor``: [0, 1] NCHW -> [N, D] features (`build_feature_extractor`). With ``out`` a manifest
     (out/manifest.json) records finished images and the grid images are saved under out/generations, so a
-    re-run with the same protocol skips finished work. Returns an `HSpaceResult`."""
+    re-run with the same protocol skips finished work. Returns an `HSpaceResult`.
+
+    Under ``torchrun --nproc_per_node N`` (every rank holding the prior and the extractor on its own device):
+    rank 0 plans the run (`_plan_study`); the batches of ``config.batch_images`` images (within a group, in
+    selection order: the batches of one process) are dealt out round-robin, batch b to rank b mod N, so every
+    image is computed in the same batch as on one process. After each round of N batches the records are
+    gathered; rank 0 alone writes the grid PNGs and the manifest, so an interrupted run resumes (with any number
+    of processes) from the last round. Every rank returns the same rows; ``grid`` is filled on rank 0 only."""
     from tqdm.auto import tqdm
 
     config = config or HSpaceConfig()
     size = int(getattr(model, "image_size", 0) or 0)
     if size <= 0:
         raise ValueError("the prior model has no image_size attribute; build it with diffloss.load_adm")
-    device = next(model.parameters()).device
-    dtype = next(model.parameters()).dtype
     timesteps = ddim_schedule(config.t0, config.steps, int(diffusion.num_timesteps))
     spaced = spaced_diffusion(diffusion, timesteps)
     K = config.levels
-    alphas = torch.tensor((0.0,) + config.alphas, dtype=torch.float32)
-
-    items = {g: list_group_images(src, config.split) for g, src in groups.items()}
-    chosen = select_images(items, config.images_per_group, config.seed, paired=paired)
-    for it in dict.fromkeys(it for picked in chosen.values() for it in picked):
-        load_pil_rgb(it.path)  # ImageDecodeError names the file, before hours of generation
-    fingerprint = {"protocol": config.protocol(), "image_size": size, "record": list(_RECORD_FIELDS),
-                   "groups": {g: [str(Path(src))] + [it.key for it in chosen[g]] for g, src in groups.items()},
-                   "provenance": dict(provenance or {})}
     out = Path(out) if out is not None else None
-    manifest_path = out / "manifest.json" if out is not None else None
-    done: dict = _manifest_load(manifest_path, fingerprint) if manifest_path else {}
+    with distributed(str(next(model.parameters()).device)) as (rank, world, _):
+        cached: dict = {}  # rank 0: the grid images of finished images, read back
+        chosen, fingerprint, done, todo = on_rank0(
+            lambda: _plan_study(groups, config, size, provenance, paired, out, cached), rank, world)
+        pending = {(g, it.key) for g, batch in todo.items() for _, it in batch}
+        seconds = [float(done[g][it.key]["seconds"]) for g in groups for it in chosen[g] if (g, it.key) not in pending]
+        grid: dict[str, list] = {g: list(cached.get(g, [])) for g in groups}
+        batches = [(g, todo[g][s:s + config.batch_images]) for g in groups
+                   for s in range(0, len(todo[g]), config.batch_images)]
+        mine = shard(batches, rank, world)
+        n_total = sum(len(v) for v in chosen.values())
+        bar = tqdm(total=n_total, initial=n_total - len(pending), desc="h-space study", unit="img",
+                   disable=not progress or rank != 0)
+        try:
+            for r in range(-(-len(batches) // world)):
+                def my_batch(r=r) -> tuple[str, list] | None:  # None: this rank has no batch in the last round
+                    if r >= len(mine):
+                        return None
+                    g, batch = mine[r]
+                    return g, _study_batch(model, spaced, extractor, batch, config, size, hook)
 
+                # round r holds batches r*N .. r*N + N-1, gathered in rank order: the order of one process
+                new = [part for part in gather_checked(my_batch, rank, world) if part is not None]
+                for g, results in new:
+                    for key, rec, entry in results:
+                        done.setdefault(g, {})[key] = rec
+                        seconds.append(float(rec["seconds"]))
+                        if entry is not None and rank == 0:
+                            grid[g].append(entry)
+                if out is not None:
+                    on_rank0(lambda new=new: _save_round(out, new, fingerprint, done), rank, world)  # rank 0 writes
+                bar.update(sum(len(results) for _, results in new))
+        finally:
+            bar.close()
     rows: list[dict] = []
-    grid: dict[str, list] = {g: [] for g in groups}
-    seconds: list[float] = []
-    n_total = sum(len(v) for v in chosen.values())
-    bar = tqdm(total=n_total, desc="h-space study", unit="img", disable=not progress)
-    for g in groups:
-        todo: list[tuple[int, ImageItem]] = []
-        for i, it in enumerate(chosen[g]):
-            rec = done.get(g, {}).get(it.key)
-            need_grid = i < config.grid_images
-            cached_grid = _read_grid_item(_grid_dir(out, g, it.key), K) if (rec and need_grid and out) else None
-            if rec and (not need_grid or cached_grid is not None):
-                seconds.append(float(rec["seconds"]))
-                if cached_grid is not None:
-                    grid[g].append((it.key, cached_grid[0], cached_grid[1]))
-                bar.update(1)
-            else:
-                todo.append((i, it))
-        for start in range(0, len(todo), config.batch_images):
-            batch = todo[start:start + config.batch_images]
-            t_start = time.perf_counter()
-            x0 = torch.stack([load_image_tensor(it.path, size) for _, it in batch]).to(device, dtype)
-            x0 = x0 * 2 - 1
-            if config.start == "noise":
-                lat = []
-                for j, (_, it) in enumerate(batch):
-                    gen = torch.Generator().manual_seed(_image_seed(config.seed, it.key))
-                    lat.append(start_latent(model, spaced, x0[j:j + 1], "noise", gen))
-                x_t = torch.cat(lat)
-            else:
-                x_t = start_latent(model, spaced, x0, "ddim-inversion")
-            n = len(batch)
-            x_rep = x_t.repeat_interleave(K + 1, dim=0)            # [n*(1+K)], image-major, level-minor
-            a_rep = alphas.repeat(n)
-            edit = PerturbationEdit(a_rep, config.svd_mode)
-            gen_x = ddim_generate(model, spaced, x_rep, t_edit=config.t_edit, hook=hook, edit=edit)
-            gen01 = ((gen_x.float() + 1) / 2).clamp(0, 1)
-            with torch.no_grad():
-                feats = extractor(gen01.to(next(extractor.parameters()).device)).reshape(n, K + 1, -1)
-            per_level = {k: v.cpu() for k, v in feature_distance_metrics(feats).items()}
-            per_level.update(dh_norm=edit.dh_norm.reshape(n, K + 1)[:, 1:], dh_rel=edit.dh_rel.reshape(n, K + 1)[:, 1:])
-            per_image = (time.perf_counter() - t_start) / n
-            for j, (i, it) in enumerate(batch):
-                rec = {"distances": [float(v) for v in per_level["distance"][j]], "seconds": per_image}
-                rec.update({name: [float(v) for v in per_level[name][j]] for name in _RECORD_FIELDS})
-                done.setdefault(g, {})[it.key] = rec
-                seconds.append(per_image)
-                if i < config.grid_images:
-                    inp = _to_uint8((x0[j].float() + 1) / 2)
-                    gens = [_to_uint8(gen01[j * (K + 1) + k]) for k in range(K + 1)]
-                    grid[g].append((it.key, inp, gens))
-                    if out is not None:
-                        folder = _grid_dir(out, g, it.key)
-                        atomic_write_bytes(folder / "input.png", encode_image(inp, "png"))
-                        for k, im in enumerate(gens):
-                            atomic_write_bytes(folder / f"level{k}.png", encode_image(im, "png"))
-            if manifest_path is not None:
-                atomic_write_text(manifest_path, json.dumps({"fingerprint": fingerprint, "done": done}, indent=1))
-            bar.update(n)
-        # rows in selection order (stable whatever was resumed)
+    for g in groups:  # rows in selection order (stable whatever was resumed, and on any number of processes)
         for it in chosen[g]:
             rec = done[g][it.key]
             for k, d in enumerate(rec["distances"], start=1):
                 rows.append({"group": g, "image_id": it.key, "level": k, "alpha": config.alphas[k - 1],
                              "distance": float(d), "path": str(it.path),
                              **{name: float(rec[name][k - 1]) for name in _RECORD_FIELDS}})
-        grid[g].sort(key=lambda e: [it.key for it in chosen[g]].index(e[0]))
-    bar.close()
+        order = {it.key: i for i, it in enumerate(chosen[g])}
+        grid[g].sort(key=lambda e: order[e[0]])
     evals = len(timesteps) * (K + 1) + (len(timesteps) - 1 if config.start == "ddim-inversion" else 0)
     return HSpaceResult(rows=rows, grid=grid, seconds_per_image=float(np.mean(seconds)) if seconds else float("nan"),
                         config=config, groups={g: str(s) for g, s in groups.items()},
                         provenance=dict(provenance or {}), unet_evals_per_image=evals)
+
+
+def _save_round(out: Path, new: Sequence[tuple[str, list]], fingerprint: dict, done: dict) -> None:
+    """Write the grid PNGs of a round's new images, then the manifest with everything done so far."""
+    for g, results in new:
+        for key, _, entry in results:
+            if entry is not None:
+                folder = _grid_dir(out, g, key)
+                atomic_write_bytes(folder / "input.png", encode_image(entry[1], "png"))
+                for k, im in enumerate(entry[2]):
+                    atomic_write_bytes(folder / f"level{k}.png", encode_image(im, "png"))
+    atomic_write_text(out / "manifest.json", json.dumps({"fingerprint": fingerprint, "done": done}, indent=1))
+
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -1112,17 +1171,26 @@ def _run(out, *, quick, groups, prior, prior_config, weights, feature_size, devi
             if not Path(src).exists():
                 raise FileNotFoundError(f"group {g!r}: {src} does not exist (expected a CUB root or an image folder)")
 
-    extractor = build_feature_extractor(weights, size=feature_size, device=dev, init_seed=config.seed)
-    model, diffusion = load_prior(prior, config=prior_config, device=str(dev))
-    prior_config = model.prior_info["config"]
-    if quick and not groups:
-        groups = quick_groups(out / "data", quick_corruption, quick_severity, restored=quick_restored,
-                              n_images=config.images_per_group, seed=config.seed, split=config.split)
-    provenance = {"prior": str(prior) if prior else None, "prior_config": prior_config, "weights": str(weights),
-                  "feature_size": int(feature_size), "quick": bool(quick), "device": str(dev)}
-    result = run_hspace_study(groups, model, diffusion, extractor, config, out=out, provenance=provenance,
-                              progress=progress, paired=test == "wilcoxon")
-    write_study_outputs(result, out, test=test)
+    if quick and not groups and env_world() > 1:
+        raise ValueError(
+            "--quick builds its groups (degraded copies, demo restorers) in one process and does not run under "
+            "torchrun: run it once without torchrun, then pass the groups it made under OUT/data with --group "
+            "NAME=PATH to the torchrun run"
+        )
+    # under torchrun every rank loads the prior and the extractor on its own device (its LOCAL_RANK GPU)
+    with distributed(str(dev)) as (rank, world, rank_dev):
+        extractor = build_feature_extractor(weights, size=feature_size, device=rank_dev, init_seed=config.seed)
+        model, diffusion = load_prior(prior, config=prior_config, device=str(rank_dev))
+        prior_config = model.prior_info["config"]
+        if quick and not groups:
+            groups = quick_groups(out / "data", quick_corruption, quick_severity, restored=quick_restored,
+                                  n_images=config.images_per_group, seed=config.seed, split=config.split)
+        # the device asked for, not the rank's: the manifest resumes whatever the number of processes
+        provenance = {"prior": str(prior) if prior else None, "prior_config": prior_config, "weights": str(weights),
+                      "feature_size": int(feature_size), "quick": bool(quick), "device": str(dev)}
+        result = run_hspace_study(groups, model, diffusion, extractor, config, out=out, provenance=provenance,
+                                  progress=progress, paired=test == "wilcoxon")
+        on_rank0(lambda: write_study_outputs(result, out, test=test), rank, world)  # rank 0 alone writes
     return result
 
 
@@ -1158,8 +1226,9 @@ def build_parser() -> argparse.ArgumentParser:
         corruption_choices = list(get_corruption_names())
     except ImportError:
         corruption_choices = None
-    p = argparse.ArgumentParser(prog="python -m analysis.hspace", description=__doc__,
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    from cubdata.cli import HelpFormatter
+
+    p = argparse.ArgumentParser(prog="python -m analysis.hspace", description=__doc__, formatter_class=HelpFormatter)
     d = HSpaceConfig()
     p.add_argument("--out", default="runs/hspace", help="output folder (resumable)")
     p.add_argument("--quick", action="store_true",
@@ -1190,7 +1259,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="explicit comma-separated alpha_1..alpha_K (overrides --levels/--scale)")
     p.add_argument("--svd-mode", default=d.svd_mode, choices=SVD_MODES, type=_svd_mode_arg,
                    help="sample: per-sample SVD of h (C x HW), the paper's edit; batch-svd: h moved along the first "
-                        "principal component of the flattened h of the current batch's 2..--batch-images unperturbed "
+                        "principal component of the flattened h of the current batch's 2..--batch-size unperturbed "
                         "samples, recomputed at each edited step -- not Haas et al.'s global per-timestep direction "
                         "from a reference set, so results depend on how images are batched ('batch-pca' is a "
                         "deprecated alias)")
@@ -1200,17 +1269,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--start", default=d.start, choices=START_MODES,
                    help="how to reach x_t0: seeded q_sample noise or DDIM inversion")
     p.add_argument("--seed", type=int, default=d.seed, help="seed of the image selection and the q_sample noise")
-    p.add_argument("--batch-images", type=int, default=None,
+    p.add_argument("--batch-size", dest="batch_images", type=int, default=None, metavar="BATCH_SIZE",
                    help=f"images per UNet batch, each with 1+K samples (default {d.batch_images}; "
                         f"{QUICK_DEFAULTS['batch_images']} with --quick)")
+    p.add_argument("--batch-images", dest="batch_images", type=int, default=argparse.SUPPRESS,
+                   help=argparse.SUPPRESS)  # the old spelling of --batch-size
     p.add_argument("--grid-images", type=int, default=None,
                    help=f"images per group in the level grid (default {d.grid_images}; "
                         f"{QUICK_DEFAULTS['grid_images']} with --quick)")
     p.add_argument("--feature-size", type=int, default=None,
                    help=f"ResNet50 input size (default 224; {QUICK_DEFAULTS['feature_size']} with --quick)")
-    p.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda, cuda:1, ...")
+    p.add_argument("--device", default="auto", help="auto (cuda if available, else cpu), cpu, cuda, cuda:1 ...")
     p.add_argument("--threads", type=int, default=None,
-                   help="torch CPU threads (default: 1 with --quick, where it is faster on a shared CPU; else torch's)")
+                   help="torch CPU threads, 0: torch's choice (default: 1 with --quick, where it is faster on a "
+                        "shared CPU; else torch's choice)")
     p.add_argument("--quick-corruption", default="lowlight", choices=corruption_choices, help="quick mode: the corruption of the degraded group")
     p.add_argument("--quick-severity", type=int, default=3, choices=range(1, 6), help="quick mode: its severity")
     p.add_argument("--no-restored", action="store_true",
@@ -1265,6 +1337,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             text += "; replace it with a readable image (or, in an image folder, remove it)"
         print(f"error: {text}", file=sys.stderr)
         return 2
+    if env_rank() != 0:  # under torchrun rank 0 reports for all
+        return 0
     print(f"h-space study: {len(result.rows)} distances, {len(result.groups)} groups, "
           f"{result.seconds_per_image:.2f} s/image ({result.unet_evals_per_image} UNet evaluations/image)")
     nan = float("nan")

@@ -14,7 +14,7 @@ from typing import Any, Callable, Iterator, Sequence, TypeVar
 import torch
 
 __all__ = ["dist_setup", "dist_teardown", "distributed", "gather", "barrier", "shard", "on_rank0",
-           "gather_checked", "RankFailed", "env_rank"]
+           "gather_checked", "RankFailed", "env_rank", "env_world"]
 
 T = TypeVar("T")
 
@@ -27,6 +27,12 @@ def env_rank() -> int:
     """This process's global rank as torchrun sets it (``RANK``; 0 without torchrun). For CLIs deciding
     who prints, before or after the process group exists."""
     return int(os.environ.get("RANK", "0"))
+
+
+def env_world() -> int:
+    """The number of processes torchrun started (``WORLD_SIZE``; 1 without torchrun). For checks that must
+    refuse a multi-process run before any process group exists."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
 
 
 def dist_setup(device: str) -> tuple[int, int, torch.device, bool]:

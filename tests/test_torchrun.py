@@ -181,3 +181,109 @@ def test_train_two_processes_at_the_same_global_batch(small_cub, tmp_path, diffl
     rows = (tmp_path / "two" / "log.csv").read_text().splitlines()[1:]
     assert len(rows) == 3 and all(math.isfinite(float(r.split(",")[4])) for r in rows)  # column "total"
     assert sorted(p.name for p in (tmp_path / "two").iterdir()) == sorted(p.name for p in one.iterdir())
+
+
+# ---------------------------------------------------------------------------------------------- hspace
+@pytest.fixture(scope="module")
+def hspace_groups(small_cub, tmp_path_factory) -> list[str]:
+    """``--group`` arguments: ``small_cub``, its low-light and its fog copy (the same 6 test images in each)."""
+    from corruptions.build import build_degraded_cub
+
+    out = tmp_path_factory.mktemp("hspace-groups") / "degraded"
+    build_degraded_cub(cub_root=small_cub, out=out, corruptions=("lowlight", "fog"), severities=(3,), split="test",
+                       progress=False)
+    return ["--group", f"clean={small_cub}", "--group", f"lowlight={out / 'lowlight' / '3'}",
+            "--group", f"fog={out / 'fog' / '3'}"]
+
+
+# 4 images per group, one batch per group: rank 0 takes clean and fog, rank 1 lowlight and nothing in the second
+# round. batch-svd edits h along a direction computed from the batch's images: a rank that batched other images
+# would give other distances. The first 2 images of each group go to the grid.
+HSPACE_ARGS = ["--prior", "random", "--prior-config", "tiny", "--weights", "none", "--feature-size", "32",
+               "--images-per-group", "4", "--batch-images", "4", "--grid-images", "2", "--svd-mode", "batch-svd",
+               "--steps", "2", "--t0", "300", "--t-edit", "100", "--levels", "2", "--device", "cpu", "--no-progress"]
+
+
+@pytest.fixture(scope="module")
+def hspace_once(hspace_groups, tmp_path_factory) -> Path:
+    """The one-process reference study (figures with a fixed PDF date, so the PDFs compare too)."""
+    from analysis.hspace import main
+
+    out = tmp_path_factory.mktemp("hspace-one") / "study"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("SOURCE_DATE_EPOCH", "0")
+        assert main([*HSPACE_ARGS, *hspace_groups, "--out", str(out)]) == 0
+    return out
+
+
+def study_snapshot(folder: Path) -> dict[str, bytes | str]:
+    """A study folder's files as bytes, timings aside: summary.json without ``seconds_per_image`` and
+    manifest.json without each image's ``seconds`` (as JSON text, key order kept)."""
+    snap: dict[str, bytes | str] = snapshot(folder)
+    info = json.loads(snap["summary.json"])
+    info.pop("seconds_per_image")
+    snap["summary.json"] = json.dumps(info)
+    manifest = json.loads(snap["manifest.json"])
+    for records in manifest["done"].values():
+        for rec in records.values():
+            rec.pop("seconds")
+    snap["manifest.json"] = json.dumps(manifest)
+    return snap
+
+
+def test_hspace_two_processes_write_the_same_study(hspace_groups, hspace_once, tmp_path, monkeypatch):
+    """Two ranks share the batches of a paper-mode study; rank 0 alone writes tables, grid PNGs, figures and
+    manifest identical to one process's (timings aside)."""
+    monkeypatch.setenv("SOURCE_DATE_EPOCH", "0")
+    out = tmp_path / "study"
+    res = torchrun(["-m", "analysis.hspace", *HSPACE_ARGS, *hspace_groups, "--out", str(out)])
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert res.stdout.count("h-space study: 24 distances") == 1  # rank 0 alone reports
+    ref = study_snapshot(hspace_once)
+    assert {"distances.csv", "summary.csv", "wilcoxon.csv", "grid.png", "grid.pdf", "histograms.pdf"} <= set(ref)
+    assert sum(k.startswith("generations/") for k in ref) == 3 * 2 * (1 + 1 + 2)  # groups x grid images x PNGs
+    assert study_snapshot(out) == ref
+
+
+FLAKY_HSPACE = """\
+import os, sys
+import analysis.hspace as H
+real, calls = H._study_batch, [0]
+def flaky(*a, **k):
+    calls[0] += 1
+    if os.environ["RANK"] == "0" and calls[0] == 2:
+        raise RuntimeError("simulated crash of rank 0")
+    return real(*a, **k)
+H._study_batch = flaky
+sys.exit(H.main(sys.argv[1:]))
+"""
+
+
+@pytest.mark.slow
+def test_interrupted_two_process_hspace_resumes_on_one(hspace_groups, hspace_once, tmp_path, monkeypatch):
+    """Rank 0 dies in its second batch (the second round, where rank 1 has none): rank 1 hears of it, the
+    manifest holds the first round (clean and lowlight), and a one-process resume computes only the fog group
+    and leaves the one-process study."""
+    import analysis.hspace as H
+
+    monkeypatch.setenv("SOURCE_DATE_EPOCH", "0")
+    script = tmp_path / "flaky_hspace.py"
+    script.write_text(FLAKY_HSPACE)
+    out = tmp_path / "study"
+    res = torchrun([str(script), *HSPACE_ARGS, *hspace_groups, "--out", str(out)])
+    assert res.returncode != 0
+    assert "error: rank 0 of 2 failed: RuntimeError: simulated crash of rank 0" in res.stderr
+    done = json.loads((out / "manifest.json").read_text())["done"]
+    assert {g: len(recs) for g, recs in done.items()} == {"clean": 4, "lowlight": 4}
+    assert not (out / "distances.csv").exists()
+
+    real, computed = H._study_batch, []
+
+    def counting(model, spaced, extractor, batch, *a, **k):
+        computed.extend(it.key for _, it in batch)
+        return real(model, spaced, extractor, batch, *a, **k)
+
+    monkeypatch.setattr(H, "_study_batch", counting)
+    assert H.main([*HSPACE_ARGS, *hspace_groups, "--out", str(out)]) == 0
+    assert len(computed) == 4 and set(computed) == set(done["clean"])  # the fog copies of the same images
+    assert study_snapshot(out) == study_snapshot(hspace_once)
