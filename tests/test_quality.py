@@ -49,6 +49,20 @@ def test_metric_input_validation():
         psnr(torch.zeros(3, 8, 8), torch.zeros(3, 8, 8))
 
 
+def test_ssim_equals_torchmetrics_dense_window_bit_for_bit():
+    # ssim applies torchmetrics' 11x11 Gaussian window as two 1-D passes; the values must not move
+    from torchmetrics.functional.image import structural_similarity_index_measure
+
+    g = torch.Generator().manual_seed(2)
+    for shape in [(2, 3, 40, 53), (1, 3, 6, 7), (3, 3, 64, 33)]:
+        x = torch.rand(shape, generator=g)
+        y = (0.7 * x + 0.3 * torch.rand(shape, generator=g)).clamp(0, 1)
+        ref = structural_similarity_index_measure(x.double(), y.double(), data_range=1.0, reduction="none").float()
+        assert torch.allclose(ssim(x, y), ref, rtol=0, atol=1e-6)
+    with pytest.raises(ValueError, match="at least 6x6"):
+        ssim(torch.zeros(1, 3, 5, 40), torch.zeros(1, 3, 5, 40))
+
+
 @pytest.fixture()
 def folders(tmp_path):
     """gt: a CUB-like root with JPEG names; pred: PNGs offset by +5 (so PSNR = 20 log10(255 / 5))."""
@@ -73,6 +87,45 @@ def test_evaluate_quality_on_folders(folders):
     assert all(r["psnr"] == pytest.approx(expected, abs=1e-4) for r in res["per_image"])
     assert res["summary"]["psnr"] == pytest.approx(expected, abs=1e-4)
     assert 0 < res["summary"]["ssim"] < 1
+
+
+def test_batched_scores_equal_per_image_torchmetrics_on_mixed_sizes(tmp_path):
+    from torchmetrics.functional.image import peak_signal_noise_ratio, structural_similarity_index_measure
+
+    rng = np.random.default_rng(1)
+    sizes = [(30, 40), (30, 40), (41, 29), (30, 40), (30, 40), (30, 40), (41, 29), (41, 29), (16, 16)]
+    expected = {}
+    for i, (h, w) in enumerate(sizes):  # runs of equal sizes, split by batch_size 2 and by size changes
+        gt = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+        pred = np.clip(gt.astype(int) + rng.integers(-30, 31, gt.shape), 0, 255).astype(np.uint8)
+        _save(tmp_path / "gt" / f"{i:02d}.png", gt)
+        _save(tmp_path / "pred" / f"{i:02d}.png", pred)
+        # the former per-image path: uint8 -> float32 / 255 -> float64 -> torchmetrics
+        pf, gf = ((torch.from_numpy(a).permute(2, 0, 1)[None].float() / 255.0).double() for a in (pred, gt))
+        expected[f"{i:02d}"] = (
+            float(peak_signal_noise_ratio(pf, gf, data_range=1.0, reduction="none", dim=(1, 2, 3)).float()[0]),
+            float(structural_similarity_index_measure(pf, gf, data_range=1.0, reduction="none").float()[0]))
+    for batch_size in (1, 2, 8):
+        rows = evaluate_quality(tmp_path / "pred", tmp_path / "gt", "psnr,ssim", progress=False,
+                                batch_size=batch_size)["per_image"]
+        assert [r["image"] for r in rows] == sorted(expected)
+        for r in rows:
+            assert (r["psnr"], r["ssim"]) == pytest.approx(expected[r["image"]], rel=0, abs=1e-6), (batch_size, r)
+    with pytest.raises(ValueError, match="batch_size"):
+        evaluate_quality(tmp_path / "pred", tmp_path / "gt", "psnr", progress=False, batch_size=0)
+
+
+def test_quality_throughput_benchmark_runs_tiny():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "quality_throughput", Path(__file__).resolve().parents[1] / "benchmarks" / "quality_throughput.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    old_threads = torch.get_num_threads()
+    (row,) = bench.main(["--n-images", "2", "--n-old", "1", "--threads", "1", "--size", "64x48"])
+    assert torch.get_num_threads() == old_threads
+    assert row["max_abs_diff"] <= 1e-6 and row["old_s_per_image"] > 0 and row["new_s_per_image"] > 0
 
 
 def test_pairing_errors(folders, tmp_path):
