@@ -115,8 +115,32 @@ def main(argv=None) -> int:
         d = "" if r.get("diff_to_wo_255") is None else f"{r['diff_to_wo_255']:.2f}"
         print(f"| {r['corruption']} | {r['setting']} | {g} | {lam} | {r['psnr']:.2f} | {r['ssim']:.3f} | "
               f"{r['top1_resnet_mini']:.1f} | {r['top1_vgg_mini']:.1f} | {d} |")
+    print(f"chosen: {choose_setting(rows)}")
     print(f"wrote {out / 'sweep.csv'}")
     return 0
+
+
+#: the smallest mean |w - w/o| (in 1/255) on every corruption for a setting to count as changing the restorer
+MIN_EFFECT_255 = 0.5
+
+
+def choose_setting(rows) -> str:
+    """The rule the demo's gamma and lambda follow: among the settings whose restorations differ from w/o
+    DiffLoss by at least `MIN_EFFECT_255` on average for every corruption, the highest mean validation Top-1
+    (both classifiers, all corruptions), ties broken by mean PSNR."""
+    by = {}
+    for r in rows:
+        if r["setting"] == "w/ DiffLoss":
+            by.setdefault((r["gamma"], r["lam"]), []).append(r)
+    ok = {k: v for k, v in by.items() if all(r["diff_to_wo_255"] >= MIN_EFFECT_255 for r in v)}
+    if not ok:
+        return f"none: no setting changes every corruption's restorations by {MIN_EFFECT_255}/255"
+    key = max(ok, key=lambda k: (np.mean([(r["top1_resnet_mini"] + r["top1_vgg_mini"]) / 2 for r in ok[k]]),
+                                 np.mean([r["psnr"] for r in ok[k]])))
+    top1 = np.mean([(r["top1_resnet_mini"] + r["top1_vgg_mini"]) / 2 for r in ok[key]])
+    return (f"gamma={key[0]:g} lam={key[1]:g} (mean validation Top-1 {top1:.1f}% over both classifiers and "
+            f"{len(ok[key])} corruptions; {len(ok)} of {len(by)} settings change every corruption by >= "
+            f"{MIN_EFFECT_255}/255)")
 
 
 if __name__ == "__main__":

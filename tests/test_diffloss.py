@@ -545,15 +545,17 @@ def test_compile_option_compiles_every_block_but_keeps_middle_block_eager(prior,
     model, diffusion = prior
     compiled = []
     monkeypatch.setattr(torch.nn.Module, "compile", lambda self, **kw: compiled.append((self, kw)))
-    monkeypatch.setattr(torch._dynamo.config, "recompile_limit", 8)
-    victim = clone_prior(model)
-    DiffLoss(victim, diffusion, compile=dict(backend="aot_eager"))
-    ids = {id(m) for m, _ in compiled}
-    blocks = [*victim.input_blocks, *victim.middle_block, *victim.output_blocks, victim.time_embed, victim.out]
-    assert ids == {id(b) for b in blocks} and id(victim.middle_block) not in ids
-    assert all(kw == {"backend": "aot_eager", "dynamic": False} for _, kw in compiled)
-    # one dynamo cache entry per block and input shape: the default limit (8) would leave most blocks eager
-    assert torch._dynamo.config.recompile_limit >= 2 * len(blocks)
+    # config.patch, not monkeypatch.setattr: undoing a setattr on dynamo's ConfigModule deletes the option
+    with torch._dynamo.config.patch(recompile_limit=8, accumulated_recompile_limit=8):
+        victim = clone_prior(model)
+        DiffLoss(victim, diffusion, compile=dict(backend="aot_eager"))
+        ids = {id(m) for m, _ in compiled}
+        blocks = [*victim.input_blocks, *victim.middle_block, *victim.output_blocks, victim.time_embed, victim.out]
+        assert ids == {id(b) for b in blocks} and id(victim.middle_block) not in ids
+        assert all(kw == {"backend": "aot_eager", "dynamic": False} for _, kw in compiled)
+        # one dynamo cache entry per block and input shape: the default limit (8) would leave most blocks eager
+        assert torch._dynamo.config.recompile_limit >= 2 * len(blocks)
+    assert torch._dynamo.config.recompile_limit >= 8  # still an option after the test
     with pytest.raises(TypeError, match="compile"):
         DiffLoss(model, diffusion, compile="yes")
 
