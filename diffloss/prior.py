@@ -122,7 +122,7 @@ PRIOR_CONFIGS: dict[str, dict[str, Any]] = {
 #: The built-in trained prior, shipped with the package (python -m diffloss.train_prior on mini-CUB's clean
 #: train split; the command, seed and step count are in docs/prior.md). ``--prior builtin`` everywhere.
 BUILTIN_PRIOR_FILE = Path(__file__).resolve().parent / "priors" / "mini-cub-tiny64.pt"
-BUILTIN_PRIOR_SHA256 = ""
+BUILTIN_PRIOR_SHA256 = "fa853a98ce7502769b431057c15c944592d797b81e942e740c5dfd3bf860371f"
 #: The ``--prior`` words every CLI understands besides a path.
 PRIOR_WORDS = ("builtin", "random")
 
