@@ -52,21 +52,19 @@ from classifiers import (
 )
 from classifiers.predict import make_loader, predict, resolve_device
 from cubdata import CubIndex, atomic_write_text, cache_dir, crop_to_bbox, load_pil_rgb, read_cub, sha256_file
-from diffloss.distributed import distributed, gather_checked, on_rank0, shard
+from cubdata.distributed import distributed, gather_checked, on_rank0, shard
 
 from .stats import P_ADJUST_METHODS, adjust_p_values, mcnemar_test, top1_with_ci
 
-from classifiers.demo import DEMO_ARCHS, demo_classifiers
 
 log = logging.getLogger(__name__)
 
 __all__ = [
-    "CLEAN", "TABLE_COLUMNS", "MCNEMAR_COLUMNS", "PREDICTION_COLUMNS", "DEMO_CORRUPTIONS", "DEMO_SEVERITY",
-    "DEMO_ARCHS", "URIE_BBOX_SIZE", "SetSpec", "Table2Spec", "Predictions", "ScoringDataset", "parse_set_arg",
+    "CLEAN", "TABLE_COLUMNS", "MCNEMAR_COLUMNS", "PREDICTION_COLUMNS", "URIE_BBOX_SIZE", "SetSpec", "Table2Spec", "Predictions", "ScoringDataset", "parse_set_arg",
     "parse_bbox_size", "check_protocol",
     "parse_classifier_arg", "load_spec", "check_same_test_split", "score_table2", "summarize", "format_markdown",
     "format_latex", "write_outputs", "load_table", "load_mcnemar", "load_predictions", "run_table2",
-    "demo_classifiers", "demo_spec", "run_demo", "build_parser", "main", "check_out_writable", "P_ADJUST_METHODS",
+    "build_parser", "main", "check_out_writable", "P_ADJUST_METHODS",
 ]
 
 CLEAN = "clean"
@@ -344,7 +342,7 @@ def score_table2(spec: Table2Spec, device: str | torch.device = "auto", batch_si
     one (`check_protocol`: ValueError, or a warning with ``spec.allow_protocol_mismatch``) are checked before
     any model runs.
 
-    Under ``torchrun --nproc_per_node N`` (`diffloss.distributed`; each rank on its LOCAL_RANK GPU) the
+    Under ``torchrun --nproc_per_node N`` (`cubdata.distributed`; each rank on its LOCAL_RANK GPU) the
     batches of every set are shared out between the ranks, whole batches, so every image is scored in the
     same batch as on one process; the predictions are gathered and put back in test-split order, and every
     rank returns the same result as a one-process run.
@@ -768,120 +766,6 @@ def _finish(preds, meta, out, n_boot, confidence, seed, write_predictions, p_adj
 
 
 # --------------------------------------------------------------------------------------------------
-# the embedded demo (synthetic smoke benchmark on the built-in mini-CUB)
-# --------------------------------------------------------------------------------------------------
-DEMO_CORRUPTIONS = ("fog", "rain", "lowlight")
-DEMO_SEVERITY = 3
-REAL_DATA_COMMANDS = """\
-# 1. degraded copies of the clean CUB test split (fog / rain / low light, severity 3)
-python -m corruptions.build --cub-root data/CUB_200_2011 --out data/cub-degraded --severities 3
-# 2. classifiers fine-tuned on clean CUB (ImageNet weights from the torch hub cache, or --weights PATH offline)
-python -m classifiers.finetune --arch resnet50 --cub-root data/CUB_200_2011 --out ckpt/resnet50.pt
-python -m classifiers.finetune --arch vgg16 --cub-root data/CUB_200_2011 --out ckpt/vgg16.pt
-# 3. restoration networks without / with DiffLoss (here low light on LOL; fog: Dense-Haze, rain: Rain13K)
-python -m diffloss.train --net iat --pairs data/LOL --diffloss off --out runs/iat-lol-l2
-python -m diffloss.train --net iat --pairs data/LOL --diffloss on --prior ckpt/256x256_diffusion_uncond.pt \\
-    --out runs/iat-lol-diffloss
-# 4. restored copies of the degraded test split
-python -m diffloss.restore --ckpt runs/iat-lol-l2 --in data/cub-degraded/lowlight/3 --out data/restored/lowlight-wo
-python -m diffloss.restore --ckpt runs/iat-lol-diffloss --in data/cub-degraded/lowlight/3 --out data/restored/lowlight-w
-# 5. the table (one --set per row and degradation, or all of it in a --spec YAML file)
-python -m analysis.classify --clean data/CUB_200_2011 \\
-    --classifier resnet50=ckpt/resnet50.pt --classifier vgg16=ckpt/vgg16.pt \\
-    --set "degraded/lowlight=data/cub-degraded/lowlight/3" --set "w/o DiffLoss/lowlight=data/restored/lowlight-wo" \\
-    --set "w/ DiffLoss/lowlight=data/restored/lowlight-w" ... --out runs/table2"""
-
-
-def _restorers_available():
-    """``(ensure_demo_restorers, restore_cub_root)`` or ``None`` with the reason, if diffloss lacks them."""
-    try:
-        from diffloss.restore import restore_cub_root
-        from diffloss.train import ensure_demo_restorers
-    except ImportError as err:
-        return None, f"{type(err).__name__}: {err}"
-    return (ensure_demo_restorers, restore_cub_root), ""
-
-
-def demo_spec(cache: str | Path | None = None, device: str = "auto", progress: bool = True,
-              restore: bool = True) -> tuple[Table2Spec, list[str]]:
-    """Build everything the demo scores: mini-CUB, its fog/rain/low-light severity-3 test copies
-    (`corruptions.build.build_degraded_cub`), the two small classifiers, and, when `diffloss` provides
-    them (and ``restore``), the restored copies by the demo restorers w/o and w/ DiffLoss. All cached under
-    ``cache`` (default `cubdata.cache_dir`). Returns the spec and notes for the reader."""
-    from corruptions.build import build_degraded_cub
-    from cubdata import MINI_VERSION, mini_cub_root
-
-    base = Path(cache) if cache is not None else cache_dir()
-    notes = []
-    t0 = time.perf_counter()
-    mini = mini_cub_root(base)
-    degraded_out = base / f"demo-degraded-{MINI_VERSION}"
-    build_degraded_cub(mini, degraded_out, corruptions=DEMO_CORRUPTIONS, severities=(DEMO_SEVERITY,),
-                       split="test", workers=1, seed=0, progress=progress)
-    log.info("degraded mini-CUB ready in %.1f s", time.perf_counter() - t0)
-    degraded = {c: degraded_out / c / str(DEMO_SEVERITY) for c in DEMO_CORRUPTIONS}
-    t0 = time.perf_counter()
-    ckpts = demo_classifiers(base / "demo-classifiers", device=device, progress=progress)
-    log.info("demo classifiers ready in %.1f s", time.perf_counter() - t0)
-    sets = [SetSpec("degraded", c, str(degraded[c])) for c in DEMO_CORRUPTIONS]
-    funcs, reason = _restorers_available() if restore else (None, "restoration disabled (--no-restore)")
-    if funcs is None:
-        notes.append(f"Restoration rows (w/o / w/ DiffLoss) are absent: {reason}. Rows: clean and degraded only.")
-    else:
-        ensure_demo_restorers, restore_cub_root = funcs
-        t0 = time.perf_counter()
-        kw = {} if cache is None else {"cache": base / "demo-restorers"}  # default: cache_dir()/demo-restorers
-        restorers = ensure_demo_restorers(corruptions=DEMO_CORRUPTIONS, severity=DEMO_SEVERITY, **kw)
-        log.info("demo restorers ready in %.1f s", time.perf_counter() - t0)
-        t0 = time.perf_counter()
-        for config in ("w/o DiffLoss", "w/ DiffLoss"):
-            for c in DEMO_CORRUPTIONS:
-                ckpt = Path(restorers[c][config])
-                dst = base / "demo-restored" / f"{_slug(config)}-{c}-{sha256_file(ckpt)[:12]}"
-                marker = dst / ".complete"
-                if not marker.is_file():
-                    restore_cub_root(ckpt, degraded[c], dst, device=str(resolve_device(device)), split="test",
-                                     progress=progress)
-                    atomic_write_text(marker, f"{ckpt}\n")
-                sets.append(SetSpec(config, c, str(dst)))
-        log.info("restored copies ready in %.1f s", time.perf_counter() - t0)
-        from diffloss.train import DEMO_SETTINGS as ds
-
-        notes.append(f"The demo restorers are tiny nets trained for {ds['warmup_steps']} + {ds['steps']} steps on synthetic "
-                     "mini-CUB pairs; 'w/ DiffLoss' adds DiffLoss against the built-in prior (a 64 px ADM trained on "
-                     f"mini-CUB's clean train split) with gamma = {ds['gamma']:g}, lambda = {ds['lam']:g}, chosen on the "
-                     "separate validation draw (docs/prior.md). Read the McNemar rows for whether the two rows differ "
-                     "significantly; on 120 images per cell small differences are not.")
-    return Table2Spec(str(mini), {a: str(p) for a, p in ckpts.items()}, sets), notes
-
-
-def run_demo(out: str | Path = DEMO_OUT, device: str = "auto", batch_size: int = 64, workers: int = 0,
-             n_boot: int = 1000, seed: int = 0, progress: bool = True, restore: bool = True,
-             cache: str | Path | None = None, threads: int | None = 1) -> dict[str, Any]:
-    """The embedded default: `demo_spec`, then `run_table2` into ``out``. Returns `run_table2`'s dict plus
-    ``notes`` and ``seconds``.
-
-    ``threads``: torch CPU threads for the whole run (restored afterwards; ``None`` leaves torch's setting
-    alone). 1 by default: the demo's nets are tiny, and on a shared 2-core machine two intra-op threads
-    competing with another process made restoration 2.5-10x slower (measured: 2.8 s vs 7-28 s per set).
-    """
-    t0 = time.perf_counter()
-    old_threads = torch.get_num_threads()
-    if threads:
-        torch.set_num_threads(int(threads))
-    try:
-        spec, notes = demo_spec(cache, device=device, progress=progress, restore=restore)
-        meta = {"synthetic": True, "benchmark": "built-in mini-CUB (synthetic smoke benchmark)",
-                "severity": DEMO_SEVERITY, "notes": notes}
-        result = run_table2(spec, out, device=device, batch_size=batch_size, workers=workers, n_boot=n_boot,
-                            seed=seed, progress=progress, extra_meta=meta)
-    finally:
-        torch.set_num_threads(old_threads)
-    result.update(notes=notes, seconds=time.perf_counter() - t0)
-    return result
-
-
-# --------------------------------------------------------------------------------------------------
 # CLI
 # --------------------------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
@@ -989,7 +873,9 @@ def main(argv: list[str] | None = None) -> int:
             if args.p_adjust != DEFAULT_P_ADJUST:
                 raise ValueError(f"--p-adjust applies to your own tables; the demo always uses {DEFAULT_P_ADJUST}")
             check_out_writable(args.out or DEMO_OUT)
-            return _main_demo(args, progress)
+            from .demo.table2 import main_demo
+
+            return main_demo(args, progress)
         spec, extra = (load_spec(args.spec) if args.spec else (Table2Spec("", {}), {}))
         if args.clean:
             spec.clean = args.clean
@@ -1018,27 +904,6 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     print(result["markdown"])
     print(f"written: {out}/table.csv, table.md, table.tex, table.json, mcnemar.csv, predictions/")
-    return 0
-
-
-def _main_demo(args, progress: bool) -> int:
-    if args.bbox_crop:
-        raise ValueError("--bbox-crop applies to real data; the demo scores whole images")
-    out = Path(args.out or DEMO_OUT)
-    print("Embedded demo: a SYNTHETIC SMOKE BENCHMARK on the built-in mini-CUB (10 made-up classes, 120 test "
-          f"images; fog / rain / low light at severity {DEMO_SEVERITY}). It shows that the pipeline runs and that "
-          "effects have the expected sign; its numbers say nothing about real birds or about the paper.\n",
-          flush=True)
-    result = run_demo(out, device=args.device, batch_size=args.batch_size, workers=0, n_boot=args.n_boot,
-                      seed=args.seed, progress=progress, restore=not args.no_restore,
-                      threads=1 if args.threads is None else args.threads)
-    print(result["markdown"])
-    for note in result["notes"]:
-        print(f"NOTE: {note}\n")
-    print(f"written: {out}/table.csv, table.md, table.tex, table.json, mcnemar.csv, predictions/ "
-          f"(whole run {result['seconds']:.0f} s)\n")
-    print("For the real Table 2 (CUB-200-2011 from data.caltech.edu, ImageNet-pretrained VGG16/ResNet50):\n")
-    print(REAL_DATA_COMMANDS)
     return 0
 
 

@@ -61,7 +61,7 @@ from cubdata import (ImageDecodeError, atomic_write_bytes, atomic_write_text, en
                      sha256_file, write_cub_metadata)
 
 from cubdata import load_square_tensor as load_image_tensor
-from diffloss.distributed import distributed, env_rank, env_world, gather_checked, on_rank0, shard
+from cubdata.distributed import distributed, env_rank, env_world, gather_checked, on_rank0, shard
 from diffloss.sampling import ddim_schedule, keep_global_rng, spaced_diffusion
 
 log = logging.getLogger(__name__)
@@ -99,8 +99,7 @@ __all__ = [
     "write_csv",
     "read_distances",
     "load_grid",
-    "quick_groups",
-    "subset_cub_root",
+    "QUICK_DEFAULTS",
     "run",
     "make_config",
     "write_study_outputs",
@@ -1060,60 +1059,8 @@ def write_study_outputs(result: HSpaceResult, out: str | Path, test: str = "wilc
 # ----------------------------------------------------------------------------------------------------------
 # Quick mode and the entry points
 # ----------------------------------------------------------------------------------------------------------
+#: quick mode's defaults (the built-in prior on mini-CUB, `analysis.demo.hspace_quick`)
 QUICK_DEFAULTS = dict(steps=25, images_per_group=4, grid_images=2, batch_images=4, feature_size=64)
-
-
-def subset_cub_root(src_root: str | Path, dst: str | Path, image_ids: Sequence[int | str]) -> Path:
-    """Copy the images ``image_ids`` of the CUB root ``src_root`` (and their metadata) into the CUB root ``dst``;
-    files already there are kept. Returns ``dst``."""
-    idx = read_cub(src_root)
-    records = [idx.record(int(i)) for i in image_ids]
-    dst = Path(dst)
-    for rec in records:
-        target = dst / "images" / rec.rel_path
-        if not target.is_file():
-            atomic_write_bytes(target, idx.image_path(rec).read_bytes())
-    write_cub_metadata(idx, dst, records=records)
-    return dst
-
-
-def quick_groups(data_dir: str | Path, corruption: str = "lowlight", severity: int = 3, restored: bool = True,
-                 cub_root: str | Path | None = None, n_images: int | None = None, seed: int = 0,
-                 split: str = "test") -> dict[str, Path]:
-    """The quick-mode groups on mini-CUB (or ``cub_root``): clean, degraded (``corruption`` at ``severity``,
-    built with ``corruptions.build.build_degraded_cub`` under ``data_dir``) and, when ``restored`` and
-    ``diffloss.train.ensure_demo_restorers`` is available, the degraded images restored by the demo restorers
-    trained without and with DiffLoss. With ``n_images`` only that many ``split`` images (chosen as
-    `select_images` chooses them with ``seed``) are copied, degraded and restored."""
-    from cubdata import mini_cub_root
-    from corruptions.build import build_degraded_cub
-
-    data_dir = Path(data_dir)
-    clean = Path(cub_root) if cub_root is not None else mini_cub_root()
-    if n_images is not None and n_images > 0:
-        picked = select_images({"clean": list_group_images(clean, split)}, n_images, seed)["clean"]
-        data_dir = data_dir / f"subset-{split}-{len(picked)}-seed{seed}"
-        clean = subset_cub_root(clean, data_dir / "clean", [it.key for it in picked])
-    build_degraded_cub(cub_root=clean, out=data_dir / "degraded", corruptions=(corruption,),
-                       severities=(int(severity),), split=split, progress=False)
-    degraded = data_dir / "degraded" / corruption / str(int(severity))
-    groups: dict[str, Path] = {"clean": clean, "degraded": degraded}
-    if not restored:
-        return groups
-    try:
-        from diffloss.restore import restore_cub_root
-        from diffloss.train import ensure_demo_restorers
-    except ImportError as err:
-        log.warning("restored groups skipped: the demo restorers are not available (%s)", err)
-        return groups
-    ckpts = ensure_demo_restorers(corruptions=(corruption,), severity=int(severity))[corruption]
-    for label in ("w/o DiffLoss", "w/ DiffLoss"):
-        # the checkpoint's digest names the folder, so retrained demo restorers never meet stale outputs
-        digest = sha256_file(ckpts[label])[:10]
-        dst = data_dir / "restored" / f"{corruption}{int(severity)}-{_slug(label)}-{digest}"
-        restore_cub_root(ckpts[label], degraded, dst, split=split, progress=False)  # resumable
-        groups[label] = dst
-    return groups
 
 
 def run(out: str | Path, *, quick: bool = False, groups: Mapping[str, str | Path] | None = None,
@@ -1183,6 +1130,8 @@ def _run(out, *, quick, groups, prior, prior_config, weights, feature_size, devi
         model, diffusion = load_prior(prior, config=prior_config, device=str(rank_dev))
         prior_config = model.prior_info["config"]
         if quick and not groups:
+            from .demo.hspace_quick import quick_groups
+
             groups = quick_groups(out / "data", quick_corruption, quick_severity, restored=quick_restored,
                                   n_images=config.images_per_group, seed=config.seed, split=config.split)
         # the device asked for, not the rank's: the manifest resumes whatever the number of processes

@@ -257,7 +257,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _quick_sets(progress: bool) -> tuple[Path, dict[str, Path]]:
-    from .classify import demo_spec
+    from .demo.table2 import demo_spec
 
     spec, _ = demo_spec(progress=progress)
     sets = {}

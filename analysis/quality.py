@@ -73,12 +73,11 @@ def _check_pair(pred: torch.Tensor, target: torch.Tensor) -> None:
 
 
 def psnr(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Per-image PSNR in dB of ``[0, 1] NCHW float`` batches (data range 1): ``10 log10(1 / MSE)``. -> ``[N]``."""
-    from torchmetrics.functional.image import peak_signal_noise_ratio
+    """Per-image PSNR in dB of ``[0, 1] NCHW float`` batches (`diffloss.metrics.psnr`, after the range check)."""
+    from diffloss.metrics import psnr as _psnr
 
     _check_pair(pred, target)
-    return peak_signal_noise_ratio(pred.double(), target.double(), data_range=1.0, reduction="none",
-                                   dim=(1, 2, 3)).reshape(-1).float()
+    return _psnr(pred, target)
 
 
 def _gaussian_window(dtype: torch.dtype, device: torch.device) -> list[float]:

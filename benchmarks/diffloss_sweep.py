@@ -3,7 +3,7 @@
     python benchmarks/diffloss_sweep.py                                   # about 10 minutes on 2 CPU cores
     python benchmarks/diffloss_sweep.py --gammas 1e-3,1e-1,1 --lams 1e-2 --corruptions rain
 
-The demo restorers (`diffloss.train.ensure_demo_restorers`: the same shared L2 warm-up, then the same
+The demo restorers (`analysis.demo.restorers.ensure_demo_restorers`: the same shared L2 warm-up, then the same
 number of steps without or with DiffLoss against the built-in trained prior) are trained on synthetic pairs
 from mini-CUB's train split, once per (gamma, lambda), and restore the degraded test images of mini-CUB's
 separate validation draw (``mini_cub_root(variant="val")``, seed 1). Per corruption and setting it reports
@@ -25,11 +25,12 @@ import torch
 from PIL import Image
 
 from classifiers import eval_transform, load_classifier
-from classifiers.demo import demo_classifiers
+from analysis.demo.classifiers import demo_classifiers
 from corruptions.build import build_degraded_cub
 from cubdata import load_rgb, mini_cub_root, read_cub, write_csv
 from diffloss.restore import restore_cub_root
-from diffloss.train import DEMO_SETTINGS, ensure_demo_restorers, psnr_ssim
+from analysis.demo.restorers import DEMO_SETTINGS, ensure_demo_restorers
+from diffloss.train import psnr_ssim
 
 COLUMNS = ("corruption", "setting", "gamma", "lam", "psnr", "ssim", "top1_resnet_mini", "top1_vgg_mini",
            "diff_to_wo_255", "n")

@@ -10,7 +10,7 @@ prior and for an untrained one of the same architecture (same draws):
   2. DDIM reconstruction: q_sample to ``--t0`` (500), then ``--ddim-steps`` (50) DDIM steps back, the h-space
      study's unperturbed generation; PSNR against the input at the prior's size;
   3. the semantic check: the demo's mini classifiers (trained on clean mini-CUB train images, cached by
-     ``classifiers.demo``) label the reconstructions; Top-1 against the true class, beside their Top-1 on
+     ``analysis.demo.classifiers``) label the reconstructions; Top-1 against the true class, beside their Top-1 on
      the inputs at the same size. Chance is 10%.
 Writes ``evidence.json`` and ``reconstructions.png`` (rows: input, trained prior, untrained prior) to
 ``--out`` and prints a Markdown table.
@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from classifiers import eval_transform, load_classifier
-from classifiers.demo import demo_classifiers
+from analysis.demo.classifiers import demo_classifiers
 from cubdata import atomic_write_bytes, atomic_write_text, load_square_tensor, mini_cub_root, read_cub
 from diffloss.prior import load_adm, load_prior
 from diffloss.sampling import ddim_reconstruct

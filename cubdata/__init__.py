@@ -21,6 +21,7 @@ from .io import (
     load_pil_rgb,
     sha256_file,
     load_rgb,
+    unwrap_state_dict,
 )
 from .layout import (
     FULL_CUB_COUNTS,
@@ -40,4 +41,5 @@ __all__ = [
     "REQUIRED_FILES", "CubIndex", "CubLayoutError", "CubRecord", "read_cub", "write_cub_metadata",
     "MINI_CLASSES", "MINI_VERSION", "MINI_VARIANTS", "cache_dir", "generate_mini_cub", "mini_cub_root",
     "IMAGE_SUFFIXES", "load_torch_file", "list_images", "load_square_tensor", "csv_text", "write_csv", "read_csv",
+    "unwrap_state_dict",
 ]

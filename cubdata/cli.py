@@ -6,10 +6,15 @@ Imports none of the toolkit's other packages; torch is imported only when a devi
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import re
+import types
+import typing
+from typing import Any, Callable, Iterable, Mapping
 
-__all__ = ["HelpFormatter", "resolve_device_name", "default_workers"]
+__all__ = ["HelpFormatter", "resolve_device_name", "default_workers", "option", "add_config_arguments",
+           "config_from_args"]
 
 
 class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
@@ -23,6 +28,8 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefau
 
     def _get_help_string(self, action: argparse.Action) -> str:
         text = action.help or ""
+        if isinstance(action, (argparse._StoreTrueAction, argparse._StoreFalseAction)):
+            return text  # a switch: its help says what it does
         if "%(default)" in text or re.search(r"\bdefault\b", text, flags=re.IGNORECASE):
             return text
         if not _informative(action.default):
@@ -58,3 +65,101 @@ def default_workers(cap: int = 2) -> int:
     except AttributeError:  # macOS, Windows
         cpus = os.cpu_count() or 1
     return max(0, min(cap, cpus))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# CLIs generated from config dataclasses: a new option is one field with its help text
+# ---------------------------------------------------------------------------------------------------------------
+def option(default: Any = dataclasses.MISSING, *, help: str, flag: str | None = None, aliases: Iterable[str] = (),
+           choices: Iterable[Any] | None = None, parse: Callable[[str], Any] | None = None, metavar: str | None = None,
+           negative: str | None = None, negative_help: str | None = None, cli_default: Any = dataclasses.MISSING, required: bool = False,
+           default_factory: Any = dataclasses.MISSING, **field_kwargs: Any) -> Any:
+    """A dataclass field that is also a command-line option (`add_config_arguments`).
+
+    - ``flag``: the option's name (default ``--field-name``); ``aliases``: older spellings, accepted but
+      hidden from ``--help``;
+    - ``parse``: converts the command-line string (default: the field's type: int, float or str);
+      ``choices`` restricts the string; ``cli_default``: the default as typed on the command line, when it
+      differs from the field's (e.g. ``"off"`` for a bool read by ``parse``); with ``choices``, ``parse``
+      is applied by `config_from_args` (argparse checks the typed string against the choices);
+    - a bool field without ``parse`` is a switch: ``--flag`` sets True when its default is False;
+      with default True the switch is ``negative`` (default ``--no-field-name``), sets False, and its
+      help reads "disable: <help>" unless ``negative_help`` is given;
+    - ``required``: the CLI requires it even if the dataclass has no default for other callers.
+    """
+    meta = {"help": help, "flag": flag, "aliases": tuple(aliases), "choices": None if choices is None else tuple(choices),
+            "parse": parse, "metavar": metavar, "negative": negative, "negative_help": negative_help, "cli_default": cli_default, "required": required}
+    return dataclasses.field(default=default, default_factory=default_factory, metadata={"cli": meta}, **field_kwargs)
+
+
+def _scalar_type(hint: Any) -> Any:
+    """int / float / str behind ``X`` or ``X | None``; None for anything else."""
+    if hint in (int, float, str):
+        return hint
+    args = [a for a in typing.get_args(hint) if a is not type(None)]
+    if typing.get_origin(hint) in (typing.Union, types.UnionType) and len(args) == 1 and args[0] in (int, float, str):
+        return args[0]
+    return None
+
+
+def add_config_arguments(parser: argparse.ArgumentParser, config_cls: type, *, skip: Iterable[str] = (),
+                         defaults: Mapping[str, Any] | None = None) -> argparse.ArgumentParser:
+    """Add one option per `option` field of the dataclass ``config_cls`` (in field order), each storing into
+    ``dest=field name``; ``defaults`` overrides field defaults for this CLI, ``skip`` leaves fields out."""
+    hints = typing.get_type_hints(config_cls)
+    skip, defaults = set(skip), dict(defaults or {})
+    for f in dataclasses.fields(config_cls):
+        meta = f.metadata.get("cli")
+        if meta is None or f.name in skip:
+            continue
+        flag = meta["flag"] or "--" + f.name.replace("_", "-")
+        if f.name in defaults:
+            default = defaults[f.name]
+        elif meta["cli_default"] is not dataclasses.MISSING:
+            default = meta["cli_default"]
+        elif f.default is not dataclasses.MISSING:
+            default = f.default
+        elif f.default_factory is not dataclasses.MISSING:
+            default = f.default_factory()
+        else:
+            default = None
+        kw: dict[str, Any] = {"dest": f.name, "help": meta["help"]}
+        if hints.get(f.name) is bool and meta["parse"] is None:
+            if default:
+                flag = meta["negative"] or "--no-" + f.name.replace("_", "-")
+                kw.update(action="store_false", default=True, help=meta["negative_help"] or f"disable: {meta['help']}")
+            else:
+                kw.update(action="store_true", default=False)
+        else:
+            conv = meta["parse"] or _scalar_type(hints.get(f.name))
+            if conv is None:
+                raise TypeError(f"{config_cls.__name__}.{f.name}: give option(parse=...) for type {hints.get(f.name)}")
+            if meta["choices"] is not None:
+                kw["choices"] = meta["choices"]
+                conv = str if meta["parse"] is not None else conv  # parse runs in config_from_args
+            else:
+                kw["metavar"] = flag.lstrip("-").replace("-", "_").upper()
+            kw.update(type=conv, default=default)
+            if meta["metavar"]:
+                kw["metavar"] = meta["metavar"]
+            if meta["required"] or (default is None and f.default is dataclasses.MISSING
+                                    and f.default_factory is dataclasses.MISSING):
+                kw["required"] = True
+                kw.pop("default")
+        parser.add_argument(flag, **kw)
+        for alias in meta["aliases"]:
+            alias_kw = {k: v for k, v in kw.items() if k not in ("help", "required")}
+            parser.add_argument(alias, **dict(alias_kw, default=argparse.SUPPRESS, help=argparse.SUPPRESS))
+    return parser
+
+
+def config_from_args(config_cls: type, args: argparse.Namespace, **overrides: Any) -> Any:
+    """The ``config_cls`` instance from parsed ``args``: every field the namespace holds, then ``overrides``."""
+    fields = {f.name: f for f in dataclasses.fields(config_cls) if f.init}
+    values = {k: v for k, v in vars(args).items() if k in fields}
+    for name, value in values.items():
+        meta = fields[name].metadata.get("cli")
+        if meta and meta["parse"] is not None and meta["choices"] is not None and isinstance(value, str):
+            values[name] = meta["parse"](value)
+    values.update(overrides)
+    return config_cls(**values)

@@ -236,3 +236,23 @@ def read_csv(path: str | os.PathLike, ints: Sequence[str] = (), floats: Sequence
             if k in row:
                 row[k] = float(row[k]) if row[k] not in ("", None) else None
     return rows
+
+
+def unwrap_state_dict(obj: Any, source: str | os.PathLike, wrappers: Sequence[str] = ("state_dict", "model", "ema"),
+                      error: type[Exception] = ValueError, expected: str = "a state dict (name -> tensor)") -> dict:
+    """The bare state dict inside a loaded checkpoint: unwraps the first of ``wrappers`` that holds a mapping
+    (``{"state_dict": ...}`` and the like) and drops the ``module.`` prefix DataParallel/DDP add to every key.
+    Raises ``error`` naming ``source`` and ``expected`` when what is left is not a dict of tensors."""
+    import torch
+
+    if isinstance(obj, Mapping):
+        for key in wrappers:
+            if isinstance(obj.get(key), Mapping):
+                obj = obj[key]
+                break
+    if not isinstance(obj, Mapping) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise error(f"{str(source)!r} does not hold {expected} (found {type(obj).__name__})")
+    sd = dict(obj)
+    if sd and all(k.startswith("module.") for k in sd):
+        sd = {k[len("module."):]: v for k, v in sd.items()}
+    return sd

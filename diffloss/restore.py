@@ -37,7 +37,7 @@ from tqdm.auto import tqdm
 from cubdata import (atomic_write_bytes, atomic_write_text, encode_image, load_rgb, read_cub, sha256_file,
                      write_cub_metadata)
 
-from .distributed import distributed, env_rank, gather_checked, on_rank0, shard
+from cubdata.distributed import distributed, env_rank, gather_checked, on_rank0, shard
 from .nets import pad_multiple_of, restore_tensor
 from .train import load_checkpoint
 

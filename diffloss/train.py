@@ -57,7 +57,8 @@ from tqdm.auto import tqdm
 
 from cubdata import ImageDecodeError, atomic_save_torch, atomic_write_bytes, atomic_write_text, cache_dir
 
-from .distributed import barrier, distributed, gather
+from cubdata.distributed import barrier, distributed, gather
+from .metrics import psnr_ssim
 from .nets import DEFAULT_NET, RESTORATION_NETS, build_net, count_parameters, pad_multiple_of, restore_tensor
 from .pairs import RandomCropPairs, StepBatchSampler, open_pairs, to_tensor
 
@@ -66,14 +67,13 @@ log = logging.getLogger(__name__)
 __all__ = [
     "TrainConfig",
     "train_restoration",
-    "ensure_demo_restorers",
+    "config_diff",
     "load_checkpoint",
     "validate_restorer",
     "psnr_ssim",
     "fit_to_prior",
     "plot_loss_curves",
     "read_log",
-    "DEMO_SETTINGS",
     "CKPT_FORMAT",
     "build_parser",
     "main",
@@ -173,19 +173,6 @@ def _as_config(config: TrainConfig | Mapping[str, Any] | None, overrides: Mappin
 # --------------------------------------------------------------------------------------------------
 # metrics, fitting, plots (plain functions)
 # --------------------------------------------------------------------------------------------------
-def psnr_ssim(pred: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-image PSNR (dB) and SSIM (Gaussian 11x11, sigma 1.5) of ``[0, 1] NCHW float`` batches, data range 1,
-    via torchmetrics' functional implementations. Returns two ``[N]`` tensors."""
-    from torchmetrics.functional.image import peak_signal_noise_ratio, structural_similarity_index_measure
-
-    if pred.shape != target.shape or pred.ndim != 4:
-        raise ValueError(f"pred and target must be NCHW of the same shape, got {tuple(pred.shape)} and {tuple(target.shape)}")
-    pred, target = pred.float(), target.float()
-    psnr = peak_signal_noise_ratio(pred, target, data_range=1.0, reduction="none", dim=(1, 2, 3))
-    ssim = structural_similarity_index_measure(pred, target, data_range=1.0, reduction="none")
-    return psnr.reshape(-1), ssim.reshape(-1)
-
-
 def fit_to_prior(restored: torch.Tensor, clean: torch.Tensor, size: int, mode: str = "resize"):
     """Bring ``[0, 1] NCHW`` batches to ``size x size`` for the prior: ``resize`` (bilinear, antialiased),
     ``crop`` (centre crop; resize if smaller) or ``none`` (unchanged). Differentiable."""
@@ -364,7 +351,7 @@ def _build_criterion(cfg: TrainConfig, device: torch.device, rank: int):
 _DIFFLOSS_FIELDS = ("prior", "prior_config", "gamma", "lam", "target", "diffloss_fit")
 
 
-def _config_diff(saved: Mapping[str, Any], cfg: TrainConfig) -> list[str]:
+def config_diff(saved: Mapping[str, Any], cfg: TrainConfig) -> list[str]:
     now = dataclasses.asdict(cfg)
     fields = _RESULT_FIELDS
     if not now["diffloss"] and not saved.get("diffloss"):
@@ -392,7 +379,7 @@ def _train(cfg: TrainConfig, rank: int, world: int, device: torch.device) -> Pat
         if not cfg.resume:
             raise ValueError(f"{run_dir} already holds ckpt.pt; pass --resume to continue that run or choose another --out")
         ckpt = _read_checkpoint_file(ckpt_path)
-        diff = _config_diff(ckpt["config"], cfg)
+        diff = config_diff(ckpt["config"], cfg)
         if diff:
             raise ValueError(f"cannot resume {ckpt_path}: the run was made with other settings: " + "; ".join(diff))
         if ckpt.get("world_size", 1) != world:
@@ -538,102 +525,6 @@ def _train(cfg: TrainConfig, rank: int, world: int, device: torch.device) -> Pat
              "num_parameters": n_params, "seconds": log_rows[-1]["seconds"] if log_rows else 0.0}, indent=2) + "\n")
     barrier(world)
     return run_dir
-
-
-# --------------------------------------------------------------------------------------------------
-# demo restorers (used by the Table 2 demo of analysis.classify)
-# --------------------------------------------------------------------------------------------------
-#: Short CPU schedule of the demo restorers: a shared L2 warm-up, then the same number of steps without and
-#: with DiffLoss against the built-in trained prior (64 px; crop = prior size, so DiffLoss sees the crop as
-#: is). lr 2e-3 instead of the paper's 1e-4 because the whole schedule is a few hundred steps. gamma = lam = 1
-#: were chosen by benchmarks/diffloss_sweep.py on mini-CUB's separate validation draw (docs/prior.md): the
-#: highest mean validation Top-1 among the settings that change every corruption's restorations by at least
-#: 0.5/255. The paper's 1e-3 / 1e-2 were set for ADM-256 at 256 px; with the mini prior they leave the
-#: restorations unchanged (0.00-0.01/255 on average).
-DEMO_SETTINGS = dict(net=DEFAULT_NET, net_kwargs={}, crop=64, batch=4, lr=2e-3, warmup_steps=150, steps=30,
-                     prior="builtin", gamma=1.0, lam=1.0, target="eps", seed=0, val_images=6)
-
-
-def _demo_done(run_dir: Path, cfg: TrainConfig) -> bool:
-    try:
-        done = json.loads((run_dir / "done.json").read_text())
-    except (OSError, ValueError):
-        return False
-    saved = done.get("config", {})
-    return (not _config_diff(saved, cfg) and done.get("step") == cfg.steps and (run_dir / "ckpt.pt").is_file())
-
-
-def _demo_run(cfg: TrainConfig) -> Path:
-    run_dir = Path(cfg.out)
-    if _demo_done(run_dir, cfg):
-        return run_dir
-    if run_dir.exists():
-        shutil.rmtree(run_dir)  # our own cache folder, from an older or interrupted demo schedule
-    return train_restoration(cfg)
-
-
-def _prior_tag(prior: str) -> str:
-    """Names demo cache folders by the prior's content, so a new built-in prior never meets old restorers."""
-    from cubdata import sha256_file
-
-    from .prior import resolve_prior_spec
-
-    path = resolve_prior_spec(prior)
-    return "random" if path is None else sha256_file(path)[:10]
-
-
-def ensure_demo_restorers(corruptions=("fog", "rain", "lowlight"), severity: int = 3,
-                          cache: str | os.PathLike | None = None, progress: bool = False,
-                          threads: int | None = 1, settings: Mapping[str, Any] | None = None,
-                          variants: bool = True) -> dict[str, dict[str, Path]]:
-    """Train (or reuse) the demo restorers: for each corruption, the small built-in net on synthetic mini-CUB
-    pairs (``synthetic:CORRUPTION:SEVERITY``), without and with DiffLoss (the built-in trained prior).
-
-    Schedule (`DEMO_SETTINGS`, updated with ``settings``): a shared L2 warm-up, then the same number of further
-    steps with L2 only ("w/o DiffLoss") and with L2 + DiffLoss ("w/ DiffLoss"). Cached under ``cache``
-    (default ``cubdata.cache_dir()/"demo-restorers"``) in folders named by the prior's digest and the
-    DiffLoss weights, reused while the schedule is unchanged. ``variants=False`` trains only the warm-up and
-    "w/o DiffLoss". ``threads``: torch CPU threads while training (restored afterwards); 1 by default because
-    these nets are too small to gain from more and an oversubscribed shared CPU makes multi-threaded steps
-    several times slower; None leaves the setting alone.
-    Returns ``{corruption: {"w/o DiffLoss": Path(ckpt.pt), "w/ DiffLoss": Path(ckpt.pt)}}``.
-    """
-    s = dict(DEMO_SETTINGS, **(settings or {}))
-    unknown = set(s) - set(DEMO_SETTINGS)
-    if unknown:
-        raise ValueError(f"unknown demo setting(s) {sorted(unknown)}; valid: {sorted(DEMO_SETTINGS)}")
-    old_threads = torch.get_num_threads()
-    if threads:
-        torch.set_num_threads(int(threads))
-    try:
-        return _ensure_demo_restorers(corruptions, severity, cache, progress, s, variants)
-    finally:
-        torch.set_num_threads(old_threads)
-
-
-def _ensure_demo_restorers(corruptions, severity, cache, progress, s, variants) -> dict[str, dict[str, Path]]:
-    if isinstance(corruptions, str):
-        corruptions = (corruptions,)
-    root = Path(cache) if cache is not None else cache_dir() / "demo-restorers"
-    common = dict(net=s["net"], net_kwargs=dict(s["net_kwargs"]), crop=s["crop"], batch=s["batch"], lr=s["lr"],
-                  prior=s["prior"], gamma=s["gamma"], lam=s["lam"], target=s["target"], seed=s["seed"],
-                  val_every=0, ckpt_every=0, val_images=s["val_images"], progress=progress, plot=False, resume=False)
-    tag = _prior_tag(s["prior"])
-    out: dict[str, dict[str, Path]] = {}
-    for corruption in corruptions:
-        pairs = f"synthetic:{corruption}:{int(severity)}"
-        base = root / f"{corruption}-{int(severity)}"
-        t0 = time.perf_counter()
-        warm = _demo_run(TrainConfig(out=str(base / "warmup"), pairs=pairs, steps=s["warmup_steps"], **common))
-        runs = {}
-        for label, on in (("w/o DiffLoss", False), ("w/ DiffLoss", True))[: 2 if variants else 1]:
-            sub = f"w-diffloss-{tag}-g{s['gamma']:g}-l{s['lam']:g}" if on else "wo-diffloss"
-            run = _demo_run(TrainConfig(out=str(base / sub), pairs=pairs, steps=s["steps"], diffloss=on,
-                                        init=str(warm / "ckpt.pt"), init_optimizer=True, **common))
-            runs[label] = run / "ckpt.pt"
-        out[corruption] = runs
-        log.info("demo restorers for %s ready in %.1f s (%s)", pairs, time.perf_counter() - t0, base)
-    return out
 
 
 # --------------------------------------------------------------------------------------------------

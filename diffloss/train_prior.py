@@ -47,7 +47,7 @@ from tqdm.auto import tqdm
 from cubdata import (atomic_save_torch, atomic_write_bytes, atomic_write_text, encode_image, list_images, load_rgb,
                      read_csv, read_cub, write_csv)
 
-from .distributed import barrier, distributed
+from cubdata.distributed import barrier, distributed
 from .nets import count_parameters
 from .prior import PRIOR_CONFIGS, PRIOR_FORMAT, prior_kwargs, build_trainable_prior
 from .sampling import ddim_sample_loop, ddim_schedule, spaced_diffusion

@@ -52,7 +52,7 @@ TINY_CLASSIFIER_SETTINGS = {"img_size": 48, "epochs": 14, "batch_size": 12, "lr"
 @pytest.fixture(scope="session")
 def tiny_ckpts(mini_root):
     """{arch: checkpoint path} of the mini benchmark's two small classifiers (trained once per session)."""
-    from classifiers.demo import demo_classifiers
+    from analysis.demo.classifiers import demo_classifiers
     from cubdata import cache_dir
 
     return demo_classifiers(cache_dir() / "demo-classifiers", device="cpu", progress=False,

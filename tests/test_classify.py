@@ -12,6 +12,8 @@ import numpy as np
 import pytest
 
 import analysis.classify as ac
+import analysis.demo.table2 as dt
+from analysis.demo.classifiers import DEMO_ARCHS
 from analysis.classify import (
     MCNEMAR_COLUMNS,
     TABLE_COLUMNS,
@@ -509,8 +511,9 @@ def _forbid_work(monkeypatch):
     def fail(*a, **k):
         raise AssertionError("no work may start before the arguments and --out are checked")
 
-    for name in ("score_table2", "load_predictions", "_main_demo", "run_table2"):
+    for name in ("score_table2", "load_predictions", "run_table2"):
         monkeypatch.setattr(ac, name, fail)
+    monkeypatch.setattr(dt, "main_demo", fail)
 
 
 @pytest.mark.parametrize("flags, message", [
@@ -560,9 +563,9 @@ def demo_degraded(mini_root):
     from corruptions.build import build_degraded_cub
 
     out = cache_dir() / f"demo-degraded-{MINI_VERSION}"  # the demo's own cache folder: built once per session
-    build_degraded_cub(mini_root, out, corruptions=ac.DEMO_CORRUPTIONS, severities=(ac.DEMO_SEVERITY,), split="test",
+    build_degraded_cub(mini_root, out, corruptions=dt.DEMO_CORRUPTIONS, severities=(dt.DEMO_SEVERITY,), split="test",
                        progress=False)
-    return {c: out / c / str(ac.DEMO_SEVERITY) for c in ac.DEMO_CORRUPTIONS}
+    return {c: out / c / str(dt.DEMO_SEVERITY) for c in dt.DEMO_CORRUPTIONS}
 
 
 def test_mini_degraded_variants_score_below_clean(tiny_ckpts, mini_root, demo_degraded):
@@ -579,7 +582,7 @@ def test_mini_degraded_variants_score_below_clean(tiny_ckpts, mini_root, demo_de
 def _fake_restorers(calls, mini_root):
     """Stand-ins for diffloss' demo restorers: 'w/ DiffLoss' returns the clean images, 'w/o' the degraded."""
 
-    def ensure_demo_restorers(corruptions=ac.DEMO_CORRUPTIONS, severity=3, cache=None):
+    def ensure_demo_restorers(corruptions=dt.DEMO_CORRUPTIONS, severity=3, cache=None):
         out = {}
         for c in corruptions:
             d = cache_dir() / "fake-restorers" / c
@@ -603,11 +606,11 @@ def _fake_restorers(calls, mini_root):
 def test_embedded_demo_fast(tiny_ckpts, demo_degraded, mini_root, monkeypatch, tmp_path, capsys):
     """`python -m analysis.classify` with no arguments, with the tiny classifier recipe (already cached) and
     stand-in restorers, so it runs in seconds; the full-size demo is test_embedded_demo_full (slow)."""
-    import classifiers.demo as cd
+    import analysis.demo.classifiers as cd
 
     monkeypatch.setattr(cd, "DEMO_FINETUNE", dict(cd.DEMO_FINETUNE, **TINY_CLASSIFIER_SETTINGS))
     calls = []
-    monkeypatch.setattr(ac, "_restorers_available", lambda: (_fake_restorers(calls, mini_root), ""))
+    monkeypatch.setattr(dt, "_restorers_available", lambda: (_fake_restorers(calls, mini_root), ""))
     monkeypatch.chdir(tmp_path)
     assert main(["--no-progress"]) == 0
     out = capsys.readouterr().out
@@ -619,8 +622,8 @@ def test_embedded_demo_fast(tiny_ckpts, demo_degraded, mini_root, monkeypatch, t
     assert {r["degradation"] for r in rows} == {"clean", "fog", "rain", "lowlight"}
     assert len(calls) == 6
     cell = {(r["config"], r["degradation"], r["classifier"]): r["top1"] for r in rows}
-    for clf in ac.DEMO_ARCHS:
-        for c in ac.DEMO_CORRUPTIONS:
+    for clf in DEMO_ARCHS:
+        for c in dt.DEMO_CORRUPTIONS:
             assert cell[("w/ DiffLoss", c, clf)] == cell[("clean", "clean", clf)]  # the stand-in restores perfectly
             assert cell[("w/o DiffLoss", c, clf)] == cell[("degraded", c, clf)]
     # second run: everything cached (no retraining, no re-restoring)
@@ -629,7 +632,7 @@ def test_embedded_demo_fast(tiny_ckpts, demo_degraded, mini_root, monkeypatch, t
     assert calls == []
     assert (tmp_path / "second" / "table.csv").read_bytes() == (tmp_path / "runs" / "demo-table2" / "table.csv").read_bytes()
     # without restorers: clean + degraded rows only, and the reader is told why
-    monkeypatch.setattr(ac, "_restorers_available", lambda: (None, "ImportError: no diffloss.restore"))
+    monkeypatch.setattr(dt, "_restorers_available", lambda: (None, "ImportError: no diffloss.restore"))
     assert main(["--no-progress", "--out", str(tmp_path / "third")]) == 0
     out = capsys.readouterr().out
     assert "Restoration rows (w/o / w/ DiffLoss) are absent" in out and "no diffloss.restore" in out
@@ -644,7 +647,7 @@ def test_embedded_demo_full(tmp_path, monkeypatch, capsys):
     assert main(["--no-progress"]) == 0
     rows = load_table(tmp_path / "runs" / "demo-table2")
     cell = {(r["config"], r["degradation"], r["classifier"]): r["top1"] for r in rows}
-    for clf in ac.DEMO_ARCHS:
+    for clf in DEMO_ARCHS:
         assert cell[("clean", "clean", clf)] > 80.0
-        for c in ac.DEMO_CORRUPTIONS:
+        for c in dt.DEMO_CORRUPTIONS:
             assert cell[("degraded", c, clf)] < cell[("clean", "clean", clf)]

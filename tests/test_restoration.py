@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from cubdata import generate_mini_cub, load_rgb, read_cub
+from analysis.demo import restorers as demo_restorers
 from diffloss import train as train_mod
 from diffloss.nets import RESTORATION_NETS, build_net, clamp01_ste, count_parameters, parameter_counts, restore_tensor
 from diffloss.restore import MANIFEST, output_rel_path, restore_array, restore_cub_root
@@ -230,10 +231,10 @@ def test_restore_cli(l2_run, small_cub, tmp_path, capsys):
 
 # ------------------------------------------------------------------------------------------- demo
 def test_ensure_demo_restorers_trains_once_then_reuses(monkeypatch, tmp_path):
-    monkeypatch.setitem(train_mod.DEMO_SETTINGS, "warmup_steps", 2)
-    monkeypatch.setitem(train_mod.DEMO_SETTINGS, "steps", 1)
-    monkeypatch.setitem(train_mod.DEMO_SETTINGS, "val_images", 1)
-    out = train_mod.ensure_demo_restorers(("rain",), severity=2, cache=tmp_path)
+    monkeypatch.setitem(demo_restorers.DEMO_SETTINGS, "warmup_steps", 2)
+    monkeypatch.setitem(demo_restorers.DEMO_SETTINGS, "steps", 1)
+    monkeypatch.setitem(demo_restorers.DEMO_SETTINGS, "val_images", 1)
+    out = demo_restorers.ensure_demo_restorers(("rain",), severity=2, cache=tmp_path)
     assert set(out) == {"rain"} and set(out["rain"]) == {"w/o DiffLoss", "w/ DiffLoss"}
     for path in out["rain"].values():
         assert path.name == "ckpt.pt" and path.is_file()
@@ -244,10 +245,10 @@ def test_ensure_demo_restorers_trains_once_then_reuses(monkeypatch, tmp_path):
     adam = torch.load(out["rain"]["w/ DiffLoss"], weights_only=True)["optimizer"]["state"][0]
     assert float(adam["step"]) == 2 + 1  # the warm-up's Adam state continues (init_optimizer)
     mtime = out["rain"]["w/ DiffLoss"].stat().st_mtime_ns
-    assert train_mod.ensure_demo_restorers(("rain",), severity=2, cache=tmp_path) == out
+    assert demo_restorers.ensure_demo_restorers(("rain",), severity=2, cache=tmp_path) == out
     assert out["rain"]["w/ DiffLoss"].stat().st_mtime_ns == mtime  # reused, not retrained
-    monkeypatch.setitem(train_mod.DEMO_SETTINGS, "steps", 2)  # a changed schedule retrains
-    train_mod.ensure_demo_restorers(("rain",), severity=2, cache=tmp_path)
+    monkeypatch.setitem(demo_restorers.DEMO_SETTINGS, "steps", 2)  # a changed schedule retrains
+    demo_restorers.ensure_demo_restorers(("rain",), severity=2, cache=tmp_path)
     assert torch.load(out["rain"]["w/ DiffLoss"], weights_only=False)["step"] == 2
 
 
