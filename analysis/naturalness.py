@@ -28,7 +28,6 @@ import argparse
 import io
 import logging
 import math
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping, Sequence
@@ -39,6 +38,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from cubdata import atomic_write_bytes, atomic_write_text, load_square_tensor, read_cub, write_csv
+from cubdata.errors import run_cli
 from diffloss.criterion import diffuse, model_timesteps, prior_prediction
 from diffloss.hooks import hspace_hook
 
@@ -269,12 +269,7 @@ def _quick_sets(progress: bool) -> tuple[Path, dict[str, Path]]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    try:
-        return _main(args)
-    except (FileNotFoundError, ValueError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    return run_cli(lambda: _main(args), threads=args.threads)
 
 
 def _main(args) -> int:
@@ -295,8 +290,6 @@ def _main(args) -> int:
             raise FileNotFoundError(f"{name}: {root} does not exist (expected a CUB root)")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    if args.threads > 0:
-        torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
     model, diffusion = load_prior(args.prior, config=args.prior_config, device=str(device))
     if args.quick:

@@ -1,7 +1,7 @@
 """Throughput of Table 2's scoring loop against the bare model forward on the same batches.
 
 For each configuration (architecture x input size x DataLoader workers) it measures
-  loop:    images/s of `classifiers.predict.predict` over a DataLoader of `analysis.classify.ScoringDataset`
+  loop:    images/s of `classifiers.predict.predict` over a DataLoader of `classifiers.scoring_data.ScoringDataset`
            (JPEG decode, resize, centre crop, normalise, collate, device copy, forward, argmax, gather);
   forward: images/s of ``model(x).argmax(1)`` alone, on the very same batches, prepared beforehand;
 and prints their ratio (time of the loop / time of the forward): the data pipeline's overhead. Goal <= 1.3.
@@ -31,9 +31,9 @@ import numpy as np
 import torch
 from PIL import Image
 
-from analysis.classify import ScoringDataset
 from classifiers import build_classifier, default_preprocess, eval_transform
 from classifiers.predict import make_loader, predict, resolve_device
+from classifiers.scoring_data import ScoringDataset
 from cubdata import atomic_write_bytes, encode_image, generate_mini_cub, load_rgb
 
 

@@ -28,6 +28,7 @@ from PIL import Image
 from cubdata import atomic_write_bytes, encode_image, generate_mini_cub, load_rgb, read_cub
 from corruptions import corrupt, get_corruption_names, image_rng
 from corruptions.build import build_degraded_cub
+from corruptions.preview import psnr
 
 FULL_TEST_OUTPUTS = 5794 * 3 * 5  # 86,910
 GOAL_MINUTES = 30.0
@@ -66,14 +67,55 @@ def time_per_image(paths: list[Path], fn, outputs: list | None = None) -> tuple[
     return len(paths) / (time.perf_counter() - t), len(paths) / (_cpu_seconds() - c)
 
 
-def psnr(a: np.ndarray, b: np.ndarray) -> float:
-    mse = np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2)
-    return float(10 * np.log10(255.0**2 / mse))
-
-
 def _hmean(values) -> float:
     values = list(values)
     return len(values) / sum(1 / v for v in values)
+
+
+def bench_corruptions(paths: list[Path], floor: float) -> tuple[dict, dict]:
+    """CPU and wall images/s of decode + corrupt + encode per corruption (all severities), and mean PSNR."""
+    clean = [load_rgb(p) for p in paths]
+    results, psnr_table = {}, {}
+    for name in get_corruption_names():
+        timings, psnr_table[name] = [], []
+        for sev in range(1, 6):
+            outs: list = []
+            fn = lambda i, x, s=sev: corrupt(x, name, s, image_rng(0, i, name, s))  # noqa: E731
+            timings.append(time_per_image(paths, fn, outs))
+            psnr_table[name].append(float(np.mean([psnr(o, c) for o, c in zip(outs, clean)])))
+        wall, cpu = _hmean(t[0] for t in timings), _hmean(t[1] for t in timings)  # over all 5 severities
+        results[name] = {"cpu_images_per_s": cpu, "wall_images_per_s": wall, "ratio_to_floor": cpu / floor,
+                         "cpu_images_per_s_by_severity": [t[1] for t in timings]}
+        label = f"decode + {name} + encode"
+        print(f"{label:<28} {cpu:9.1f} {1000 / cpu:7.1f} {cpu / floor:9.2f} {wall:11.1f}")
+    cpu_all = _hmean(r["cpu_images_per_s"] for r in results.values())
+    wall_all = _hmean(r["wall_images_per_s"] for r in results.values())
+    label = "all three (harmonic mean)"
+    print(f"{label:<28} {cpu_all:9.1f} {1000 / cpu_all:7.1f} {cpu_all / floor:9.2f} {wall_all:11.1f}")
+    print(f"\nmean PSNR (dB) against the clean image, {len(paths)} CUB-sized images")
+    print(f"{'corruption':<10}" + "".join(f"{'sev ' + str(s):>8}" for s in range(1, 6)))
+    for name, row in psnr_table.items():
+        print(f"{name:<10}" + "".join(f"{v:8.1f}" for v in row))
+    return results, psnr_table
+
+
+def bench_builder(root: Path, tmp: Path, n: int, max_workers: int) -> dict:
+    """The builder's wall and CPU cost with 1..``max_workers`` worker processes."""
+    print(f"\nbuilder: {n} images x 3 corruptions x 5 severities = {15 * n} outputs per run "
+          "(each source decoded once; spawn start-up, fsync'd writes and manifests included)")
+    results, base = {}, None
+    for workers in range(1, max_workers + 1):
+        t, c = time.perf_counter(), _cpu_seconds()
+        summary = build_degraded_cub(root, tmp / f"out-w{workers}", split="test", workers=workers, progress=False)
+        dt, cpu = time.perf_counter() - t, _cpu_seconds() - c
+        ips = summary["written"] / dt
+        base = base or ips
+        proj = FULL_TEST_OUTPUTS / ips / 60
+        results[workers] = {"seconds": dt, "cpu_seconds": cpu, "images_per_s": ips, "speedup": ips / base,
+                            "cpu_ms_per_image": 1000 * cpu / summary["written"], "projected_min": proj}
+        print(f"  workers={workers}: {dt:6.1f} s wall ({ips:5.1f} img/s, speed-up {ips / base:4.2f}x), "
+              f"{1000 * cpu / summary['written']:5.1f} CPU ms/img; 86,910 images at this rate: {proj:5.1f} min")
+    return results
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -94,64 +136,13 @@ def main(argv: list[str] | None = None) -> int:
         corrupt(load_rgb(paths[0]), "fog", 1, rng=0)  # import imagecorruptions outside the timings
 
         floor_wall, floor = time_per_image(paths, lambda i, x: x)
-        results = {
-            "n_images": n,
-            "cpus": os.cpu_count(),
-            "floor": {"wall_images_per_s": floor_wall, "cpu_images_per_s": floor},
-            "corruptions": {},
-            "builder": {},
-        }
         print(f"\n{'step (1 process)':<28} {'CPU img/s':>9} {'CPU ms':>7} {'vs floor':>9} {'wall img/s':>11}")
         print(f"{'decode + encode (floor)':<28} {floor:9.1f} {1000 / floor:7.1f} {1.0:9.2f} {floor_wall:11.1f}")
-        clean = [load_rgb(p) for p in paths]
-        psnr_table = {}
-        for name in get_corruption_names():
-            timings, psnr_table[name] = [], []
-            for sev in range(1, 6):
-                outs: list = []
-                fn = lambda i, x, s=sev: corrupt(x, name, s, image_rng(0, i, name, s))  # noqa: E731
-                timings.append(time_per_image(paths, fn, outs))
-                psnr_table[name].append(float(np.mean([psnr(o, c) for o, c in zip(outs, clean)])))
-            wall, cpu = _hmean(t[0] for t in timings), _hmean(t[1] for t in timings)  # over all 5 severities
-            results["corruptions"][name] = {
-                "cpu_images_per_s": cpu,
-                "wall_images_per_s": wall,
-                "ratio_to_floor": cpu / floor,
-                "cpu_images_per_s_by_severity": [t[1] for t in timings],
-            }
-            label = f"decode + {name} + encode"
-            print(f"{label:<28} {cpu:9.1f} {1000 / cpu:7.1f} {cpu / floor:9.2f} {wall:11.1f}")
-        cpu_all = _hmean(r["cpu_images_per_s"] for r in results["corruptions"].values())
-        wall_all = _hmean(r["wall_images_per_s"] for r in results["corruptions"].values())
-        label = "all three (harmonic mean)"
-        print(f"{label:<28} {cpu_all:9.1f} {1000 / cpu_all:7.1f} {cpu_all / floor:9.2f} {wall_all:11.1f}")
-        results["psnr_db"] = psnr_table
-        print(f"\nmean PSNR (dB) against the clean image, {n} CUB-sized images")
-        print(f"{'corruption':<10}" + "".join(f"{'sev ' + str(s):>8}" for s in range(1, 6)))
-        for name, row in psnr_table.items():
-            print(f"{name:<10}" + "".join(f"{v:8.1f}" for v in row))
-
-        print(f"\nbuilder: {n} images x 3 corruptions x 5 severities = {15 * n} outputs per run "
-              "(each source decoded once; spawn start-up, fsync'd writes and manifests included)")
-        base = None
-        for workers in range(1, args.max_workers + 1):
-            out = tmp / f"out-w{workers}"
-            t, c = time.perf_counter(), _cpu_seconds()
-            summary = build_degraded_cub(root, out, split="test", workers=workers, progress=False)
-            dt, cpu = time.perf_counter() - t, _cpu_seconds() - c
-            ips = summary["written"] / dt
-            base = base or ips
-            proj = FULL_TEST_OUTPUTS / ips / 60
-            results["builder"][workers] = {
-                "seconds": dt,
-                "cpu_seconds": cpu,
-                "images_per_s": ips,
-                "speedup": ips / base,
-                "cpu_ms_per_image": 1000 * cpu / summary["written"],
-                "projected_min": proj,
-            }
-            print(f"  workers={workers}: {dt:6.1f} s wall ({ips:5.1f} img/s, speed-up {ips / base:4.2f}x), "
-                  f"{1000 * cpu / summary['written']:5.1f} CPU ms/img; 86,910 images at this rate: {proj:5.1f} min")
+        per_corruption, psnr_table = bench_corruptions(paths, floor)
+        results = {"n_images": n, "cpus": os.cpu_count(),
+                   "floor": {"wall_images_per_s": floor_wall, "cpu_images_per_s": floor},
+                   "corruptions": per_corruption, "psnr_db": psnr_table,
+                   "builder": bench_builder(root, tmp, n, args.max_workers)}
         cpu_ms = results["builder"][1]["cpu_ms_per_image"]
         ideal = FULL_TEST_OUTPUTS * cpu_ms / 1000 / min(2, os.cpu_count() or 1) / 60
         results["projected_min_two_free_cores"] = ideal

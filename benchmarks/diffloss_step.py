@@ -33,8 +33,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
+from cubdata.runtime import torch_threads  # noqa: E402
 from diffloss.criterion import AUTOCAST_DTYPES, DiffLoss  # noqa: E402
-from diffloss.prior import CHECKPOINT_IMPLS, PRIOR_CONFIGS, count_parameters, load_adm  # noqa: E402
+from diffloss.prior import CHECKPOINT_IMPLS, PRIOR_CONFIGS, count_parameters, load_adm, prior_spec_config  # noqa: E402
 
 GIB = 1024 ** 3
 
@@ -119,13 +120,7 @@ def benchmark_step(
     """Run the measurements; returns a dict (``setup`` and one entry per measured variant)."""
     dev = torch.device(device)
     # a checkpoint carries its config when it is a prior.pt of diffloss.train_prior; a bare state dict is read as ``config``
-    if prior is not None:
-        from diffloss.prior import read_prior_file, resolve_prior_spec
-
-        path = resolve_prior_spec(prior)
-        if path is not None and read_prior_file(path)[1] is not None:
-            config = None
-        prior = path
+    prior, config, _ = prior_spec_config(prior, config)
     model, diffusion = load_adm(prior, config=config, device=dev, init_seed=seed)
     config = model.prior_info["config"]
     size = size or model.image_size
@@ -209,18 +204,17 @@ def main(argv: list[str] | None = None) -> int:
     if cuda and not torch.cuda.is_available():
         print("CUDA requested but not available", file=sys.stderr)
         return 2
-    if args.threads:
-        torch.set_num_threads(args.threads)
     if cuda:
         torch.backends.cudnn.benchmark = True
     config = args.config or ("adm256-uncond" if cuda else "tiny")
     batch = args.batch or (4 if cuda else 8)
     dtype = args.dtype or ("bf16" if cuda else "fp32")
     modes = {"on": (True,), "off": (False,), "both": (True, False)}[args.batch_branches]
-    res = benchmark_step(config=config, device=args.device, batch=batch, size=args.size, dtype=dtype,
-                         channels_last=args.channels_last, checkpointing=args.checkpointing,
-                         compile=args.compile, batch_branches=modes, repeats=max(1, args.steps),
-                         warmup=max(0, args.warmup), prior=args.prior, seed=args.seed)
+    with torch_threads(args.threads):
+        res = benchmark_step(config=config, device=args.device, batch=batch, size=args.size, dtype=dtype,
+                             channels_last=args.channels_last, checkpointing=args.checkpointing,
+                             compile=args.compile, batch_branches=modes, repeats=max(1, args.steps),
+                             warmup=max(0, args.warmup), prior=args.prior, seed=args.seed)
     s = res["setup"]
     print(f"\nDiffLoss step benchmark: {s['config']} ({s['parameters']:,} params), batch {s['batch']}, "
           f"{s['size']}x{s['size']}, {s['dtype']}, device {s['device']}"

@@ -30,7 +30,8 @@ from corruptions.build import build_degraded_cub
 from cubdata import load_rgb, mini_cub_root, read_cub, write_csv
 from diffloss.restore import restore_cub_root
 from analysis.demo.restorers import DEMO_SETTINGS, ensure_demo_restorers
-from diffloss.train import psnr_ssim
+from cubdata.runtime import torch_threads
+from diffloss.metrics import psnr_ssim
 
 COLUMNS = ("corruption", "setting", "gamma", "lam", "psnr", "ssim", "top1_resnet_mini", "top1_vgg_mini",
            "diff_to_wo_255", "n")
@@ -57,6 +58,39 @@ def score_root(root: Path, clean: dict[int, np.ndarray], classifiers: dict) -> t
     return out, images
 
 
+def sweep_corruption(c: str, severity: int, settings, out: Path, clean, classifiers) -> list[dict]:
+    """Rows of one corruption: the degraded images, then each restorer setting (w/o DiffLoss first)."""
+    degraded = out / "val-degraded" / c / str(severity)
+    score, _ = score_root(degraded, clean, classifiers)
+    rows = [{"corruption": c, "setting": "degraded", **score}]
+    wo_images = None
+    for label, g, lam in settings:
+        s = {} if g is None else {"gamma": g, "lam": lam}
+        ckpt = ensure_demo_restorers((c,), severity, settings=s, variants=g is not None)[c][label]
+        dst = out / "restored" / f"{c}-{'wo' if g is None else f'g{g:g}-l{lam:g}'}"
+        restore_cub_root(ckpt, degraded, dst, split="test", progress=False, overwrite=True)
+        score, images = score_root(dst, clean, classifiers)
+        if g is None:
+            wo_images, diff = images, 0.0
+        else:
+            diff = float(np.mean([np.abs(images[k].astype(float) - wo_images[k].astype(float)).mean() for k in images]))
+        rows.append({"corruption": c, "setting": label, "gamma": g, "lam": lam, "diff_to_wo_255": diff, **score})
+        print(f"  {c} {label} gamma={g} lam={lam}: PSNR {score['psnr']:.2f} top-1 "
+              f"{score['top1_resnet_mini']:.1f}/{score['top1_vgg_mini']:.1f} diff {diff:.2f}/255", flush=True)
+    return rows
+
+
+def print_table(rows: list[dict]) -> None:
+    print("| corruption | setting | gamma | lambda | PSNR | SSIM | Top-1 ResNet-mini | Top-1 VGG-mini | mean |w - w/o| (/255) |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        g = "" if r.get("gamma") is None else f"{r['gamma']:g}"
+        lam = "" if r.get("lam") is None else f"{r['lam']:g}"
+        d = "" if r.get("diff_to_wo_255") is None else f"{r['diff_to_wo_255']:.2f}"
+        print(f"| {r['corruption']} | {r['setting']} | {g} | {lam} | {r['psnr']:.2f} | {r['ssim']:.3f} | "
+              f"{r['top1_resnet_mini']:.1f} | {r['top1_vgg_mini']:.1f} | {d} |")
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--gammas", default="1e-3,1e-2,1e-1,1", help="gamma values (default %(default)s)")
@@ -67,55 +101,27 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
-    torch.set_num_threads(args.threads)
     t_start = time.perf_counter()
     out = Path(args.out)
     corruptions = [c for c in args.corruptions.split(",") if c]
-    val = mini_cub_root(variant="val")
-    build_degraded_cub(val, out / "val-degraded", corruptions=corruptions, severities=(args.severity,),
-                       split="test", progress=False)
-    vindex = read_cub(val)
-    clean = {r.image_id: load_rgb(vindex.image_path(r)) for r in vindex.split("test")}
-    classifiers = {}
-    for arch, ckpt in demo_classifiers(progress=False).items():
-        model, info = load_classifier(ckpt)
-        classifiers[arch] = (model, eval_transform(info["preprocess"]))
-
     settings = [("w/o DiffLoss", None, None)] + [("w/ DiffLoss", g, lam) for g in _floats(args.gammas)
                                                  for lam in _floats(args.lams)]
-    rows = []
-    for c in corruptions:
-        degraded = out / "val-degraded" / c / str(args.severity)
-        score, _ = score_root(degraded, clean, classifiers)
-        rows.append({"corruption": c, "setting": "degraded", **score})
-        wo_images = None
-        for label, g, lam in settings:
-            s = {} if g is None else {"gamma": g, "lam": lam}
-            ckpt = ensure_demo_restorers((c,), args.severity, settings=s, variants=g is not None)[c][label]
-            dst = out / "restored" / f"{c}-{'wo' if g is None else f'g{g:g}-l{lam:g}'}"
-            restore_cub_root(ckpt, degraded, dst, split="test", progress=False, overwrite=True)
-            score, images = score_root(dst, clean, classifiers)
-            if g is None:
-                wo_images = images
-                diff = 0.0
-            else:
-                diff = float(np.mean([np.abs(images[k].astype(float) - wo_images[k].astype(float)).mean()
-                                      for k in images]))
-            rows.append({"corruption": c, "setting": label, "gamma": g, "lam": lam, "diff_to_wo_255": diff, **score})
-            print(f"  {c} {label} gamma={g} lam={lam}: PSNR {score['psnr']:.2f} top-1 "
-                  f"{score['top1_resnet_mini']:.1f}/{score['top1_vgg_mini']:.1f} diff {diff:.2f}/255", flush=True)
+    with torch_threads(args.threads):
+        val = mini_cub_root(variant="val")
+        build_degraded_cub(val, out / "val-degraded", corruptions=corruptions, severities=(args.severity,),
+                           split="test", progress=False)
+        vindex = read_cub(val)
+        clean = {r.image_id: load_rgb(vindex.image_path(r)) for r in vindex.split("test")}
+        classifiers = {}
+        for arch, ckpt in demo_classifiers(progress=False).items():
+            model, info = load_classifier(ckpt)
+            classifiers[arch] = (model, eval_transform(info["preprocess"]))
+        rows = [row for c in corruptions for row in sweep_corruption(c, args.severity, settings, out, clean, classifiers)]
     write_csv(out / "sweep.csv", rows, COLUMNS, float_format=".6g")
     print(f"\nvalidation: mini-CUB val draw (seed 1), {rows[0]['n']} test images per corruption, severity "
           f"{args.severity}; restorers: {DEMO_SETTINGS['warmup_steps']} L2 warm-up steps + "
           f"{DEMO_SETTINGS['steps']} steps; {time.perf_counter() - t_start:.0f} s")
-    print("| corruption | setting | gamma | lambda | PSNR | SSIM | Top-1 ResNet-mini | Top-1 VGG-mini | mean |w - w/o| (/255) |")
-    print("|---|---|---|---|---|---|---|---|---|")
-    for r in rows:
-        g = "" if r.get("gamma") is None else f"{r['gamma']:g}"
-        lam = "" if r.get("lam") is None else f"{r['lam']:g}"
-        d = "" if r.get("diff_to_wo_255") is None else f"{r['diff_to_wo_255']:.2f}"
-        print(f"| {r['corruption']} | {r['setting']} | {g} | {lam} | {r['psnr']:.2f} | {r['ssim']:.3f} | "
-              f"{r['top1_resnet_mini']:.1f} | {r['top1_vgg_mini']:.1f} | {d} |")
+    print_table(rows)
     print(f"chosen: {choose_setting(rows)}")
     print(f"wrote {out / 'sweep.csv'}")
     return 0

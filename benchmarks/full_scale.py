@@ -56,7 +56,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # run from a checkout without installing
 
 from cubdata import atomic_write_text, mini_cub_root  # noqa: E402
-from diffloss.prior import PRIOR_CONFIGS, prior_kwargs, read_prior_file, resolve_prior_spec  # noqa: E402
+from cubdata.runtime import torch_threads  # noqa: E402
+from diffloss.prior import PRIOR_CONFIGS, prior_spec_config  # noqa: E402
 
 GIB = 1024 ** 3
 SECTIONS = ("diffloss", "train", "hspace", "classify", "prior")
@@ -168,15 +169,8 @@ def _r(v: float | None, nd: int = 4) -> float | None:
 
 def _prior_file_args(prior: str | None, config: str) -> tuple[str, str | None, int]:
     """``(--prior value, config to pass or None for a self-describing file, prior image size)``."""
-    if prior is None:
-        return "random", config, int(prior_kwargs(config)["image_size"])
-    path = resolve_prior_spec(prior)
-    if path is None:
-        return "random", config, int(prior_kwargs(config)["image_size"])
-    stored = read_prior_file(path)[1]
-    if stored is not None:
-        return str(path), None, int(stored["image_size"])
-    return str(path), config, int(prior_kwargs(config)["image_size"])
+    path, config, kwargs = prior_spec_config(prior, config)
+    return ("random" if path is None else str(path)), config, int(kwargs["image_size"])
 
 
 # --------------------------------------------------------------------------------------------------
@@ -527,34 +521,45 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _check_args(args: argparse.Namespace) -> str | None:
+    """The first problem with the flags (one line for stderr), or None."""
+    try:
+        device = torch.device(args.device)
+    except RuntimeError as err:
+        return f"--device {args.device!r}: {err}"
+    if device.type == "cuda" and not torch.cuda.is_available():
+        return f"--device {args.device} requested but CUDA is not available; use --device cpu"
+    out = Path(args.out)
+    if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not args.overwrite)):
+        return f"--out {out} exists and is not an empty folder; choose another or pass --overwrite"
+    if args.scratch and Path(args.scratch).exists() and (not Path(args.scratch).is_dir() or any(Path(args.scratch).iterdir())):
+        return f"--scratch {args.scratch} exists and is not an empty folder (the training runs need a fresh one)"
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()  # the budget counts from here: mini-CUB's generation on a fresh machine included
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    try:
-        device = torch.device(args.device)
-    except RuntimeError as err:
-        print(f"error: --device {args.device!r}: {err}", file=sys.stderr)
+    problem = _check_args(args)
+    if problem is None:
+        try:
+            prior = _prior_file_args(args.prior, args.config)
+            mini_root = mini_cub_root()
+        except (FileNotFoundError, ValueError) as err:
+            problem = str(err)
+    if problem is not None:
+        print(f"error: {problem}", file=sys.stderr)
         return 2
-    if device.type == "cuda" and not torch.cuda.is_available():
-        print(f"error: --device {args.device} requested but CUDA is not available; use --device cpu", file=sys.stderr)
-        return 2
+    with torch_threads(args.threads):
+        return _run(args, torch.device(args.device), prior, mini_root, t0)
+
+
+def _run(args: argparse.Namespace, device: torch.device, prior_args: tuple[str, str | None, int], mini_root: Path,
+         t0: float) -> int:
+    """Every section of ``args.sections``, then the compile setting; 1 when a section failed."""
+    prior, prior_config, size = prior_args
     out = Path(args.out)
-    if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not args.overwrite)):
-        print(f"error: --out {out} exists and is not an empty folder; choose another or pass --overwrite", file=sys.stderr)
-        return 2
-    if args.scratch and Path(args.scratch).exists() and (not Path(args.scratch).is_dir() or any(Path(args.scratch).iterdir())):
-        print(f"error: --scratch {args.scratch} exists and is not an empty folder (the training runs need a fresh one)",
-              file=sys.stderr)
-        return 2
-    try:
-        prior, prior_config, size = _prior_file_args(args.prior, args.config)
-        mini_root = mini_cub_root()
-    except (FileNotFoundError, ValueError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    if args.threads:
-        torch.set_num_threads(args.threads)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
     out.mkdir(parents=True, exist_ok=True)

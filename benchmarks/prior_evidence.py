@@ -30,6 +30,9 @@ import torch
 from classifiers import eval_transform, load_classifier
 from analysis.demo.classifiers import demo_classifiers
 from cubdata import atomic_write_bytes, atomic_write_text, load_square_tensor, mini_cub_root, read_cub
+from cubdata.cli import HelpFormatter
+from cubdata.runtime import torch_threads
+from diffloss.metrics import psnr
 from diffloss.prior import load_adm, load_prior
 from diffloss.sampling import ddim_reconstruct
 
@@ -48,10 +51,8 @@ def denoising_error(model, diffusion, x0: torch.Tensor, draws: int, seed: int) -
 
 
 def psnr01(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Per-image PSNR (dB) of ``[0, 1]`` images after 8-bit rounding of ``a``."""
-    a = torch.round(a.clamp(0, 1) * 255) / 255
-    mse = ((a - b) ** 2).mean(dim=(1, 2, 3)).clamp_min(1e-12)
-    return 10 * torch.log10(1.0 / mse)
+    """Per-image PSNR (dB, `diffloss.metrics.psnr`) of ``[0, 1]`` images after 8-bit rounding of ``a``."""
+    return psnr(torch.round(a.clamp(0, 1) * 255) / 255, b)
 
 
 def classify(images01: torch.Tensor, ckpt: Path) -> np.ndarray:
@@ -93,21 +94,23 @@ def reconstruction_figure(rows, title: str = "") -> bytes:
     return buf.getvalue()
 
 
-def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--prior", default="builtin", help="the prior: builtin (default) or a prior.pt / run folder")
-    p.add_argument("--out", default="runs/prior-evidence", help="output folder (default runs/prior-evidence)")
-    p.add_argument("--images", type=int, default=0, help="use the first N test images (default 0: all)")
-    p.add_argument("--t0", type=int, default=500, help="reconstruction start timestep (default 500)")
-    p.add_argument("--ddim-steps", type=int, default=50, help="DDIM steps of the reconstruction (default 50)")
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
+    p.add_argument("--prior", default="builtin", help="the prior: builtin or a prior.pt / run folder")
+    p.add_argument("--out", default="runs/prior-evidence", help="output folder")
+    p.add_argument("--images", type=int, default=0, help="use the first N test images (0: all)")
+    p.add_argument("--t0", type=int, default=500, help="reconstruction start timestep")
+    p.add_argument("--ddim-steps", type=int, default=50, help="DDIM steps of the reconstruction")
     p.add_argument("--draws", type=int, default=8, help="(t, noise) draws per image for the denoising error")
-    p.add_argument("--seed", type=int, default=0, help="seed of every draw (default 0)")
-    p.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
-    args = p.parse_args(argv)
-    logging.basicConfig(level=logging.WARNING)
-    torch.set_num_threads(args.threads)
-    t_start = time.perf_counter()
+    p.add_argument("--seed", type=int, default=0, help="seed of every draw")
+    p.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    return p
 
+
+def evidence(args: argparse.Namespace) -> tuple[dict, dict[str, torch.Tensor], torch.Tensor, np.ndarray]:
+    """``(result, {"trained"|"untrained": reconstructions}, inputs, labels)``: every measurement of the module
+    docstring for the prior ``args.prior`` and an untrained one of its architecture; images ``[0, 1] NCHW``."""
+    t_start = time.perf_counter()
     trained, diffusion = load_prior(args.prior)
     info = trained.prior_info
     untrained, _ = load_adm(None, config=info["kwargs"], init_seed=args.seed)
@@ -120,8 +123,8 @@ def main(argv=None) -> int:
     labels = np.array([r.class_id - 1 for r in records])
     x0 = x01 * 2 - 1
 
-    result = {"prior": info["path"], "config": info["config"], "train_step": info.get("step"), "images": len(records), "size": size,
-              "t0": args.t0, "ddim_steps": args.ddim_steps, "draws": args.draws, "seed": args.seed}
+    result = {"prior": info["path"], "config": info["config"], "train_step": info.get("step"), "images": len(records),
+              "size": size, "t0": args.t0, "ddim_steps": args.ddim_steps, "draws": args.draws, "seed": args.seed}
     ckpts = demo_classifiers(progress=False)
     result["classifiers_on_inputs"] = {a: float((classify(x01, c) == labels).mean() * 100) for a, c in ckpts.items()}
     recon = {}
@@ -136,19 +139,13 @@ def main(argv=None) -> int:
                         "recon_top1": top1, "seconds": time.perf_counter() - t0}
     result["mse_ratio_untrained_over_trained"] = result["untrained"]["denoising_mse"] / result["trained"]["denoising_mse"]
     result["seconds"] = time.perf_counter() - t_start
+    return result, recon, x01, labels
 
-    out = Path(args.out)
-    atomic_write_text(out / "evidence.json", json.dumps(result, indent=2) + "\n")
-    # one column per class (the first test image of each), rows: input, trained, untrained
-    first = [int(np.flatnonzero(labels == c)[0]) for c in sorted(set(labels.tolist()))]
-    atomic_write_bytes(out / "reconstructions.png", reconstruction_figure(
-        [("input", x01[first]), (f"trained prior\n(step {info.get('step')})", recon["trained"][first]),
-         ("untrained prior", recon["untrained"][first])],
-        title=f"DDIM reconstruction from t0 = {args.t0} ({args.ddim_steps} steps) of held-out mini-CUB test images"))
 
-    archs = sorted(ckpts)
-    print(f"prior {args.prior} (step {info.get('step')}), {len(records)} clean mini-CUB test images at {size} px, "
-          f"t0 = {args.t0}, {args.ddim_steps} DDIM steps, {result['seconds']:.0f} s")
+def print_table(result: dict, args: argparse.Namespace) -> None:
+    archs = sorted(result["classifiers_on_inputs"])
+    print(f"prior {args.prior} (step {result['train_step']}), {result['images']} clean mini-CUB test images at "
+          f"{result['size']} px, t0 = {args.t0}, {args.ddim_steps} DDIM steps, {result['seconds']:.0f} s")
     print("| prior | denoising MSE | recon PSNR (dB) | " + " | ".join(f"recon Top-1 {a} (%)" for a in archs) + " |")
     print("|---|---|---|" + "---|" * len(archs))
     for name in ("untrained", "trained"):
@@ -157,6 +154,22 @@ def main(argv=None) -> int:
               + " | ".join(f"{r['recon_top1'][a]:.1f}" for a in archs) + " |")
     print("| (inputs at the prior's size) | | | " + " | ".join(f"{result['classifiers_on_inputs'][a]:.1f}" for a in archs) + " |")
     print(f"denoising error ratio untrained / trained: {result['mse_ratio_untrained_over_trained']:.1f}x")
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.WARNING)
+    with torch_threads(args.threads):
+        result, recon, x01, labels = evidence(args)
+    out = Path(args.out)
+    atomic_write_text(out / "evidence.json", json.dumps(result, indent=2) + "\n")
+    # one column per class (the first test image of each), rows: input, trained, untrained
+    first = [int(np.flatnonzero(labels == c)[0]) for c in sorted(set(labels.tolist()))]
+    atomic_write_bytes(out / "reconstructions.png", reconstruction_figure(
+        [("input", x01[first]), (f"trained prior\n(step {result['train_step']})", recon["trained"][first]),
+         ("untrained prior", recon["untrained"][first])],
+        title=f"DDIM reconstruction from t0 = {args.t0} ({args.ddim_steps} steps) of held-out mini-CUB test images"))
+    print_table(result, args)
     print(f"wrote {out / 'evidence.json'} and {out / 'reconstructions.png'}")
     return 0
 

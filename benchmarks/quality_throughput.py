@@ -30,6 +30,7 @@ from PIL import Image
 
 from analysis.quality import evaluate_quality, match_images
 from cubdata import atomic_write_bytes, encode_image, load_rgb
+from cubdata.runtime import torch_threads
 
 
 def make_pairs(root: Path, n_images: int, seed: int = 0, size: tuple[int, int] = (500, 375)) -> tuple[Path, Path]:
@@ -85,34 +86,33 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def compare(nt: int, pred_dir: Path, gt_dir: Path, n_old: int, n_images: int, batch_size: int) -> dict:
+    """One row: old and new method at ``nt`` torch threads (set once per configuration, never per image)."""
+    pairs = match_images(pred_dir, gt_dir)
+    with torch_threads(nt):
+        old, t_old, u_old, s_old = _timed(lambda: score_per_image_torchmetrics(pairs[:n_old]))
+        new, t_new, u_new, s_new = _timed(lambda: evaluate_quality(
+            pred_dir, gt_dir, "psnr,ssim", progress=False, batch_size=batch_size)["per_image"])
+    diff = max(abs(a[m] - b[m]) for a, b in zip(old, new) for m in ("psnr", "ssim"))
+    row = {"threads": nt, "old_s_per_image": t_old / n_old, "new_s_per_image": t_new / n_images,
+           "old_user_sys": [u_old / n_old, s_old / n_old], "new_user_sys": [u_new / n_images, s_new / n_images],
+           "max_abs_diff": diff}
+    row["ratio"] = row["old_s_per_image"] / row["new_s_per_image"]
+    print(f"threads {nt}: old {row['old_s_per_image']:.3f} s/img (user {row['old_user_sys'][0]:.3f}, "
+          f"sys {row['old_user_sys'][1]:.3f}; {n_old} imgs)  new {row['new_s_per_image']:.3f} s/img "
+          f"(user {row['new_user_sys'][0]:.3f}, sys {row['new_user_sys'][1]:.3f}; {n_images} imgs)  "
+          f"ratio {row['ratio']:.1f}x  max |diff| {diff:.2e}", flush=True)
+    return row
+
+
 def main(argv=None) -> list[dict]:
     args = build_parser().parse_args(argv)
     threads = [int(t) for t in args.threads.split(",")]
     n_old = max(1, min(args.n_old, args.n_images))
-    results, old_threads = [], torch.get_num_threads()
     with tempfile.TemporaryDirectory() as tmp:
         size = tuple(int(v) for v in args.size.lower().split("x"))
         pred_dir, gt_dir = make_pairs(Path(tmp), args.n_images, args.seed, size)
-        pairs = match_images(pred_dir, gt_dir)
-        try:
-            for nt in threads:
-                torch.set_num_threads(nt)  # once per configuration, never per image
-                old, t_old, u_old, s_old = _timed(lambda: score_per_image_torchmetrics(pairs[:n_old]))
-                new, t_new, u_new, s_new = _timed(lambda: evaluate_quality(
-                    pred_dir, gt_dir, "psnr,ssim", progress=False, batch_size=args.batch_size)["per_image"])
-                diff = max(abs(a[m] - b[m]) for a, b in zip(old, new) for m in ("psnr", "ssim"))
-                row = {"threads": nt, "old_s_per_image": t_old / n_old, "new_s_per_image": t_new / args.n_images,
-                       "old_user_sys": [u_old / n_old, s_old / n_old],
-                       "new_user_sys": [u_new / args.n_images, s_new / args.n_images],
-                       "max_abs_diff": diff}
-                row["ratio"] = row["old_s_per_image"] / row["new_s_per_image"]
-                results.append(row)
-                print(f"threads {nt}: old {row['old_s_per_image']:.3f} s/img (user {row['old_user_sys'][0]:.3f}, "
-                      f"sys {row['old_user_sys'][1]:.3f}; {n_old} imgs)  new {row['new_s_per_image']:.3f} s/img "
-                      f"(user {row['new_user_sys'][0]:.3f}, sys {row['new_user_sys'][1]:.3f}; {args.n_images} imgs)  "
-                      f"ratio {row['ratio']:.1f}x  max |diff| {diff:.2e}", flush=True)
-        finally:
-            torch.set_num_threads(old_threads)
+        results = [compare(nt, pred_dir, gt_dir, n_old, args.n_images, args.batch_size) for nt in threads]
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2) + "\n")
     return results

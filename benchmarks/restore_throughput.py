@@ -28,9 +28,10 @@ import torch
 from PIL import Image
 
 from cubdata import atomic_write_bytes, encode_image, generate_mini_cub, load_rgb, read_cub
-from diffloss.nets import RESTORATION_NETS, build_net
+from cubdata.runtime import torch_threads
+from diffloss.checkpoint import CKPT_FORMAT
+from diffloss.nets import NETS, build_net
 from diffloss.restore import restore_array, restore_cub_root
-from diffloss.train import CKPT_FORMAT
 
 CUB_TEST_IMAGES = 5794
 
@@ -49,50 +50,53 @@ def make_cub_sized_root(dst: Path, n_images: int) -> Path:
     return dst
 
 
+def _bench_row(name: str, images: list, t_decode: float, root: Path, tmp: Path, batch_size: int) -> str:
+    """One table row: the net alone, PNG encoding alone, and the whole restore_cub_root, in images/s."""
+    n = len(images)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        net = build_net(name).eval()
+    restore_array(net, images[:1])  # warm-up
+    t0 = time.perf_counter()
+    outs = [restore_array(net, [im])[0] for im in images]
+    t_net = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    for o in outs:
+        encode_image(o, "png")
+    t_enc = time.perf_counter() - t0
+    ckpt = tmp / f"{name}.pt"
+    torch.save({"format": CKPT_FORMAT, "net": name, "net_kwargs": {},
+                "state_dict": net.state_dict(), "step": 0, "config": {}}, ckpt)
+    t0 = time.perf_counter()
+    restore_cub_root(ckpt, root, tmp / f"out-{name}", batch_size=batch_size, progress=False)
+    t_restore = time.perf_counter() - t0
+    floor = t_decode + t_net + t_enc
+    return (f"| {name} | {n / t_decode:.1f} | {n / t_net:.1f} | {n / t_enc:.1f} | {n / floor:.1f} | "
+            f"{n / t_restore:.1f} | {t_restore / floor:.2f} | {CUB_TEST_IMAGES * t_restore / n / 60:.1f} min |")
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--nets", default=",".join(RESTORATION_NETS), help="comma-separated net names (default: all)")
+    p.add_argument("--nets", default=",".join(NETS.names()), help="comma-separated net names (default: all)")
     p.add_argument("--n-images", type=int, default=48, help="number of CUB-sized images (default 48)")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
     p.add_argument("--batch-size", type=int, default=8, help="restore_cub_root's --batch-size (default 8)")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
-    torch.set_num_threads(args.threads)
-    with tempfile.TemporaryDirectory() as tmp:
+    with torch_threads(args.threads), tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         root = make_cub_sized_root(tmp / "in", args.n_images)
         index = read_cub(root)
         paths = [index.image_path(r) for r in index.split("test")]  # n_images rounded up to whole classes
-        n = len(paths)
         t0 = time.perf_counter()
         images = [load_rgb(p) for p in paths]
         t_decode = time.perf_counter() - t0
-        print(f"{n} images of about {images[0].shape[1]}x{images[0].shape[0]} px, {args.threads} thread(s)")
+        print(f"{len(paths)} images of about {images[0].shape[1]}x{images[0].shape[0]} px, {args.threads} thread(s)")
         print("| net | decode img/s | network img/s | encode img/s | floor img/s | restore img/s | restore / floor | "
               "full test split (5,794) |")
         print("|---|---|---|---|---|---|---|---|")
         for name in [s for s in args.nets.split(",") if s]:
-            with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(0)
-                net = build_net(name).eval()
-            restore_array(net, images[:1])  # warm-up
-            t0 = time.perf_counter()
-            outs = [restore_array(net, [im])[0] for im in images]
-            t_net = time.perf_counter() - t0
-            t0 = time.perf_counter()
-            for o in outs:
-                encode_image(o, "png")
-            t_enc = time.perf_counter() - t0
-            ckpt = tmp / f"{name}.pt"
-            torch.save({"format": CKPT_FORMAT, "net": name, "net_kwargs": {},
-                        "state_dict": net.state_dict(), "step": 0, "config": {}}, ckpt)
-            t0 = time.perf_counter()
-            restore_cub_root(ckpt, root, tmp / f"out-{name}", batch_size=args.batch_size, progress=False)
-            t_restore = time.perf_counter() - t0
-            floor = t_decode + t_net + t_enc
-            print(f"| {name} | {n / t_decode:.1f} | {n / t_net:.1f} | {n / t_enc:.1f} | {n / floor:.1f} | "
-                  f"{n / t_restore:.1f} | {t_restore / floor:.2f} | {CUB_TEST_IMAGES * t_restore / n / 60:.1f} min |",
-                  flush=True)
+            print(_bench_row(name, images, t_decode, root, tmp, args.batch_size), flush=True)
     return 0
 
 

@@ -16,7 +16,7 @@ from tqdm.auto import tqdm
 
 log = logging.getLogger(__name__)
 
-__all__ = ["resolve_device", "make_loader", "predict", "evaluate_top1"]
+__all__ = ["resolve_device", "make_loader", "predict", "top1_percent", "evaluate_top1"]
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
@@ -85,6 +85,16 @@ def predict(models: Mapping[str, nn.Module] | nn.Module, loader, device: torch.d
     }
 
 
+def top1_percent(correct: float, total: float) -> float:
+    """Top-1 accuracy in percent: ``100 * correct / total`` (``total`` > 0 predictions, ``correct`` of them right).
+    The one accuracy formula of the package (clean test top-1 and the training epochs' top-1)."""
+    if not total > 0:
+        raise ValueError(f"top-1 needs at least one prediction, got total {total}")
+    if not 0 <= correct <= total:
+        raise ValueError(f"correct predictions must lie in [0, total], got {correct} of {total}")
+    return 100.0 * float(correct) / float(total)
+
+
 def evaluate_top1(model: nn.Module, dataset, device: torch.device | str = "cpu", batch_size: int = 64,
                   workers: int = 0, progress: bool = False) -> float:
     """Top-1 accuracy in percent (0-100) of ``model`` on ``dataset`` (items ``(image, label, image_id)``).
@@ -99,4 +109,4 @@ def evaluate_top1(model: nn.Module, dataset, device: torch.device | str = "cpu",
         model.train(was_training)
     if len(out["label"]) == 0:
         raise ValueError("cannot evaluate on an empty dataset")
-    return float((out["pred"] == out["label"]).mean() * 100.0)
+    return top1_percent(int((out["pred"] == out["label"]).sum()), len(out["label"]))

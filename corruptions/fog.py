@@ -15,6 +15,7 @@ from typing import NamedTuple
 import numpy as np
 
 from ._checks import check_image, check_rng, check_severity
+from .registry import register_corruption
 
 __all__ = ["fog", "FogParams", "FOG_TABLE", "seeded_global_numpy"]
 
@@ -43,6 +44,7 @@ def seeded_global_numpy(seed: int):
         np.random.set_state(state)
 
 
+@register_corruption("fog", table=FOG_TABLE, id=1)
 def fog(image: np.ndarray, severity: int, rng: np.random.Generator) -> np.ndarray:
     """ImageNet-C fog of ``image`` (``uint8 HxWx3``, any size) at ``severity`` 1..5 -> ``uint8 HxWx3``.
 

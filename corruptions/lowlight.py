@@ -11,6 +11,7 @@ from typing import NamedTuple
 import numpy as np
 
 from ._checks import check_image, check_rng, check_severity
+from .registry import register_corruption
 
 __all__ = ["lowlight", "LowLightParams", "LOWLIGHT_TABLE", "srgb_to_linear", "linear_to_srgb", "encode_srgb8"]
 
@@ -66,6 +67,7 @@ def encode_srgb8(y: np.ndarray) -> np.ndarray:
     return np.take(_SRGB8_FROM_SQRT, u.astype(np.uint16))
 
 
+@register_corruption("lowlight", table=LOWLIGHT_TABLE, id=3)
 def lowlight(image: np.ndarray, severity: int, rng: np.random.Generator) -> np.ndarray:
     """Low-light version of ``image`` (``uint8 HxWx3``, any size) at ``severity`` 1..5 -> ``uint8 HxWx3``.
 

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from cubdata import ImageDecodeError, atomic_write_bytes, load_rgb, mini_cub_root, read_cub
+from cubdata.errors import EXPECTED_ERRORS, one_line, run_cli
 
 from . import corrupt, get_corruption, get_corruption_names, image_rng
 from ._checks import check_image, check_severity
@@ -94,11 +95,8 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _say_error(err: Exception) -> None:
-    text = " ".join(str(err).split())  # one line, whatever the message holds
-    if isinstance(err, ImageDecodeError):
-        text += "; pass a readable image file (JPEG, PNG, ...)"
-    print(f"error: {text}", file=sys.stderr)
+#: The advice added to a decode error's line.
+_HINTS = {ImageDecodeError: "; pass a readable image file (JPEG, PNG, ...)"}
 
 
 def _grid_args(args: argparse.Namespace) -> tuple[list[str], list[int]]:
@@ -118,18 +116,14 @@ def _grid_args(args: argparse.Namespace) -> tuple[list[str], list[int]]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     args = build_parser().parse_args(argv)
     try:
         names, sevs = _grid_args(args)
     except (ValueError, TypeError) as err:
-        _say_error(err)
+        print(f"error: {one_line(err)}", file=sys.stderr)
         raise SystemExit(2)  # a bad argument exits as argparse does, but in one line
-    try:
-        return _main(args, names, sevs)
-    except (ValueError, TypeError, FileNotFoundError, ImageDecodeError) as err:  # CubLayoutError is a ValueError
-        _say_error(err)
-        return 2
+    # CubLayoutError (no default image) is a ValueError
+    return run_cli(lambda: _main(args, names, sevs), errors=(*EXPECTED_ERRORS, TypeError), hints=_HINTS)
 
 
 def _main(args: argparse.Namespace, names: list[str], sevs: list[int]) -> int:

@@ -16,6 +16,7 @@ from scipy import fft as sp_fft
 from scipy import ndimage
 
 from ._checks import check_image, check_rng, check_severity
+from .registry import register_corruption
 
 __all__ = ["rain", "RainParams", "RAIN_TABLE", "rain_streak_kernel", "REFERENCE_SHORT_SIDE", "VEIL_LIGHT"]
 
@@ -78,6 +79,7 @@ def _convolve_same(a: np.ndarray, kernel: np.ndarray) -> np.ndarray:
     return out[top : top + a.shape[0], left : left + a.shape[1]]
 
 
+@register_corruption("rain", table=RAIN_TABLE, id=2)
 def rain(image: np.ndarray, severity: int, rng: np.random.Generator) -> np.ndarray:
     """Synthetic rain on ``image`` (``uint8 HxWx3``, any size) at ``severity`` 1..5 -> ``uint8 HxWx3``.
 

@@ -134,15 +134,8 @@ def _ids(rows, name, problems):
     return out
 
 
-def read_cub(root: str | os.PathLike, *, check_images: bool = True, expect_full: bool = False) -> CubIndex:
-    """Parse and cross-check the CUB root at ``root``.
-
-    Checks that the required metadata files exist, that every image id has a class and a split, that
-    every class id is in ``classes.txt``, that class folders agree with class ids, and (``check_images``)
-    that every image file exists. ``expect_full`` also checks the real dataset's counts (200 classes,
-    11,788 images, 5,994 train / 5,794 test). All problems are reported in one `CubLayoutError`.
-    """
-    root = Path(root)
+def _check_root(root: Path) -> None:
+    """The two problems that stop reading at once: no folder, or a folder without the metadata files."""
     if not root.is_dir():
         raise CubLayoutError(
             f"CUB root {root} does not exist or is not a folder. Expected the extracted CUB_200_2011 folder "
@@ -156,12 +149,9 @@ def read_cub(root: str | os.PathLike, *, check_images: bool = True, expect_full:
             f"(a CUB root needs {', '.join(REQUIRED_FILES)} and images/<class>/<file>). "
             "If you meant the dataset archive's top folder, point at its CUB_200_2011/ subfolder."
         )
-    problems: list[str] = []
-    images = _ids(_read_table(root / "images.txt", 2, problems), "images.txt", problems)
-    labels = _ids(_read_table(root / "image_class_labels.txt", 2, problems), "image_class_labels.txt", problems)
-    splits = _ids(_read_table(root / "train_test_split.txt", 2, problems), "train_test_split.txt", problems)
-    classes_raw = _ids(_read_table(root / "classes.txt", 2, problems), "classes.txt", problems)
-    classes = {k: v[0] for k, v in classes_raw.items()}
+
+
+def _read_bboxes(root: Path, problems: list[str]) -> dict[int, tuple[float, float, float, float]]:
     bboxes: dict[int, tuple[float, float, float, float]] = {}
     if (root / "bounding_boxes.txt").is_file():
         for parts in _read_table(root / "bounding_boxes.txt", 5, problems):
@@ -169,9 +159,12 @@ def read_cub(root: str | os.PathLike, *, check_images: bool = True, expect_full:
                 bboxes[int(parts[0])] = tuple(float(v) for v in parts[1:])  # type: ignore[assignment]
             except ValueError:
                 problems.append(f"bounding_boxes.txt: malformed line {' '.join(parts)!r}")
+    return bboxes
 
-    ids = set(images)
-    for name, table in (("image_class_labels.txt", labels), ("train_test_split.txt", splits)):
+
+def _check_coverage(ids: set[int], tables: dict[str, dict], bboxes: dict, problems: list[str]) -> None:
+    """Every image id of images.txt has a class and a split, and nothing else does."""
+    for name, table in tables.items():
         lacking = sorted(ids - set(table))
         extra = sorted(set(table) - ids)
         if lacking:
@@ -181,10 +174,13 @@ def read_cub(root: str | os.PathLike, *, check_images: bool = True, expect_full:
     if bboxes and set(bboxes) != ids:
         problems.append(f"bounding_boxes.txt: covers {len(set(bboxes) & ids)} of {len(ids)} image ids")
 
+
+def _records(images: dict, labels: dict, splits: dict, classes: dict[int, str], bboxes: dict,
+             problems: list[str]) -> list[CubRecord]:
+    """One record per image id with a class and a split; class ids, split flags and class folders checked."""
     records: list[CubRecord] = []
     folder_class: dict[str, int] = {}
-    missing_files: list[str] = []
-    for image_id in sorted(ids):
+    for image_id in sorted(images):
         rel = images[image_id][0]
         if image_id not in labels or image_id not in splits:
             continue
@@ -203,33 +199,58 @@ def read_cub(root: str | os.PathLike, *, check_images: bool = True, expect_full:
             prev = folder_class.setdefault(folder, class_id)
             if prev != class_id:
                 problems.append(f"images.txt: folder {folder!r} holds images of classes {prev} and {class_id}")
-        rec = CubRecord(image_id, rel, class_id, flag == 1, bboxes.get(image_id))
-        records.append(rec)
-    index = CubIndex(root=root, classes=classes, records=records)
+        records.append(CubRecord(image_id, rel, class_id, flag == 1, bboxes.get(image_id)))
+    return records
+
+
+def _check_image_files(index: CubIndex, problems: list[str]) -> None:
+    missing_files = [rec.rel_path for rec in index.records if not index.image_path(rec).is_file()]
+    if missing_files:
+        problems.append(
+            f"images/: {len(missing_files)} of {len(index.records)} image file(s) listed in images.txt are missing, "
+            f"e.g. {missing_files[:3]}"
+        )
+
+
+def _check_full_counts(index: CubIndex, problems: list[str]) -> None:
+    counts = {
+        "classes": len(index.classes),
+        "images": len(index.records),
+        "train": sum(r.is_train for r in index.records),
+        "test": sum(not r.is_train for r in index.records),
+    }
+    for key, want in FULL_CUB_COUNTS.items():
+        if counts[key] != want:
+            problems.append(f"expected {want} {key} in the full CUB-200-2011, found {counts[key]}")
+
+
+def read_cub(root: str | os.PathLike, *, check_images: bool = True, expect_full: bool = False) -> CubIndex:
+    """Parse and cross-check the CUB root at ``root``.
+
+    Checks that the required metadata files exist, that every image id has a class and a split, that
+    every class id is in ``classes.txt``, that class folders agree with class ids, and (``check_images``)
+    that every image file exists. ``expect_full`` also checks the real dataset's counts (200 classes,
+    11,788 images, 5,994 train / 5,794 test). All problems are reported in one `CubLayoutError`.
+    """
+    root = Path(root)
+    _check_root(root)
+    problems: list[str] = []
+    tables = {name: _ids(_read_table(root / name, 2, problems), name, problems) for name in REQUIRED_FILES}
+    images, labels, splits = (tables[n] for n in ("images.txt", "image_class_labels.txt", "train_test_split.txt"))
+    classes = {k: v[0] for k, v in tables["classes.txt"].items()}
+    bboxes = _read_bboxes(root, problems)
+    _check_coverage(set(images), {n: tables[n] for n in ("image_class_labels.txt", "train_test_split.txt")}, bboxes,
+                    problems)
+    index = CubIndex(root=root, classes=classes, records=_records(images, labels, splits, classes, bboxes, problems))
     if check_images:
-        for rec in records:
-            if not index.image_path(rec).is_file():
-                missing_files.append(rec.rel_path)
-        if missing_files:
-            problems.append(
-                f"images/: {len(missing_files)} of {len(records)} image file(s) listed in images.txt are missing, "
-                f"e.g. {missing_files[:3]}"
-            )
+        _check_image_files(index, problems)
     if expect_full:
-        counts = {
-            "classes": len(classes),
-            "images": len(records),
-            "train": sum(r.is_train for r in records),
-            "test": sum(not r.is_train for r in records),
-        }
-        for key, want in FULL_CUB_COUNTS.items():
-            if counts[key] != want:
-                problems.append(f"expected {want} {key} in the full CUB-200-2011, found {counts[key]}")
+        _check_full_counts(index, problems)
     if problems:
         shown = "\n  - ".join(problems[:20])
         more = f"\n  ... and {len(problems) - 20} more" if len(problems) > 20 else ""
         raise CubLayoutError(f"invalid CUB root {root}: {len(problems)} problem(s)\n  - {shown}{more}")
-    log.debug("read CUB root %s: %d images, %d classes", root, len(records), len(classes))
+    log.debug("read CUB root %s: %d images, %d classes", root, len(index.records), len(classes))
     return index
 
 

@@ -5,8 +5,10 @@
     criterion = DiffLoss(model, diffusion, gamma=1e-3, lam=1e-2)
     out = criterion(restored, clean)        # [0, 1] NCHW float; out.total, out.pixel, out.nat, out.sem, out.t
 
-Submodules: ``diffloss.prior`` (configs, loading, freezing), ``diffloss.hooks`` (h-space),
-``diffloss.criterion`` (the loss and its functional core). Attributes are imported lazily, so
+Submodules: ``diffloss.prior`` (configs, loading, freezing; the code in ``prior_configs``, ``prior_loading``,
+``prior_runtime``), ``diffloss.hooks`` (h-space), ``diffloss.criterion`` (the loss; its functional core in
+``criterion_functional``, ``timestep_weights``, ``grad_scaling``, ``criterion_checks``), ``diffloss.train_prior``
+(training a prior; ``prior_data``, ``prior_training``, ``prior_outputs``). Attributes are imported lazily, so
 ``import diffloss`` does not import torch or guided-diffusion until you use them.
 """
 from __future__ import annotations

@@ -1,6 +1,7 @@
 """Restoration networks: a registry of small image-to-image nets mapping ``[0, 1] NCHW float`` to the same.
 
-``RESTORATION_NETS`` (name -> factory(**kw) -> nn.Module):
+``NETS`` (alias ``RESTORATION_NETS``), a `cubdata.registry.Registry` of name -> factory(**kw) -> nn.Module,
+filled where each network is defined (``@NETS.register("name")``):
 
 - ``small-unet``  a compact UNet (two stride-2 levels, skip connections, residual output); the default
   network of the training CLI and of the demo restorers.
@@ -11,22 +12,25 @@
   uses for low light.
 - ``dncnn``       DnCNN (Zhang et al., TIP 2017): a plain conv/BN/ReLU stack predicting the residual.
 
-Any other network plugs in as ``"pkg.module:factory"`` (see `build_net`). Every module here has a
+Any other network plugs in as ``"pkg.module:factory"`` (see `build_net`), or registers itself with
+``@NETS.register("my-net")``. Every module here has a
 ``pad_multiple`` attribute: the factor its input height and width must be divisible by; `restore_tensor`
 pads (reflect) to it and crops back, so any image size works at inference.
 """
 from __future__ import annotations
 
-import importlib
 import logging
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from cubdata.registry import Registry
+
 log = logging.getLogger(__name__)
 
 __all__ = [
+    "NETS",
     "RESTORATION_NETS",
     "DEFAULT_NET",
     "SmallUNet",
@@ -41,6 +45,18 @@ __all__ = [
 ]
 
 DEFAULT_NET = "small-unet"
+
+
+def _plugin_factory(spec: str, factory):
+    if not callable(factory):
+        raise TypeError(f"restoration net {spec!r} is not callable")
+    return factory
+
+
+#: name -> factory(**kwargs) -> nn.Module; ``get("pkg.module:factory")`` imports a plugin factory.
+NETS: Registry = Registry("restoration net", plugin=_plugin_factory)
+#: The old name of `NETS` (the same registry).
+RESTORATION_NETS = NETS
 
 
 def clamp01_ste(x: torch.Tensor) -> torch.Tensor:
@@ -75,6 +91,7 @@ class _ConvBlock(nn.Sequential):
         )
 
 
+@NETS.register("small-unet")
 class SmallUNet(nn.Module):
     """A compact UNet: ``depth`` stride-2 levels of conv blocks (``base * 2**level`` channels), bilinear
     upsampling with skip connections, and a residual output ``clamp01_ste(x + head(features))``.
@@ -233,6 +250,7 @@ class _IATGlobal(nn.Module):
         return gamma, color
 
 
+@NETS.register("iat")
 class IAT(nn.Module):
     """Illumination Adaptive Transformer (Cui et al., BMVC 2022), ~90k parameters.
 
@@ -265,6 +283,7 @@ class IAT(nn.Module):
 # --------------------------------------------------------------------------------------------------
 # DnCNN (Zhang et al., TIP 2017)
 # --------------------------------------------------------------------------------------------------
+@NETS.register("dncnn")
 class DnCNN(nn.Module):
     """DnCNN: conv+ReLU, ``depth - 2`` x (conv+BN+ReLU), conv; predicts the residual (the degradation) and
     returns ``clamp01_ste(x - residual)``. Paper defaults: depth 17, 64 features. ``[0, 1] NCHW float``."""
@@ -285,15 +304,8 @@ class DnCNN(nn.Module):
         return clamp01_ste(x - self.body(x))
 
 
-RESTORATION_NETS = {
-    "small-unet": SmallUNet,
-    "iat": IAT,
-    "dncnn": DnCNN,
-}
-
-
 def build_net(name_or_spec: str, **kwargs) -> nn.Module:
-    """Build a restoration network from a registry name (`RESTORATION_NETS`) or ``"pkg.module:factory"``.
+    """Build a restoration network from a registry name (`NETS`) or ``"pkg.module:factory"``.
 
     ``kwargs`` go to the factory. The result must be an ``nn.Module`` mapping ``[0, 1] NCHW`` to
     ``[0, 1] NCHW``; parameters are drawn from torch's global RNG, so seed around the call (the training
@@ -301,27 +313,10 @@ def build_net(name_or_spec: str, **kwargs) -> nn.Module:
     """
     if not isinstance(name_or_spec, str) or not name_or_spec:
         raise TypeError(f"network must be a registry name or 'pkg.module:factory' string, got {name_or_spec!r}")
-    if ":" in name_or_spec:
-        mod_name, _, attr = name_or_spec.partition(":")
-        try:
-            module = importlib.import_module(mod_name)
-        except ImportError as err:
-            raise ValueError(f"cannot import module {mod_name!r} of network spec {name_or_spec!r}: {err}") from err
-        factory = module
-        for part in attr.split("."):
-            if not hasattr(factory, part):
-                raise ValueError(f"module {mod_name!r} has no attribute {attr!r} (network spec {name_or_spec!r})")
-            factory = getattr(factory, part)
-        if not callable(factory):
-            raise TypeError(f"{name_or_spec!r} is not callable")
-    else:
-        try:
-            factory = RESTORATION_NETS[name_or_spec]
-        except KeyError:
-            raise ValueError(
-                f"unknown restoration network {name_or_spec!r}; valid names: {', '.join(sorted(RESTORATION_NETS))} "
-                "(or pass 'pkg.module:factory')"
-            ) from None
+    try:
+        factory = NETS.get(name_or_spec)
+    except KeyError as err:  # an unknown name: the message lists the valid ones
+        raise ValueError(err.args[0]) from None
     net = factory(**kwargs)
     if not isinstance(net, nn.Module):
         raise TypeError(f"network factory {name_or_spec!r} returned {type(net).__name__}, expected an nn.Module")
@@ -337,7 +332,7 @@ def count_parameters(net: nn.Module, trainable_only: bool = False) -> int:
 def parameter_counts() -> dict[str, int]:
     """Trainable parameter count of every registry network at its default arguments."""
     with torch.random.fork_rng(devices=[]):
-        return {name: count_parameters(build_net(name)) for name in RESTORATION_NETS}
+        return {name: count_parameters(build_net(name)) for name in NETS}
 
 
 def pad_multiple_of(net: nn.Module) -> int:

@@ -38,7 +38,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from cubdata import load_rgb, mini_cub_root, read_cub
+from cubdata import IMAGE_SUFFIXES, load_rgb, mini_cub_root, read_cub
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +59,6 @@ __all__ = [
     "to_tensor",
 ]
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 _LOW_ROLES = ("low", "input", "rain", "rainy", "hazy")
 _HIGH_ROLES = ("high", "target", "norain", "gt", "clean")
 # (low, high) folder names of the supported layouts, in order of preference (matched case-insensitively)
@@ -200,18 +199,20 @@ def find_folder_pairs(root: str | os.PathLike, split: str = "train") -> list[Pai
 
 
 class PairSource:
-    """A list of (degraded, clean) image pairs. ``load(i)`` -> (``uint8 HxWx3``, ``uint8 HxWx3``), same size.
-    Subclasses implement ``_load(i)``; ``load`` keeps the last ``cache_size`` decoded pairs in memory (LRU)."""
+    """A list of (degraded, clean) image pairs called ``names``. ``load(i)`` -> (``uint8 HxWx3``,
+    ``uint8 HxWx3``), same size. Subclasses implement ``_load(i)``; ``load`` keeps the last ``cache_size``
+    decoded pairs in memory (LRU)."""
 
-    def __init__(self, cache_size: int = 0) -> None:
+    def __init__(self, names: list[str], cache_size: int = 0) -> None:
+        self.names = list(names)
         self.cache_size = int(cache_size)
         self._cache: OrderedDict[int, tuple[np.ndarray, np.ndarray]] = OrderedDict()
 
-    def __len__(self) -> int:  # pragma: no cover - interface
-        raise NotImplementedError
+    def __len__(self) -> int:
+        return len(self.names)
 
-    def name(self, i: int) -> str:  # pragma: no cover - interface
-        raise NotImplementedError
+    def name(self, i: int) -> str:
+        return self.names[i]
 
     def _load(self, i: int) -> tuple[np.ndarray, np.ndarray]:  # pragma: no cover - interface
         raise NotImplementedError
@@ -236,13 +237,7 @@ class FolderPairs(PairSource):
             raise ValueError(f"no pairs in {description or 'the given list'}")
         self.pairs = list(pairs)
         self.description = description
-        super().__init__(cache_size)
-
-    def __len__(self) -> int:
-        return len(self.pairs)
-
-    def name(self, i: int) -> str:
-        return self.pairs[i].name
+        super().__init__([p.name for p in self.pairs], cache_size)
 
     def _load(self, i: int) -> tuple[np.ndarray, np.ndarray]:
         p = self.pairs[i]
@@ -264,8 +259,7 @@ class SyntheticPairs(PairSource):
 
     def __init__(self, corruption: str, severity: int, cub_root: str | os.PathLike | None = None,
                  split: str = "train", seed: int = 0, cache_size: int = 4096) -> None:
-        from corruptions import get_corruption  # local: corruptions is only needed for synthetic pairs
-        from corruptions._checks import check_severity
+        from corruptions import check_severity, get_corruption  # local: only synthetic pairs need corruptions
 
         get_corruption(corruption)  # an unknown name raises, listing the valid ones
         severity = check_severity(severity)
@@ -277,13 +271,7 @@ class SyntheticPairs(PairSource):
         self.records = self.index.split(cub_split)
         if not self.records:
             raise ValueError(f"CUB root {self.index.root} has no {cub_split} images")
-        super().__init__(cache_size)
-
-    def __len__(self) -> int:
-        return len(self.records)
-
-    def name(self, i: int) -> str:
-        return self.records[i].rel_path
+        super().__init__([r.rel_path for r in self.records], cache_size)
 
     def _load(self, i: int) -> tuple[np.ndarray, np.ndarray]:
         from corruptions import corrupt
@@ -311,7 +299,9 @@ def open_pairs(spec: str, split: str = "train", seed: int = 0) -> PairSource:
         try:
             severity = int(parts[2])
         except ValueError:
-            raise ValueError(f"severity in {spec!r} must be an integer 1..5, got {parts[2]!r}") from None
+            from corruptions import SEVERITIES
+
+            raise ValueError(f"severity in {spec!r} must be an integer in {SEVERITIES}, got {parts[2]!r}") from None
         return SyntheticPairs(parts[1], severity, parts[3] if len(parts) == 4 and parts[3] else None, split, seed)
     if ":" in spec and not Path(spec).is_dir():
         low_dir, _, high_dir = spec.partition(":")

@@ -14,9 +14,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cubdata import generate_mini_cub, load_rgb, read_cub
-from corruptions import corrupt, image_rng
+from build_fixtures import REPO, small_root, tree_bytes  # noqa: F401  (small_root: a fixture)
+from cubdata import load_rgb, read_cub
+from corruptions import corrupt, corruption_id, corruption_parameters, image_rng
 from corruptions.build import (
+    MANIFEST_FORMAT,
     MANIFEST_NAME,
     BuildConfigError,
     _severity_list,
@@ -27,20 +29,6 @@ from corruptions.build import (
 
 CORR = ("fog", "rain", "lowlight")
 SEVS = (1, 3)
-REPO = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture(scope="module")
-def small_root(tmp_path_factory) -> Path:
-    """2 classes x 4 images (2 test per class): 4 test images."""
-    root = tmp_path_factory.mktemp("small-cub") / "CUB_200_2011"
-    generate_mini_cub(root, n_classes=2, per_class=4)
-    return root
-
-
-def tree_bytes(out: Path) -> dict[str, bytes]:
-    """Every image file under ``out`` (relative path -> bytes)."""
-    return {p.relative_to(out).as_posix(): p.read_bytes() for p in sorted(out.rglob("images/*/*")) if p.is_file()}
 
 
 @pytest.fixture(scope="module")
@@ -66,10 +54,12 @@ def test_build_writes_valid_cub_roots_with_manifest(small_root, reference):
             assert all(not r.is_train for r in idx.records) and idx.classes == src.classes
             assert all(r.bbox == q.bbox for r, q in zip(idx.records, test_recs))
             man = json.loads((root / MANIFEST_NAME).read_text())
-            assert man["complete"] and man["counts"] == {"ok": 4, "failed": 0}
-            assert man["corruption"] == c and man["severity"] == s and man["seed"] == 0
-            assert man["parameters"] and man["quality"] == 95 and man["image_format"] == "jpeg"
-            assert {"numpy", "scipy", "imagecorruptions", "pillow", "python"} <= set(man["versions"])
+            assert man["format"] == MANIFEST_FORMAT and man["complete"] and man["counts"] == {"ok": 4, "failed": 0}
+            settings = man["settings"]
+            assert settings["corruption"] == c and settings["severity"] == s and settings["seed"] == 0
+            assert settings["parameters"] == corruption_parameters(c, s) and settings["corruption_id"] == corruption_id(c)
+            assert settings["quality"] == 95 and settings["image_format"] == "jpeg"
+            assert {"numpy", "scipy", "imagecorruptions", "pillow", "python"} <= set(settings["versions"])
             for rec in test_recs:
                 entry = man["images"][str(rec.image_id)]
                 data = (root / entry["path"]).read_bytes()
@@ -143,11 +133,11 @@ def test_resume_after_interruption_matches_uninterrupted(small_root, reference, 
 
 
 def test_interrupted_run_leaves_no_partial_files_and_resumes(small_root, reference, tmp_path, monkeypatch):
-    import corruptions.build as build
+    import corruptions.build.worker as worker
 
     ref_out, _ = reference
     out = tmp_path / "interrupted"
-    real = build._process_image
+    real = worker.process_image
     calls = {"n": 0}
 
     def flaky(task):
@@ -156,10 +146,10 @@ def test_interrupted_run_leaves_no_partial_files_and_resumes(small_root, referen
             raise KeyboardInterrupt  # Ctrl-C after two source images
         return real(task)
 
-    monkeypatch.setattr(build, "_process_image", flaky)
+    monkeypatch.setattr(worker, "process_image", flaky)
     with pytest.raises(KeyboardInterrupt):
         build_degraded_cub(small_root, out, CORR, SEVS, workers=1, seed=0, progress=False)
-    monkeypatch.setattr(build, "_process_image", real)
+    monkeypatch.setattr(worker, "process_image", real)
     for c in CORR:
         for s in SEVS:
             root = variant_root(out, c, s)
@@ -318,3 +308,56 @@ def test_worker_exception_propagates_with_image_named(small_root, tmp_path, monk
     man = json.loads((variant_root(out, "lowlight", 2) / MANIFEST_NAME).read_text())
     assert man["complete"] is False
     sys.modules.pop("exploding_corr", None)
+
+
+def test_a_corruption_registered_at_run_time_is_built_by_default_also_by_workers(small_root, tmp_path, monkeypatch,
+                                                                                  capsys):
+    """The decorator in a user's module is all it takes: the default corruption list of the builder (library
+    and CLI) includes it, and spawned workers run it (with its registered id in every seed)."""
+    (tmp_path / "user_corr.py").write_text(
+        "from corruptions import register_corruption\n\n"
+        "@register_corruption('negative_test', id=91)\n"
+        "def negative(image, severity, rng):\n    return 255 - image\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(tmp_path), str(REPO)]))
+    import corruptions
+
+    import user_corr  # noqa: F401  (registers 'negative_test')
+
+    try:
+        out = tmp_path / "out"
+        summary = build_degraded_cub(small_root, out, severities=(2,), workers=2, fmt="png", progress=False)
+        assert set(summary["variants"]) == {f"{c}/2" for c in (*CORR, "negative_test")}
+        idx, src = read_cub(variant_root(out, "negative_test", 2)), read_cub(small_root)
+        for rec in idx.records:
+            clean = load_rgb(src.image_path(src.record(rec.image_id)))
+            assert np.array_equal(load_rgb(idx.image_path(rec)), 255 - clean)
+        man = json.loads((variant_root(out, "negative_test", 2) / MANIFEST_NAME).read_text())
+        assert man["settings"]["corruption_id"] == 91 and man["settings"]["parameters"] == {}
+        assert main(["--cub-root", str(small_root), "--out", str(out), "--severities", "2", "--format", "png",
+                     "--no-progress"]) == 0  # the CLI's default list has it too: all verified and skipped
+        printed = capsys.readouterr().out
+        assert "negative_test/2" in printed and "0 image(s) written, 16 verified and skipped" in printed
+    finally:
+        corruptions.CORRUPTIONS.remove("negative_test")
+        sys.modules.pop("user_corr", None)
+
+
+def test_a_manifest_of_the_old_layout_is_ignored_with_a_warning_and_rebuilt(small_root, reference, tmp_path, caplog):
+    """Manifests of the first layout (settings at the top level) are not trusted: warning, everything redone,
+    same bytes, new layout."""
+    ref_out, _ = reference
+    out = tmp_path / "old"
+    shutil.copytree(ref_out, out)
+    path = variant_root(out, "rain", 3) / MANIFEST_NAME
+    new = json.loads(path.read_text())
+    old = {"format": "degraded-cub-manifest/1", **new["settings"], "complete": True, "counts": new["counts"],
+           "images": new["images"]}
+    path.write_text(json.dumps(old))
+    with caplog.at_level("WARNING"):
+        summary = build_degraded_cub(small_root, out, ("rain",), (3,), progress=False)
+    assert summary["written"] == 4 and summary["skipped"] == 0 and summary["failed"] == 0
+    assert any("another format" in r.getMessage() and "rain/3" in r.getMessage() for r in caplog.records)
+    assert json.loads(path.read_text())["format"] == MANIFEST_FORMAT
+    assert tree_bytes(out) == tree_bytes(ref_out)

@@ -17,21 +17,8 @@ import pytest
 
 import corruptions.build as build
 from corruptions.build import MANIFEST_NAME, BuildConfigError, build_degraded_cub, main, variant_root
+from build_fixtures import REPO, small_root, snapshot  # noqa: F401  (small_root: a fixture)
 from cubdata import generate_mini_cub, read_cub, sha256_file
-
-REPO = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture(scope="module")
-def small_root(tmp_path_factory) -> Path:
-    """2 classes x 4 images (2 test per class): 4 test images."""
-    root = tmp_path_factory.mktemp("small-cub") / "CUB_200_2011"
-    generate_mini_cub(root, n_classes=2, per_class=4)
-    return root
-
-
-def snapshot(folder: Path) -> dict[str, bytes]:
-    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
 # ------------------------------------------------------------------------------------------- foreign --out
@@ -90,20 +77,20 @@ def test_overwrite_rebuilds_a_variant_made_with_other_settings(small_root, tmp_p
         build_degraded_cub(small_root, out, ("lowlight",), (1,), seed=1, progress=False)
     s = build_degraded_cub(small_root, out, ("lowlight",), (1,), seed=1, overwrite=True, progress=False)
     assert s["written"] == 4 and s["skipped"] == 0
-    assert json.loads((variant_root(out, "lowlight", 1) / MANIFEST_NAME).read_text())["seed"] == 1
+    assert json.loads((variant_root(out, "lowlight", 1) / MANIFEST_NAME).read_text())["settings"]["seed"] == 1
 
 
 # ------------------------------------------------------------------------------------------- manifests
 def test_manifests_exist_before_the_first_image_finishes(small_root, tmp_path, monkeypatch):
     out = tmp_path / "out"
-    real, seen = build._process_image, []
+    real, seen = build.worker.process_image, []
 
     def spy(task):
         if not seen:
             seen.append({(c, s): (variant_root(out, c, s) / MANIFEST_NAME).is_file() for c in ("fog", "rain") for s in (1, 2)})
         return real(task)
 
-    monkeypatch.setattr(build, "_process_image", spy)
+    monkeypatch.setattr(build.worker, "process_image", spy)
     build_degraded_cub(small_root, out, ("fog", "rain"), (1, 2), progress=False)
     assert seen and all(seen[0].values()), seen
 

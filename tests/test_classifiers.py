@@ -72,6 +72,26 @@ def test_user_factory_spec(tmp_path, monkeypatch):
         build_classifier("my_nets:nope", 7)
 
 
+def test_one_decorator_registers_an_architecture_everywhere():
+    @CLASSIFIERS.register("narrow-test", family="resnet", head="fc", img_size=32, resize=36)
+    def narrow():
+        return classifiers.ResNetMini(1000, widths=(8, 8, 8, 8))
+
+    try:
+        assert CLASSIFIERS.names()[-1] == "narrow-test" and CLASSIFIERS["narrow-test"].build_imagenet_head is narrow
+        assert build_classifier("narrow-test", 3).fc.out_features == 3
+        assert default_preprocess("narrow-test")["resize"] == 36
+        args = build_parser().parse_args(["--arch", "narrow-test", "--cub-root", "x", "--out", "y"])
+        assert args.arch == "narrow-test"
+        with pytest.raises(ValueError, match="already registered"):
+            CLASSIFIERS.register("narrow-test", family="resnet", head="fc", img_size=32, resize=36)(narrow)
+    finally:
+        del CLASSIFIERS["narrow-test"]
+    assert "narrow-test" not in CLASSIFIERS and CLASSIFIERS.get("narrow-test", None) is None
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["--arch", "narrow-test", "--cub-root", "x", "--out", "y"])
+
+
 def test_default_preprocess_and_eval_transform():
     assert default_preprocess("resnet50")["img_size"] == 448 and default_preprocess("resnet50")["resize"] == 512
     assert default_preprocess("vgg16", 224)["resize"] == 256
@@ -215,13 +235,52 @@ def test_finetune_cli_clear_errors(mini_root, tmp_path, monkeypatch, capsys):
     assert args.arch == "pkg.mod:factory"
 
 
-def test_finetune_cli_trains(mini_root, tmp_path, capsys):
+def _hand_top1(model, dataset) -> tuple[int, int]:
+    """``(right, n)``: the test images ``model`` labels correctly, counted one image at a time."""
+    right = 0
+    with torch.no_grad():
+        for i in range(len(dataset)):
+            x, y, _ = dataset[i]
+            right += int(model(x[None]).argmax(1).item() == y)
+    return right, len(dataset)
+
+
+def test_finetune_cli_trains_and_records_the_hand_counted_top1(mini_root, tmp_path, capsys):
     out = tmp_path / "cli.pt"
     rc = finetune_main(["--arch", "vgg-mini", "--cub-root", str(mini_root), "--out", str(out), "--weights", "none",
                         "--img-size", "32", "--epochs", "1", "--workers", "0", "--no-progress", "--threads", "1"])
-    assert rc == 0 and "clean test top-1" in capsys.readouterr().out
-    _, info = load_classifier(out)
-    assert info["arch"] == "vgg-mini" and info["epochs"] == 1 and 0.0 <= info["clean_test_top1"] <= 100.0
+    printed = capsys.readouterr().out
+    assert rc == 0
+    model, info = load_classifier(out)
+    assert info["arch"] == "vgg-mini" and info["epochs"] == 1
+    # the recorded (and printed) clean top-1 is exactly the share of test images the saved model gets right
+    right, n = _hand_top1(model, CubDataset(mini_root, "test", transform=eval_transform(info["preprocess"])))
+    assert n == 120  # mini-CUB: 10 classes x 12 test images
+    assert info["clean_test_top1"] == pytest.approx(100.0 * right / n, abs=1e-9), (right, n)
+    assert f"clean test top-1 {100.0 * right / n:.2f}%" in printed
+
+
+class _ReadsTheAnswer(nn.Module):
+    """Predicts the class written in the top-left pixel of channel 0 (logits: one-hot of that value)."""
+
+    def forward(self, x):
+        return nn.functional.one_hot(x[:, 0, 0, 0].round().long(), 4).float()
+
+
+def test_top1_is_the_share_of_right_predictions():
+    from classifiers.predict import top1_percent
+
+    preds = [0, 1, 2, 3, 0, 1, 2]
+    labels = [0, 1, 0, 3, 1, 1, 3]  # right: images 0, 1, 3, 5 -> 4 of 7
+    data = [(torch.full((3, 4, 4), float(p)), lab, i) for i, (p, lab) in enumerate(zip(preds, labels))]
+    # batches of 3 leave a last batch of one: it must count, and count once
+    assert evaluate_top1(_ReadsTheAnswer(), data, batch_size=3) == pytest.approx(400.0 / 7, abs=1e-9)
+    assert evaluate_top1(_ReadsTheAnswer(), data[:4], batch_size=3) == pytest.approx(75.0, abs=1e-9)
+    assert evaluate_top1(_ReadsTheAnswer(), data[2:3]) == 0.0
+    assert top1_percent(3, 8) == 37.5 and top1_percent(8, 8) == 100.0
+    for bad in ((1, 0), (5, 4), (-1, 4)):
+        with pytest.raises(ValueError):
+            top1_percent(*bad)
 
 
 @pytest.mark.slow
@@ -260,6 +319,7 @@ def test_finetune_bbox_crop_trains_on_boxes_and_records_protocol(tmp_path, monke
     from PIL import Image
 
     import classifiers.finetune as cf
+    import classifiers.finetune_loop as loop
     from cubdata import crop_to_bbox, generate_mini_cub, load_pil_rgb
 
     index = generate_mini_cub(tmp_path / "cub", n_classes=2, per_class=4)
@@ -269,7 +329,7 @@ def test_finetune_bbox_crop_trains_on_boxes_and_records_protocol(tmp_path, monke
     assert box_sizes != full_sizes  # otherwise the test could not tell the two apart
 
     seen, eval_sets = [], []
-    real_train, real_eval = cf.train_transform, cf.evaluate_top1
+    real_train, real_eval = loop.train_transform, loop.evaluate_top1
 
     def recording_train_transform(preprocess, crop_scale=(0.25, 1.0)):
         t = real_train(preprocess, crop_scale)
@@ -283,8 +343,9 @@ def test_finetune_bbox_crop_trains_on_boxes_and_records_protocol(tmp_path, monke
         eval_sets.append(dataset)
         return real_eval(model, dataset, *a, **k)
 
-    monkeypatch.setattr(cf, "train_transform", recording_train_transform)
-    monkeypatch.setattr(cf, "evaluate_top1", recording_evaluate)
+    # patched where the training loop looks them up
+    monkeypatch.setattr(loop, "train_transform", recording_train_transform)
+    monkeypatch.setattr(loop, "evaluate_top1", recording_evaluate)
     out = tmp_path / "bbox.pt"
     assert cf.main(["--arch", "resnet-mini", "--cub-root", str(tmp_path / "cub"), "--out", str(out), "--weights", "none",
                     "--img-size", "32", "--bbox-crop", "--bbox-size", "36,32", "--epochs", "1", "--batch-size", "16",

@@ -326,16 +326,20 @@ def test_bbox_crop(tiny_ckpts, mini_root, variants, tmp_path, monkeypatch):
     x, y, w, h = rec.bbox
     assert ds[0][0].size == (round(w), round(h)) and ds[0][1:] == (rec.label, rec.image_id)
     # URIE's protocol by default: box -> 256x256 -> centre crop 227, whatever the classifier's own size (48)
+    import importlib
+
     import classifiers
 
+    # patched where protocol_transform looks it up (the module that defines protocol_transform)
+    preprocess = importlib.import_module(classifiers.protocol_transform.__module__)
     seen = []
-    real = classifiers.eval_transform
+    real = preprocess.eval_transform
 
     def recording_transform(pp, bbox_crop=False):  # records the sizes, scores at 48 px to stay fast
         seen.append((pp["resize"], pp["img_size"], bbox_crop))
         return real(dict(pp, resize=55, img_size=48), bbox_crop)
 
-    monkeypatch.setattr(classifiers, "eval_transform", recording_transform)
+    monkeypatch.setattr(preprocess, "eval_transform", recording_transform)
     # the tiny classifiers saw whole images: scoring them on boxes is a protocol mismatch, allowed here on purpose
     spec = Table2Spec(str(mini_root), {"resnet-mini": str(tiny_ckpts["resnet-mini"])},
                       [SetSpec("degraded", "gray", str(variants["gray"]))], bbox_crop=True,
@@ -511,9 +515,13 @@ def _forbid_work(monkeypatch):
     def fail(*a, **k):
         raise AssertionError("no work may start before the arguments and --out are checked")
 
-    for name in ("score_table2", "load_predictions", "run_table2"):
-        monkeypatch.setattr(ac, name, fail)
-    monkeypatch.setattr(dt, "main_demo", fail)
+    import analysis.classify.cli as cli
+    import analysis.classify.summary as summary
+
+    # every name through which the command line reaches work, where it looks the name up
+    for module, name in ((cli, "load_predictions"), (cli, "run_table2"), (cli, "finish_table2"),
+                         (summary, "score_table2"), (dt, "main_demo")):
+        monkeypatch.setattr(module, name, fail)
 
 
 @pytest.mark.parametrize("flags, message", [
@@ -546,6 +554,28 @@ def test_unwritable_out_refused_before_scoring(mode, tmp_path, monkeypatch, caps
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and f"--out {out}" in err[0] and "choose another --out" in err[0], err
     assert blocker.read_text() == "not a folder"
+
+
+def test_old_import_paths_still_work():
+    """analysis.classify became a package: every name of the old module's __all__ (and the demo's output
+    folder) is still importable from it, and ScoringDataset is the classifiers' own."""
+    from classifiers.scoring_data import ScoringDataset
+
+    old_all = ["CLEAN", "TABLE_COLUMNS", "MCNEMAR_COLUMNS", "PREDICTION_COLUMNS", "URIE_BBOX_SIZE", "SetSpec",
+               "Table2Spec", "Predictions", "ScoringDataset", "parse_set_arg", "parse_bbox_size", "check_protocol",
+               "parse_classifier_arg", "load_spec", "check_same_test_split", "score_table2", "summarize",
+               "format_markdown", "format_latex", "write_outputs", "load_table", "load_mcnemar", "load_predictions",
+               "run_table2", "build_parser", "main", "check_out_writable", "P_ADJUST_METHODS"]
+    assert [n for n in old_all + ["DEMO_OUT", "DEFAULT_OUT"] if not hasattr(ac, n)] == []
+    assert set(old_all) <= set(ac.__all__) and ac.ScoringDataset is ScoringDataset
+    assert (ac.DEFAULT_OUT, ac.DEMO_OUT) == ("runs/table2", "runs/demo-table2")
+
+
+def test_scoring_dataset_refuses_lists_of_other_lengths():
+    with pytest.raises(ValueError, match="one entry per image; got 2, 1, 2"):
+        ac.ScoringDataset([Path("a.jpg"), Path("b.jpg")], [0], [1, 2], lambda im: im)
+    with pytest.raises(ValueError, match="got 1, 1, 1, 2"):
+        ac.ScoringDataset([Path("a.jpg")], [0], [1], lambda im: im, [(0, 0, 1, 1)] * 2)
 
 
 def test_check_out_writable_leaves_no_trace(tmp_path):

@@ -84,7 +84,8 @@ def test_help_shows_each_default_once():
             count = len(re.findall(r"\bdefault\b", block, flags=re.IGNORECASE))
             if count > 1:
                 problems.append(f"{name} {key}: 'default' {count} times: {' '.join(block.split())}")
-            informative = action.default not in (None, False, argparse.SUPPRESS) and action.default != []
+            switch = isinstance(action, (argparse._StoreTrueAction, argparse._StoreFalseAction))  # says what it does
+            informative = not switch and action.default not in (None, False, argparse.SUPPRESS) and action.default != []
             if informative and count == 0:
                 problems.append(f"{name} {key}: default {action.default!r} not shown: {' '.join(block.split())}")
     assert not problems, "\n".join(problems)

@@ -296,3 +296,44 @@ def test_srgb8_table_is_within_rounding_of_exact_encoding():
     fast = encode_srgb8(y).astype(np.int64)
     assert np.abs(exact - fast).max() <= 1 and (exact != fast).mean() < 0.005
     assert encode_srgb8(np.array([-0.5, 0.0, 1.0, 7.0])).tolist() == [0, 0, 255, 255]
+
+
+# ------------------------------------------------------------------------------------------- registry
+def test_checks_are_public():
+    assert {"check_severity", "check_image", "SEVERITIES"} <= set(corruptions.__all__)
+    assert corruptions.SEVERITIES == (1, 2, 3, 4, 5) and corruptions.check_severity(np.int64(3)) == 3
+    with pytest.raises(ValueError, match="HxWx3"):
+        corruptions.check_image(np.zeros((4, 4), np.uint8))
+
+
+def test_register_corruption_is_one_decorator_and_every_list_sees_it():
+    """A corruption registered at run time is in the names, the id/table views, the builder's default
+    --corruptions and the preview's; ids are unique and tables have five rows."""
+    from collections import namedtuple
+
+    from corruptions import build, preview, register_corruption
+
+    Row = namedtuple("Row", "amount")
+    table = tuple(Row(a) for a in (1, 2, 3, 4, 5))
+
+    @register_corruption("invert_test", table=table, id=77)
+    def invert_test(image, severity, rng):
+        return 255 - image
+
+    try:
+        assert get_corruption_names() == [*NAMES, "invert_test"]
+        assert CORRUPTION_IDS["invert_test"] == 77 and SEVERITY_TABLES["invert_test"] == table
+        assert corruption_parameters("invert_test", 4) == {"amount": 4}
+        img = np.arange(12, dtype=np.uint8).reshape(2, 2, 3)
+        assert np.array_equal(corrupt(img, "invert_test", 1, rng=0), 255 - img)
+        assert build.build_parser().parse_args([]).corruptions == (*NAMES, "invert_test")
+        assert preview.build_parser().parse_args([]).corruptions.split(",") == [*NAMES, "invert_test"]
+        with pytest.raises(ValueError, match="id 77 is already 'invert_test'"):
+            register_corruption("other_test", id=77)(invert_test)
+        with pytest.raises(ValueError, match="already registered"):
+            register_corruption("fog")(invert_test)
+        with pytest.raises(ValueError, match="3 rows"):
+            register_corruption("short_test", table=table[:3])(invert_test)
+    finally:
+        CORRUPTIONS.remove("invert_test")
+    assert get_corruption_names() == list(NAMES) and "invert_test" not in CORRUPTION_IDS

@@ -659,3 +659,54 @@ def test_wrong_channels_sizes_and_types_say_what_works(prior, batch):
     # another size the UNet can take runs (64 = 16 x 4), with a note in the log
     out = crit(torch.rand(1, 3, 64, 64), torch.rand(1, 3, 64, 64))
     assert torch.isfinite(out.total)
+
+
+# ---------------------------------------------------------------------------------------------------
+# registries: prior configs and timestep weightings (names, the table of differences, plugins)
+# ---------------------------------------------------------------------------------------------------
+#: a plugin config and weighting, reached as "diffloss_test_plugins:NAME" (this module under a plain name)
+PLUGIN_TINY = dict(PRIOR_CONFIGS["tiny"], num_res_blocks=2)
+
+
+def plugin_weighting(diffusion):
+    return [float(i >= 500) for i in range(diffusion.num_timesteps)]
+
+
+@pytest.fixture
+def plugin_module(monkeypatch):
+    monkeypatch.setitem(sys.modules, "diffloss_test_plugins", sys.modules[__name__])
+    return "diffloss_test_plugins"
+
+
+def test_prior_configs_are_one_base_plus_their_differences():
+    from diffloss.prior_configs import ADM_BASE
+
+    assert PRIOR_CONFIGS.names() == ("adm256-uncond", "tiny", "tiny64", "adm64", "adm128")
+    expected_sizes = {"adm256-uncond": 256, "tiny": 32, "tiny64": 64, "adm64": 64, "adm128": 128}
+    for name in PRIOR_CONFIGS:
+        cfg = PRIOR_CONFIGS[name]
+        assert cfg["image_size"] == expected_sizes[name]
+        assert {k: cfg[k] for k in ("class_cond", "learn_sigma", "diffusion_steps", "noise_schedule",
+                                    "resblock_updown", "use_scale_shift_norm")} == \
+               {k: ADM_BASE[k] for k in ("class_cond", "learn_sigma", "diffusion_steps", "noise_schedule",
+                                         "resblock_updown", "use_scale_shift_norm")}
+    # the numbers a released or built-in checkpoint depends on
+    assert count_prior_parameters("tiny64") == count_parameters(load_adm(config="tiny64", device="meta")[0])
+    assert prior_kwargs("tiny")["channel_mult"] == "1,1,2" and prior_kwargs("tiny64")["channel_mult"] == "1,1,2,2"
+    assert prior_kwargs("adm256-uncond")["channel_mult"] == ""  # guided-diffusion derives it from image_size
+
+
+def test_prior_config_and_t_weighting_plugins(plugin_module, prior, batch):
+    spec = f"{plugin_module}:PLUGIN_TINY"
+    assert prior_kwargs(spec)["num_res_blocks"] == 2 and prior_kwargs(spec)["image_size"] == 32
+    with pytest.raises(ValueError, match="cannot import prior config"):
+        prior_kwargs(f"{plugin_module}:NOPE")
+    model, diffusion = prior
+    restored, clean, t, noise = batch
+    table = timestep_weight_table(diffusion, f"{plugin_module}:plugin_weighting", (0, 1000))
+    assert table[:500].sum() == 0 and table[500:] == pytest.approx(2.0)  # mean 1 over the range
+    out = DiffLoss(model, diffusion, t_weighting=f"{plugin_module}:plugin_weighting")(restored, clean, t=t, noise=noise)
+    per_sample = [diffloss_terms(model, diffusion, restored[i:i + 1], clean[i:i + 1], t[i:i + 1], noise[i:i + 1])
+                  for i in range(B)]
+    # t = [30, 400]: both below 500, weight 0 -> no diffusion terms at all
+    assert out.nat == 0 and out.sem == 0 and per_sample[0][1] > 0

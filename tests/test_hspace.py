@@ -1,9 +1,10 @@
-"""analysis.hspace (the Fig. 2 h-space study), analysis.hspace_plots and analysis.table2_plot."""
+"""analysis.hspace (the Fig. 2 h-space study and its figures, analysis.hspace.plots) and analysis.table2_plot."""
 from __future__ import annotations
 
 import csv
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -471,14 +472,54 @@ def test_study_is_deterministic_and_resumes(tmp_path, tiny_prior, extractor, min
     assert r4.rows[1]["alpha"] == 3.0 and r4.rows[0]["distance"] == r1.rows[0]["distance"]
 
 
-def test_write_outputs_and_figures(tmp_path, tiny_prior, extractor, mini_root):
+def test_old_manifest_is_ignored_and_everything_redone(tmp_path, tiny_prior, extractor, mini_root, caplog):
+    """A manifest of the layout before cubdata.manifest ({"fingerprint", "done"}) is not resumed: a warning,
+    then every image computed again (same numbers); the new manifest has the shared layout."""
+    from diffloss.hooks import hspace_hook
+
+    model, diffusion = tiny_prior
+    cfg = _config(images_per_group=2, grid_images=0)
+    r1 = H.run_hspace_study({"clean": mini_root}, model, diffusion, extractor, cfg, out=tmp_path, progress=False)
+    new = json.loads((tmp_path / "manifest.json").read_text())
+    assert new["format"] == "analysis.hspace/2" and new["complete"] is True and len(new["done"]["clean"]) == 2
+    (tmp_path / "manifest.json").write_text(json.dumps({"fingerprint": new["settings"], "done": new["done"]}))
+    calls = []
+
+    def counting_hook(m, edit=None):
+        calls.append(edit)
+        return hspace_hook(m, edit=edit)
+
+    with caplog.at_level("WARNING", logger="cubdata.manifest"):
+        r2 = H.run_hspace_study({"clean": mini_root}, model, diffusion, extractor, cfg, out=tmp_path,
+                                progress=False, hook=counting_hook)
+    assert "another format" in caplog.text and len(calls) == 1     # one batch of 2 images: computed again
+    assert r2.rows == r1.rows
+    assert json.loads((tmp_path / "manifest.json").read_text())["format"] == "analysis.hspace/2"
+
+
+def test_write_outputs_and_figures(tmp_path, tiny_prior, extractor, mini_root, monkeypatch):
+    from analysis.hspace import plots
+    from drawn_figures import assert_grid_drawn, assert_histograms_drawn, assert_overlay_drawn, describe_figure
+
+    drawn, real_save = {}, plots.save_figure
+
+    def recording_save(fig, stem, *a, **k):
+        drawn[Path(stem).name] = describe_figure(fig)
+        return real_save(fig, stem, *a, **k)
+
+    monkeypatch.setattr(plots, "save_figure", recording_save)
     model, diffusion = tiny_prior
     res = H.run_hspace_study({"clean": mini_root, "again": mini_root}, model, diffusion, extractor,
                              _config(steps=2), out=tmp_path, progress=False)
     paths = H.write_study_outputs(res, tmp_path)
+    assert sorted(drawn) == ["grid", "histogram_overlay", "histograms"]
+    assert_histograms_drawn(drawn["histograms"], {"clean": 2, "again": 2}, levels=2)
+    assert_overlay_drawn(drawn["histogram_overlay"], {"clean": 2, "again": 2})
+    assert [len(v) for v in res.grid.values()] == [1, 1]                        # grid_images=1 per group
+    assert_grid_drawn(drawn["grid"], res.grid, levels=2)
     for stem in ("histograms", "histogram_overlay", "grid"):
         for ext in ("png", "pdf"):
-            assert (tmp_path / f"{stem}.{ext}").stat().st_size > 1000
+            assert (tmp_path / f"{stem}.{ext}").is_file()
     assert paths["tests"].name == "wilcoxon.csv"                 # the paired test is the default
     with open(paths["tests"]) as fh:
         wx = list(csv.DictReader(fh))
@@ -578,12 +619,22 @@ def test_plot_functions_take_axes(tmp_path):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from analysis.hspace_plots import plot_group_histogram, plot_histogram_overlay, plot_level_grid, save_figure
+    from analysis.hspace.plots import (plot_distance_histograms, plot_group_histogram, plot_histogram_overlay,
+                                      plot_level_grid, save_figure)
+
+    from drawn_figures import (assert_grid_drawn, assert_histograms_drawn, assert_overlay_drawn, describe_axes,
+                               describe_figure)
 
     fig, ax = plt.subplots()
     assert plot_group_histogram(_rows(), "clean", ax=ax) is ax
-    assert len(ax.patches) > 0
-    assert plot_histogram_overlay(_rows(), ax=ax, level=2) is ax
+    drawn = describe_axes(ax)                                   # 2 levels x 20 bins, 3 images each
+    assert [len(b["heights"]) for b in drawn["bar_groups"]] == [20, 20]
+    assert [sum(b["heights"]) for b in drawn["bar_groups"]] == [3, 3]
+    assert drawn["legend"] == ["level \u2460", "level \u2461"]
+    fig_o, ax_o = plt.subplots()
+    assert plot_histogram_overlay(_rows(), ax=ax_o, level=2) is ax_o
+    assert_overlay_drawn(describe_figure(fig_o), {"clean": 3, "degraded": 3})
+    assert_histograms_drawn(describe_figure(plot_distance_histograms(_rows())), {"clean": 3, "degraded": 3}, 2)
     with pytest.raises(ValueError, match="groups present"):
         plot_group_histogram(_rows(), "nope", ax=ax)
     cos_rows = [dict(r, cosine_distance=0.01 * r["distance"]) for r in _rows()]
@@ -594,8 +645,10 @@ def test_plot_functions_take_axes(tmp_path):
     with pytest.raises(ValueError, match="no 'relative_distance'"):
         plot_group_histogram(_rows(), "clean", ax=ax, metric="relative_distance")
     img = np.zeros((8, 8, 3), np.uint8)
-    g = plot_level_grid({"clean": [("1", img, [img, img, img])]}, alphas=(1.0, 2.0))
-    assert len(g.axes) == 4
+    grid = {"clean": [("1", img, [img + 1, img + 2, img + 3])], "fog": [("1", img + 4, [img + 5, img, img + 6])]}
+    g = plot_level_grid(grid, alphas=(1.0, 2.0))
+    assert_grid_drawn(describe_figure(g), grid, levels=2)
+    assert len(describe_figure(plot_level_grid(grid, max_images=1, show_input=False))["axes"]) == 2 * 3
     paths = save_figure(g, tmp_path / "grid")
     assert [p.suffix for p in paths] == [".png", ".pdf"] and all(p.stat().st_size > 0 for p in paths)
     plt.close("all")

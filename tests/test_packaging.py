@@ -25,15 +25,36 @@ def test_environment_yml_matches_pyproject():
     assert sorted(_conda_pip_deps()) == sorted(_pyproject_deps())
 
 
-def test_core_pins():
-    deps = _pyproject_deps()
-    assert "torch==2.14.1" in deps and "torchvision==0.29.1" in deps
-    names = {d.split("=")[0].split(">")[0].split("<")[0] for d in deps}
-    for required in ("guided-diffusion-sdk", "imagecorruptions-imaug", "numpy", "scikit-learn", "matplotlib",
-                     "jupyter", "tqdm"):
-        assert required in names
+def _pins() -> dict[str, str]:
+    """``{name: specifier}`` of pyproject's dependencies, e.g. ``{"torch": "==2.14.1", "numpy": ">=2"}``."""
+    import re
+
+    out = {}
+    for dep in _pyproject_deps():
+        m = re.match(r"^([A-Za-z0-9_.-]+)\s*(.*)$", dep)
+        out[m.group(1).lower()] = m.group(2).strip()
+    return out
+
+
+def test_core_pins_are_exact_and_installed():
+    """torch/torchvision (the wheels on this machine's disk) and the two forks are pinned exactly, and what is
+    installed is what is pinned: the pins are read from pyproject, not copied here."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    pins = _pins()
+    for name in ("torch", "torchvision", "guided-diffusion-sdk", "imagecorruptions-imaug"):
+        spec = pins.get(name, "")
+        assert spec.startswith("==") and spec.count("=") == 2, f"{name} must be pinned exactly, got {spec!r}"
+        try:
+            installed = version(name)
+        except PackageNotFoundError:
+            raise AssertionError(f"{name} is pinned but not installed") from None
+        assert installed.split("+")[0] == spec[2:], f"{name}: installed {installed}, pyproject pins {spec}"
+    for required in ("numpy", "scikit-learn", "matplotlib", "jupyter", "tqdm", "torchmetrics"):
+        assert required in pins, required
     # the original imagecorruptions shares the import name and breaks on NumPy 2
-    assert "imagecorruptions" not in names
+    assert "imagecorruptions" not in pins
+    assert pins["numpy"].startswith(">=2")
 
 
 def test_layout_and_ci_entry():

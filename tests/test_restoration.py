@@ -8,11 +8,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
+import diffloss.nets as nets_mod
 from cubdata import generate_mini_cub, load_rgb, read_cub
 from analysis.demo import restorers as demo_restorers
 from diffloss import train as train_mod
-from diffloss.nets import RESTORATION_NETS, build_net, clamp01_ste, count_parameters, parameter_counts, restore_tensor
+from diffloss.nets import (NETS, RESTORATION_NETS, build_net, clamp01_ste, count_parameters, pad_multiple_of,
+                           parameter_counts, restore_tensor)
 from diffloss.restore import MANIFEST, output_rel_path, restore_array, restore_cub_root
 from diffloss.train import TrainConfig, fit_to_prior, load_checkpoint, read_log, train_restoration
 
@@ -44,6 +47,56 @@ def test_registry_nets_map_unit_range_images(name):
     assert y.shape == x.shape and float(y.min()) >= 0 and float(y.max()) <= 1
 
 
+def _expected_raw_output(name: str, net, x: torch.Tensor) -> torch.Tensor:
+    """Each net's output before its final clamp, from its documented formula and its own sub-modules."""
+    if name == "small-unet":
+        return x  # the zero-initialised head makes the untrained net the identity
+    if name == "dncnn":
+        return x - net.body(x)  # the body predicts the residual
+    mul, add = net.local_net(x)
+    y = x * mul + add
+    if net.global_net is None:
+        return y
+    gamma, color = net.global_net(x)  # out = clamp(C @ (x * M + A), 1e-8, 1) ** gamma
+    return torch.einsum("bchw,bdc->bdhw", y, color).clamp(1e-8, 1.0) ** gamma.clamp(min=net.min_gamma).view(-1, 1, 1, 1)
+
+
+@pytest.mark.parametrize("name, kwargs", [("small-unet", {}), ("dncnn", {"depth": 5}), ("iat", {}),
+                                          ("iat", {"with_global": False})])
+def test_each_net_computes_its_formula_and_clamps_once(name, kwargs, monkeypatch):
+    """The net's own output (no restore_tensor clamp after it) is its formula's value, clamped by clamp01_ste
+    exactly once and returned as is: a net returning 5y-2, before or after the clamp, fails here."""
+    seen = []  # (input of clamp01_ste, its output)
+    real = nets_mod.clamp01_ste
+
+    def spy(z):
+        out = real(z)
+        seen.append((z.detach().clone(), out))
+        return out
+
+    monkeypatch.setattr(nets_mod, "clamp01_ste", spy)
+    torch.manual_seed(0)
+    net = build_net(name, **kwargs).eval()
+    m = pad_multiple_of(net)
+    x = torch.rand(2, 3, 8 * m, 12 * m)
+    with torch.no_grad():
+        y = net(x)
+        seen_in_forward = list(seen)
+        expected = _expected_raw_output(name, net, x)
+    assert y.shape == x.shape and float(y.min()) >= 0 and float(y.max()) <= 1
+    if name == "iat" and net.global_net is not None:
+        assert not seen_in_forward  # its gamma curve keeps [0, 1] by itself
+        torch.testing.assert_close(y, expected, rtol=1e-5, atol=1e-6)
+        return
+    assert len(seen_in_forward) == 1, "clamp01_ste must be applied exactly once"
+    raw, clamped = seen_in_forward[0]
+    assert y is clamped  # returned unchanged: nothing is computed after the clamp
+    torch.testing.assert_close(raw, expected, rtol=1e-5, atol=1e-6)
+    assert torch.equal(y, raw.clamp(0, 1))
+    if name == "small-unet":
+        assert torch.equal(raw, x)  # identity at init, exactly: not clamped into range
+
+
 def test_parameter_counts():
     counts = parameter_counts()
     assert set(counts) == set(RESTORATION_NETS)
@@ -72,6 +125,23 @@ def test_build_net_specs_and_errors():
         build_net("builtins:dict", a=1)
     with pytest.raises(ValueError, match="no attribute"):
         build_net("diffloss.nets:NoSuchNet")
+
+
+def test_nets_registry_is_filled_where_nets_are_defined():
+    assert RESTORATION_NETS is NETS and NETS.names()[:3] == ("small-unet", "iat", "dncnn")
+
+    @NETS.register("test-identity")
+    def identity_net():
+        return torch.nn.Identity()
+
+    try:
+        assert isinstance(build_net("test-identity"), torch.nn.Identity) and "test-identity" in parameter_counts()
+    finally:
+        NETS.remove("test-identity")
+    with pytest.raises(ValueError, match="test-identity"):
+        build_net("test-identity")
+    with pytest.raises(TypeError, match="not callable"):
+        build_net("diffloss.nets:DEFAULT_NET")
 
 
 def test_fit_to_prior():
@@ -131,6 +201,41 @@ def test_diffloss_fit_resize_with_larger_crops(mini_root, tmp_path):
     cfg = _cfg(tmp_path / "fit", mini_root, diffloss=True, steps=2, crop=48, val_images=0)
     rows = read_log(train_restoration(cfg) / "log.csv")
     assert len(rows) == 2 and all(r["nat"] > 0 for r in rows)
+
+
+@pytest.mark.parametrize("mode", ["resize", "crop", "none"])
+def test_diffloss_fit_gives_the_prior_the_fitted_crops_pixel_for_pixel(mode, mini_root, tmp_path, monkeypatch):
+    """With 48 px crops and the 32 px tiny prior, the batch DiffLoss receives is the crops resized, their
+    centre 32 x 32 or the crops unchanged, as --diffloss-fit says."""
+    from diffloss.criterion import DiffLoss
+    from diffloss.pairs import RandomCropPairs
+
+    crops, at_prior = [], []
+    real_item, real_forward = RandomCropPairs.__getitem__, DiffLoss.forward
+
+    def item(self, key):
+        low, high = real_item(self, key)
+        crops.append((low.clone(), high.clone()))
+        return low, high
+
+    def forward(self, restored, clean, *args, **kwargs):
+        at_prior.append((restored.detach().clone(), clean.detach().clone()))
+        return real_forward(self, restored, clean, *args, **kwargs)
+
+    monkeypatch.setattr(RandomCropPairs, "__getitem__", item)
+    monkeypatch.setattr(DiffLoss, "forward", forward)
+    train_restoration(_cfg(tmp_path / mode, mini_root, diffloss=True, prior="random", steps=1, crop=48,
+                           val_images=0, diffloss_fit=mode))
+    low, high = (torch.stack(t) for t in zip(*crops))
+    assert low.shape == (4, 3, 48, 48) and len(at_prior) == 1
+    fit = {
+        "resize": lambda t: F.interpolate(t, size=(32, 32), mode="bilinear", align_corners=False, antialias=True),
+        "crop": lambda t: t[..., 8:40, 8:40],
+        "none": lambda t: t,
+    }[mode]
+    restored, clean = at_prior[0]
+    assert torch.equal(clean, fit(high))
+    assert torch.equal(restored, fit(low))  # the untrained small-unet restores step 1's crops to themselves
 
 
 def test_resume_gives_the_same_weights_as_an_uninterrupted_run(mini_root, tmp_path):

@@ -149,3 +149,52 @@ def test_resume_redoes_an_output_damaged_after_the_fact(ckpt, small_cub, tmp_pat
     assert s["n_restored"] == 1 and s["n_skipped"] == 3
     assert snapshot(out / "images") == good
     assert load_rgb(victim).shape[2] == 3 and np.asarray(load_rgb(victim)).dtype == np.uint8
+
+
+def test_an_old_format_manifest_is_ignored_with_a_warning_and_all_is_redone(ckpt, small_cub, tmp_path, caplog):
+    out = tmp_path / "out"
+    restore_cub_root(ckpt, small_cub, out, progress=False)
+    man = json.loads((out / MANIFEST).read_text())
+    assert man["format"] == restore_mod.MANIFEST_FORMAT
+    assert set(man["settings"]) == {"ckpt_sha256", "in_root", "split", "fmt"} and man["net"] == "small-unet"
+    # the layout before cubdata.manifest: the settings at the top level, no format tag
+    (out / MANIFEST).write_text(json.dumps({**man["settings"], "net": man["net"], "complete": True, "done": man["done"]}))
+    with caplog.at_level("WARNING"):
+        s = restore_cub_root(ckpt, small_cub, out, progress=False)
+    assert (s["n_restored"], s["n_skipped"]) == (4, 0)
+    assert "another format" in caplog.text
+    assert json.loads((out / MANIFEST).read_text())["format"] == restore_mod.MANIFEST_FORMAT
+
+
+def test_output_rel_path_is_the_one_rule_of_cubdata():
+    from cubdata.paths import output_rel_path
+
+    assert restore_mod.output_rel_path is output_rel_path
+    assert output_rel_path("001.Bird/a.jpg", "png") == "001.Bird/a.png"
+    assert output_rel_path("001.Bird/a.JPEG", "jpeg") == "001.Bird/a.JPEG"  # already a JPEG name: kept
+    assert output_rel_path("001.Bird/a.png", "jpeg") == "001.Bird/a.jpg"
+    assert output_rel_path("001.Bird/a.b.webp", "png") == "001.Bird/a.b.png"
+    with pytest.raises(ValueError, match="png"):
+        output_rel_path("a.jpg", "gif")
+
+
+def test_run_cli_turns_expected_errors_into_one_line(capsys, monkeypatch):
+    from cubdata import ImageDecodeError
+    from cubdata.errors import error_kind, run_cli
+
+    def fail(err):
+        def run():
+            raise err
+        return run
+
+    assert run_cli(fail(ValueError("bad\n  value"))) == 2
+    assert capsys.readouterr().err == "error: bad value\n"
+    assert run_cli(fail(ImageDecodeError("cannot decode x.jpg"))) == 2
+    assert capsys.readouterr().err.startswith("error: cannot decode x.jpg; replace it")
+    with pytest.raises(KeyError):  # unexpected errors keep their traceback
+        run_cli(fail(KeyError("k")))
+    reports = []
+    assert run_cli(lambda: 7, report=reports.append) == 0 and reports == [7]
+    monkeypatch.setenv("RANK", "1")  # under torchrun only rank 0 reports
+    assert run_cli(lambda: 8, report=reports.append) == 0 and reports == [7]
+    assert error_kind(ValueError()) == "ValueError" and error_kind(json.JSONDecodeError("m", "d", 0)) == "json.decoder.JSONDecodeError"

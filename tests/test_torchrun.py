@@ -248,13 +248,14 @@ def test_hspace_two_processes_write_the_same_study(hspace_groups, hspace_once, t
 FLAKY_HSPACE = """\
 import os, sys
 import analysis.hspace as H
-real, calls = H._study_batch, [0]
+import analysis.hspace.study as S
+real, calls = S._study_batch, [0]
 def flaky(*a, **k):
     calls[0] += 1
     if os.environ["RANK"] == "0" and calls[0] == 2:
         raise RuntimeError("simulated crash of rank 0")
     return real(*a, **k)
-H._study_batch = flaky
+S._study_batch = flaky
 sys.exit(H.main(sys.argv[1:]))
 """
 
@@ -265,6 +266,7 @@ def test_interrupted_two_process_hspace_resumes_on_one(hspace_groups, hspace_onc
     manifest holds the first round (clean and lowlight), and a one-process resume computes only the fog group
     and leaves the one-process study."""
     import analysis.hspace as H
+    import analysis.hspace.study as S
 
     monkeypatch.setenv("SOURCE_DATE_EPOCH", "0")
     script = tmp_path / "flaky_hspace.py"
@@ -277,13 +279,13 @@ def test_interrupted_two_process_hspace_resumes_on_one(hspace_groups, hspace_onc
     assert {g: len(recs) for g, recs in done.items()} == {"clean": 4, "lowlight": 4}
     assert not (out / "distances.csv").exists()
 
-    real, computed = H._study_batch, []
+    real, computed = S._study_batch, []
 
     def counting(model, spaced, extractor, batch, *a, **k):
         computed.extend(it.key for _, it in batch)
         return real(model, spaced, extractor, batch, *a, **k)
 
-    monkeypatch.setattr(H, "_study_batch", counting)
+    monkeypatch.setattr(S, "_study_batch", counting)
     assert H.main([*HSPACE_ARGS, *hspace_groups, "--out", str(out)]) == 0
     assert len(computed) == 4 and set(computed) == set(done["clean"])  # the fog copies of the same images
     assert study_snapshot(out) == study_snapshot(hspace_once)

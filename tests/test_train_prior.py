@@ -138,7 +138,9 @@ def test_garbage_checkpoint_gets_one_safe_line(tmp_path, content):
 def test_prior_words(monkeypatch, tmp_path):
     assert P.resolve_prior_spec("random") is None
     assert P.resolve_prior_spec(None) == P.resolve_prior_spec("builtin") == P.BUILTIN_PRIOR_FILE
-    monkeypatch.setattr(P, "BUILTIN_PRIOR_FILE", tmp_path / "gone.pt")
+    from diffloss import prior_loading  # where builtin_prior_path reads it
+
+    monkeypatch.setattr(prior_loading, "BUILTIN_PRIOR_FILE", tmp_path / "gone.pt")
     with pytest.raises(FileNotFoundError, match="built-in prior .*gone.pt.* python -m diffloss.train_prior"):
         P.load_prior("builtin")
     model, _ = P.load_prior("random")
@@ -210,3 +212,56 @@ def test_short_training_reproduces_a_denoiser(mini_root, tmp_path):
     rows = TP.read_prior_log(out / "log.csv")
     assert np.mean([r["mse"] for r in rows[-50:]]) < 0.2 * np.mean([r["mse"] for r in rows[:10]])
     shutil.rmtree(out)
+
+
+# ------------------------------------------------------------------------------------------ config and CLI
+def test_cli_is_the_config_dataclass(tmp_path):
+    """Every PriorTrainConfig field is a flag with the field's default; switches map onto the bool fields."""
+    import dataclasses
+
+    from cubdata.cli import config_from_args
+
+    parser = TP.build_parser()
+    defaults = TP.PriorTrainConfig(out="o")
+    cfg = config_from_args(TP.PriorTrainConfig, parser.parse_args(["--out", "o"]))
+    assert cfg == defaults
+    cfg = config_from_args(TP.PriorTrainConfig, parser.parse_args(
+        ["--out", "o", "--no-flip", "--no-progress", "--resume", "--batch-size", "8", "--config", "tiny",
+         "--export-dtype", "float32", "--min-scale", "0.25"]))
+    assert (cfg.flip, cfg.progress, cfg.resume, cfg.batch_size, cfg.config, cfg.export_dtype, cfg.min_scale) == \
+           (False, False, True, 8, "tiny", "float32", 0.25)
+    dests = {a.dest for a in parser._actions}
+    assert {f.name for f in dataclasses.fields(TP.PriorTrainConfig)} <= dests and "threads" in dests
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--out", "o", "--config", "nope"])
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("steps", 0, "steps must be a positive integer, got 0"),
+    ("batch_size", True, "batch_size must be a positive integer, got True"),
+    ("workers", -1, "workers must be an integer >= 0, got -1"),
+    ("lr", 0.0, "lr must be a positive number, got 0.0"),
+    ("ema_rate", 1.0, r"ema_rate must be in \[0, 1\), got 1.0"),
+    ("min_scale", 0.0, r"min_scale must be in \(0, 1\], got 0.0"),
+    ("export_dtype", "bf16", "export_dtype must be one of float16, float32, got 'bf16'"),
+    ("config", "tiny32", "unknown prior config 'tiny32'"),
+])
+def test_config_validation_names_the_field_and_value(field, value, message):
+    with pytest.raises(ValueError, match=message):
+        TP.PriorTrainConfig(out="o", **{field: value}).validate()
+    TP.PriorTrainConfig(out="o", ema_rate=0.0, min_scale=1.0, workers=0).validate()  # the closed ends are fine
+
+
+def test_prior_spec_config_reads_what_a_prior_value_brings(tiny_run, tmp_path):
+    path, config, kwargs = P.prior_spec_config(None, "tiny64")  # no --prior: random weights of the config
+    assert path is None and config == "tiny64" and kwargs["image_size"] == 64
+    path, config, kwargs = P.prior_spec_config("random", "tiny")
+    assert path is None and config == "tiny" and kwargs == P.prior_kwargs("tiny")
+    # a self-describing prior.pt brings its own config, whatever the fallback says
+    path, config, kwargs = P.prior_spec_config(str(tiny_run), "adm256-uncond")
+    assert path == tiny_run / "prior.pt" and config is None and kwargs == P.prior_kwargs("tiny")
+    # a bare state dict is read as the fallback config
+    bare = tmp_path / "bare.pt"
+    torch.save(torch.load(tiny_run / "prior.pt", weights_only=True)["state_dict"], bare)
+    path, config, kwargs = P.prior_spec_config(str(bare), "tiny64")
+    assert path == bare and config == "tiny64" and kwargs["image_size"] == 64

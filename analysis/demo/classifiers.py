@@ -11,11 +11,13 @@ import logging
 from pathlib import Path
 from typing import Any, Sequence
 
-from cubdata import cache_dir
+from classifiers import CHECKPOINT_FORMAT
+from classifiers.finetune import FinetuneConfig, finetune
+from cubdata import MINI_VERSION, cache_dir, mini_cub_root
 
 log = logging.getLogger(__name__)
 
-__all__ = ["DEMO_ARCHS", "DEMO_FINETUNE", "demo_classifiers"]
+__all__ = ["DEMO_ARCHS", "DEMO_FINETUNE", "demo_classifiers", "digest"]
 
 DEMO_ARCHS = ("vgg-mini", "resnet-mini")
 #: From-scratch recipe of the demo's small classifiers (same SGD + cosine + RandomResizedCrop/flip recipe
@@ -30,25 +32,26 @@ def digest(obj: Any, n: int = 12) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:n]
 
 
+def demo_checkpoint(folder: Path, arch: str, settings: dict) -> Path:
+    """Where the demo keeps ``arch``'s checkpoint: named by a hash of the recipe, the mini benchmark's
+    version and the checkpoint format, so a change of any of them trains anew."""
+    key = digest({"arch": arch, "settings": settings, "mini": MINI_VERSION, "format": CHECKPOINT_FORMAT})
+    return folder / f"{arch}-{key}.pt"
+
+
 def demo_classifiers(cache: str | Path | None = None, device: str = "auto", progress: bool = True,
                      archs: Sequence[str] = DEMO_ARCHS, settings: dict | None = None) -> dict[str, Path]:
     """Fine-tune (or reuse) the demo's small classifiers from scratch on the mini-CUB train split.
 
-    Checkpoints live under ``cache`` (default ``cubdata.cache_dir()/"demo-classifiers"``), named by arch and
-    a hash of the recipe, the mini benchmark's version and the checkpoint format, so a changed recipe
-    trains anew. Returns ``{arch: checkpoint path}``.
+    Checkpoints live under ``cache`` (default ``cubdata.cache_dir()/"demo-classifiers"``), named by
+    `demo_checkpoint`. ``settings`` override `DEMO_FINETUNE`'s. Returns ``{arch: checkpoint path}``.
     """
-    from classifiers import CHECKPOINT_FORMAT
-    from classifiers.finetune import FinetuneConfig, finetune
-    from cubdata import MINI_VERSION, mini_cub_root
-
     settings = dict(DEMO_FINETUNE, **(settings or {}))
     folder = Path(cache) if cache is not None else cache_dir() / "demo-classifiers"
     mini = mini_cub_root()
     out = {}
     for arch in archs:
-        key = digest({"arch": arch, "settings": settings, "mini": MINI_VERSION, "format": CHECKPOINT_FORMAT})
-        ckpt = folder / f"{arch}-{key}.pt"
+        ckpt = demo_checkpoint(folder, arch, settings)
         cfg = FinetuneConfig(arch=arch, cub_root=str(mini), out=str(ckpt), device=device, progress=progress,
                              resume=True, **settings)
         summary = finetune(cfg)

@@ -7,7 +7,7 @@ from typing import Sequence
 
 from cubdata import atomic_write_bytes, read_cub, sha256_file, write_cub_metadata
 
-from ..hspace import _slug, list_group_images, select_images
+from ..hspace.groups import list_group_images, select_images, slug
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +34,7 @@ def quick_groups(data_dir: str | Path, corruption: str = "lowlight", severity: i
                  split: str = "test") -> dict[str, Path]:
     """The quick-mode groups on mini-CUB (or ``cub_root``): clean, degraded (``corruption`` at ``severity``,
     built with ``corruptions.build.build_degraded_cub`` under ``data_dir``) and, when ``restored`` and
-    ``diffloss.train.ensure_demo_restorers`` is available, the degraded images restored by the demo restorers
+    ``analysis.demo.restorers.ensure_demo_restorers`` is available, the degraded images restored by the demo restorers
     trained without and with DiffLoss. With ``n_images`` only that many ``split`` images (chosen as
     `select_images` chooses them with ``seed``) are copied, degraded and restored."""
     from cubdata import mini_cub_root
@@ -62,7 +62,7 @@ def quick_groups(data_dir: str | Path, corruption: str = "lowlight", severity: i
     for label in RESTORER_LABELS:
         # the checkpoint's digest names the folder, so retrained demo restorers never meet stale outputs
         digest = sha256_file(ckpts[label])[:10]
-        dst = data_dir / "restored" / f"{corruption}{int(severity)}-{_slug(label)}-{digest}"
+        dst = data_dir / "restored" / f"{corruption}{int(severity)}-{slug(label)}-{digest}"
         restore_cub_root(ckpts[label], degraded, dst, split=split, progress=False)  # resumable
         groups[label] = dst
     return groups

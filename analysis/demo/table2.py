@@ -15,7 +15,8 @@ from corruptions import get_corruption_names
 from cubdata import atomic_write_text, cache_dir, sha256_file
 from cubdata.runtime import torch_threads
 
-from ..classify import DEMO_OUT, SetSpec, Table2Spec, _slug, run_table2
+from ..classify import CLEAN, DEGRADED, SetSpec, Table2Spec, run_table2, slug
+from ..classify.cli import DEMO_OUT, OUTPUT_FILES
 from .classifiers import demo_classifiers
 from .restorers import RESTORER_LABELS
 
@@ -26,7 +27,7 @@ __all__ = ["DEMO_ROWS", "DEMO_CORRUPTIONS", "DEMO_SEVERITY", "DEMO_OUT", "REAL_D
 #: Every registered corruption (`corruptions.get_corruption_names`): a newly registered one joins the demo.
 DEMO_CORRUPTIONS = tuple(get_corruption_names())
 #: The demo table's rows after "clean".
-DEMO_ROWS = ("degraded",) + RESTORER_LABELS
+DEMO_ROWS = (DEGRADED,) + RESTORER_LABELS
 DEMO_SEVERITY = 3
 REAL_DATA_COMMANDS = """\
 # 1. degraded copies of the clean CUB test split (fog / rain / low light, severity 3)
@@ -58,56 +59,77 @@ def _restorers_available():
     return (ensure_demo_restorers, restore_cub_root), ""
 
 
+def _timed(what: str, make, *args, **kwargs):
+    """``make(*args, **kwargs)``, logging how long it took to get ``what`` ready."""
+    t0 = time.perf_counter()
+    result = make(*args, **kwargs)
+    log.info("%s ready in %.1f s", what, time.perf_counter() - t0)
+    return result
+
+
+def _degraded_roots(mini: Path, base: Path, progress: bool) -> dict[str, Path]:
+    """Every demo corruption's severity-`DEMO_SEVERITY` copy of mini-CUB's test split (built once, cached)."""
+    from corruptions.build import build_degraded_cub
+    from cubdata import MINI_VERSION
+
+    out = base / f"demo-degraded-{MINI_VERSION}"
+    build_degraded_cub(mini, out, corruptions=DEMO_CORRUPTIONS, severities=(DEMO_SEVERITY,), split="test",
+                       workers=1, seed=0, progress=progress)
+    return {c: out / c / str(DEMO_SEVERITY) for c in DEMO_CORRUPTIONS}
+
+
+def _restored_sets(restore_cub_root, restorers: dict, degraded: dict[str, Path], base: Path, device: str,
+                   progress: bool) -> list[SetSpec]:
+    """One set per restorer row (`RESTORER_LABELS`) and corruption: the degraded copy restored by that row's
+    demo restorer (``restorers[corruption][row]``), cached by the restorer's SHA-256 (a ``.complete`` marker
+    per finished copy)."""
+    sets = []
+    for config in RESTORER_LABELS:
+        for c in DEMO_CORRUPTIONS:
+            ckpt = Path(restorers[c][config])
+            dst = base / "demo-restored" / f"{slug(config)}-{c}-{sha256_file(ckpt)[:12]}"
+            marker = dst / ".complete"
+            if not marker.is_file():
+                restore_cub_root(ckpt, degraded[c], dst, device=str(resolve_device(device)), split="test",
+                                 progress=progress)
+                atomic_write_text(marker, f"{ckpt}\n")
+            sets.append(SetSpec(config, c, str(dst)))
+    return sets
+
+
+def _restorer_note() -> str:
+    from .restorers import DEMO_SETTINGS as ds
+
+    return (f"The demo restorers are tiny nets trained for {ds['warmup_steps']} + {ds['steps']} steps on synthetic "
+            f"mini-CUB pairs; '{RESTORER_LABELS[-1]}' adds DiffLoss against the built-in prior (a 64 px ADM trained "
+            f"on mini-CUB's clean train split) with gamma = {ds['gamma']:g}, lambda = {ds['lam']:g}, chosen on the "
+            "separate validation draw (docs/prior.md). Read the McNemar rows for whether the two rows differ "
+            "significantly; on 120 images per cell small differences are not.")
+
+
 def demo_spec(cache: str | Path | None = None, device: str = "auto", progress: bool = True,
               restore: bool = True) -> tuple[Table2Spec, list[str]]:
-    """Build everything the demo scores: mini-CUB, its fog/rain/low-light severity-3 test copies
+    """Build everything the demo scores: mini-CUB, its severity-3 test copies for every registered corruption
     (`corruptions.build.build_degraded_cub`), the two small classifiers, and, when `diffloss` provides
-    them (and ``restore``), the restored copies by the demo restorers w/o and w/ DiffLoss. All cached under
-    ``cache`` (default `cubdata.cache_dir`). Returns the spec and notes for the reader."""
-    from corruptions.build import build_degraded_cub
-    from cubdata import MINI_VERSION, mini_cub_root
+    them (and ``restore``), the copies restored by the demo restorers (rows `RESTORER_LABELS`). All cached
+    under ``cache`` (default `cubdata.cache_dir`). Returns the spec and notes for the reader."""
+    from cubdata import mini_cub_root
 
     base = Path(cache) if cache is not None else cache_dir()
-    notes = []
-    t0 = time.perf_counter()
     mini = mini_cub_root(base)
-    degraded_out = base / f"demo-degraded-{MINI_VERSION}"
-    build_degraded_cub(mini, degraded_out, corruptions=DEMO_CORRUPTIONS, severities=(DEMO_SEVERITY,),
-                       split="test", workers=1, seed=0, progress=progress)
-    log.info("degraded mini-CUB ready in %.1f s", time.perf_counter() - t0)
-    degraded = {c: degraded_out / c / str(DEMO_SEVERITY) for c in DEMO_CORRUPTIONS}
-    t0 = time.perf_counter()
-    ckpts = demo_classifiers(base / "demo-classifiers", device=device, progress=progress)
-    log.info("demo classifiers ready in %.1f s", time.perf_counter() - t0)
-    sets = [SetSpec(DEMO_ROWS[0], c, str(degraded[c])) for c in DEMO_CORRUPTIONS]
+    degraded = _timed("degraded mini-CUB", _degraded_roots, mini, base, progress)
+    ckpts = _timed("demo classifiers", demo_classifiers, base / "demo-classifiers", device=device, progress=progress)
+    sets = [SetSpec(DEGRADED, c, str(degraded[c])) for c in DEMO_CORRUPTIONS]
     funcs, reason = _restorers_available() if restore else (None, "restoration disabled (--no-restore)")
     if funcs is None:
-        notes.append(f"Restoration rows (w/o / w/ DiffLoss) are absent: {reason}. Rows: clean and degraded only.")
+        notes = [f"Restoration rows (w/o / w/ DiffLoss) are absent: {reason}. Rows: {CLEAN} and {DEGRADED} only."]
     else:
         ensure_demo_restorers, restore_cub_root = funcs
-        t0 = time.perf_counter()
         kw = {} if cache is None else {"cache": base / "demo-restorers"}  # default: cache_dir()/demo-restorers
-        restorers = ensure_demo_restorers(corruptions=DEMO_CORRUPTIONS, severity=DEMO_SEVERITY, **kw)
-        log.info("demo restorers ready in %.1f s", time.perf_counter() - t0)
-        t0 = time.perf_counter()
-        for config in RESTORER_LABELS:
-            for c in DEMO_CORRUPTIONS:
-                ckpt = Path(restorers[c][config])
-                dst = base / "demo-restored" / f"{_slug(config)}-{c}-{sha256_file(ckpt)[:12]}"
-                marker = dst / ".complete"
-                if not marker.is_file():
-                    restore_cub_root(ckpt, degraded[c], dst, device=str(resolve_device(device)), split="test",
-                                     progress=progress)
-                    atomic_write_text(marker, f"{ckpt}\n")
-                sets.append(SetSpec(config, c, str(dst)))
-        log.info("restored copies ready in %.1f s", time.perf_counter() - t0)
-        from .restorers import DEMO_SETTINGS as ds
-
-        notes.append(f"The demo restorers are tiny nets trained for {ds['warmup_steps']} + {ds['steps']} steps on synthetic "
-                     "mini-CUB pairs; 'w/ DiffLoss' adds DiffLoss against the built-in prior (a 64 px ADM trained on "
-                     f"mini-CUB's clean train split) with gamma = {ds['gamma']:g}, lambda = {ds['lam']:g}, chosen on the "
-                     "separate validation draw (docs/prior.md). Read the McNemar rows for whether the two rows differ "
-                     "significantly; on 120 images per cell small differences are not.")
+        restorers = _timed("demo restorers", ensure_demo_restorers, corruptions=DEMO_CORRUPTIONS,
+                           severity=DEMO_SEVERITY, **kw)
+        sets += _timed("restored copies", _restored_sets, restore_cub_root, restorers, degraded, base, device, progress)
+        notes = [_restorer_note()]
     return Table2Spec(str(mini), {a: str(p) for a, p in ckpts.items()}, sets), notes
 
 
@@ -133,11 +155,15 @@ def run_demo(out: str | Path = DEMO_OUT, device: str = "auto", batch_size: int =
 
 
 def main_demo(args, progress: bool) -> int:
+    """The demo's command line (``python -m analysis.classify`` without --classifier, --spec or
+    --from-predictions): runs `run_demo` with the parsed ``args`` and prints the table, the notes and the
+    commands for real data."""
     if args.bbox_crop:
         raise ValueError("--bbox-crop applies to real data; the demo scores whole images")
     out = Path(args.out or DEMO_OUT)
+    names = " / ".join(DEMO_CORRUPTIONS)
     print("Embedded demo: a SYNTHETIC SMOKE BENCHMARK on the built-in mini-CUB (10 made-up classes, 120 test "
-          f"images; fog / rain / low light at severity {DEMO_SEVERITY}). It shows that the pipeline runs and that "
+          f"images; {names} at severity {DEMO_SEVERITY}). It shows that the pipeline runs and that "
           "effects have the expected sign; its numbers say nothing about real birds or about the paper.\n",
           flush=True)
     result = run_demo(out, device=args.device, batch_size=args.batch_size, workers=0, n_boot=args.n_boot,
@@ -146,8 +172,7 @@ def main_demo(args, progress: bool) -> int:
     print(result["markdown"])
     for note in result["notes"]:
         print(f"NOTE: {note}\n")
-    print(f"written: {out}/table.csv, table.md, table.tex, table.json, mcnemar.csv, predictions/ "
-          f"(whole run {result['seconds']:.0f} s)\n")
+    print(f"written: {out}/{OUTPUT_FILES} (whole run {result['seconds']:.0f} s)\n")
     print("For the real Table 2 (CUB-200-2011 from data.caltech.edu, ImageNet-pretrained VGG16/ResNet50):\n")
     print(REAL_DATA_COMMANDS)
     return 0

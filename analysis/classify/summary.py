@@ -1,0 +1,105 @@
+"""From per-image predictions to Table 2: top-1 with bootstrap CIs per cell, McNemar's exact test per pair of
+rows (Holm-corrected as one family), and the whole run (score, summarise, write)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from classifiers.predict import resolve_device
+from cubdata.cli import option
+from cubdata.distributed import distributed, on_rank0
+
+from ..stats import P_ADJUST_METHODS, adjust_p_values, mcnemar_test, top1_with_ci
+from .formats import table_grid, write_outputs
+from .scoring import Predictions, score_table2
+from .spec import CLEAN, Table2Spec
+
+__all__ = ["DEFAULT_P_ADJUST", "StatsConfig", "summarize", "finish_table2", "run_table2"]
+
+DEFAULT_P_ADJUST = "holm"
+
+
+@dataclass(frozen=True)
+class StatsConfig:
+    """The statistics of the table (`summarize`); each field is also a command-line option."""
+
+    n_boot: int = option(1000, help="bootstrap resamples per cell (>= 1)")
+    confidence: float = option(0.95, help="confidence level of the intervals, in (0, 1): 0.95, not 95")
+    seed: int = option(0, aliases=("--bootstrap-seed",),
+                       help="seed of the bootstrap resampling (numpy default_rng; every cell's CI draws from it, in "
+                            "every mode, the demo included); the only randomness of the table")
+    p_adjust: str = option(DEFAULT_P_ADJUST, choices=P_ADJUST_METHODS,
+                           help="multiple-comparison correction over all McNemar tests of the table (mcnemar.csv: "
+                                "p_adjusted beside the raw p_value); none: raw p-values only (the demo always uses "
+                                "holm)")
+
+
+def _mcnemar_pairs(preds: Sequence[Predictions], order: dict[str, list[str]]) -> list[dict[str, Any]]:
+    """McNemar's test of every pair of non-clean rows scored on the same images, per degradation and
+    classifier (A before B in row order)."""
+    by_key = {p.key: p for p in preds}
+    configs = [c for c in order["configs"] if c != CLEAN]
+    tests = []
+    for deg in order["degradations"]:
+        for clf in order["classifiers"]:
+            for i, ca in enumerate(configs):
+                for cb in configs[i + 1:]:
+                    a, b = by_key.get((ca, deg, clf)), by_key.get((cb, deg, clf))
+                    if a is None or b is None:
+                        continue
+                    if not np.array_equal(a.image_id, b.image_id):
+                        raise ValueError(f"{ca}/{deg} and {cb}/{deg} ({clf}) were scored on different images; "
+                                         "McNemar's test needs the same images in the same order")
+                    tests.append({"config_a": ca, "config_b": cb, "degradation": deg, "classifier": clf,
+                                  **mcnemar_test(a.correct, b.correct)})
+    return tests
+
+
+def summarize(preds: Sequence[Predictions], n_boot: int = 1000, confidence: float = 0.95,
+              seed: int = 0, p_adjust: str = DEFAULT_P_ADJUST) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Tidy table rows (`TABLE_COLUMNS`, top1/ci in percent) and McNemar rows (`MCNEMAR_COLUMNS`) for
+    every pair of non-clean configurations scored on the same images, per degradation and classifier
+    (rows in table order; pairs A before B in row order).
+
+    Every cell's bootstrap draws from ``seed``. All McNemar tests of the table form one family:
+    ``p_adjusted`` is their p-value corrected by ``p_adjust`` (`analysis.stats.P_ADJUST_METHODS`; "holm":
+    Holm's step-down correction, family-wise error rate; "none": the raw p-value)."""
+    if p_adjust not in P_ADJUST_METHODS:
+        raise ValueError(f"unknown p-value adjustment {p_adjust!r}; valid: {', '.join(P_ADJUST_METHODS)}")
+    if len({p.key for p in preds}) != len(preds):
+        raise ValueError("duplicate (config, degradation, classifier) among the predictions")
+    rows = [{"config": p.config, "degradation": p.degradation, "classifier": p.classifier,
+             **top1_with_ci(p.correct, n_boot=n_boot, confidence=confidence, seed=seed)} for p in preds]
+    tests = _mcnemar_pairs(preds, table_grid(rows)[0])
+    for t, adj in zip(tests, adjust_p_values([t["p_value"] for t in tests], p_adjust)):
+        t.update(p_adjusted=adj, p_adjust=p_adjust)
+    return rows, tests
+
+
+def finish_table2(preds: Sequence[Predictions], meta: dict[str, Any], out: str | Path, n_boot: int = 1000,
+                  confidence: float = 0.95, seed: int = 0, p_adjust: str = DEFAULT_P_ADJUST,
+                  write_predictions: bool = True) -> dict[str, Any]:
+    """`summarize` ``preds`` and write every file into ``out`` (the predictions too if ``write_predictions``).
+    Returns ``{"rows", "mcnemar", "markdown", "out", "meta"}``."""
+    rows, tests = summarize(preds, n_boot=n_boot, confidence=confidence, seed=seed, p_adjust=p_adjust)
+    meta = dict(meta, n_boot=int(n_boot), confidence=float(confidence), seed=int(seed), p_adjust=p_adjust)
+    md = write_outputs(out, rows, tests, preds if write_predictions else None, meta)["markdown"]
+    return {"rows": rows, "mcnemar": tests, "markdown": md, "out": str(out), "meta": meta}
+
+
+def run_table2(spec: Table2Spec, out: str | Path, device: str = "auto", batch_size: int = 64, workers: int = 2,
+               n_boot: int = 1000, confidence: float = 0.95, seed: int = 0, progress: bool = True,
+               extra_meta: dict | None = None, p_adjust: str = DEFAULT_P_ADJUST) -> dict[str, Any]:
+    """Score, summarise and write everything for ``spec`` into ``out``. ``seed``: the bootstrap's;
+    ``p_adjust``: the McNemar p-values' correction (`summarize`). Returns ``{"rows", "mcnemar", "markdown",
+    "out", "meta"}``.
+
+    Under ``torchrun --nproc_per_node N`` the ranks share the scoring (`score_table2`); rank 0 alone
+    summarises and writes, the same files as a one-process run, and every rank returns its result."""
+    with distributed(str(resolve_device(device))) as (rank, world, _):
+        preds, meta = score_table2(spec, device=device, batch_size=batch_size, workers=workers, progress=progress)
+        meta.update(extra_meta or {})
+        return on_rank0(lambda: finish_table2(preds, meta, out, n_boot, confidence, seed, p_adjust), rank, world)

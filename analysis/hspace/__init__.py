@@ -1,0 +1,69 @@
+"""The h-space SVD perturbation study (DiffLoss Fig. 2): does the prior's h-space carry an image's semantics?
+
+For every image of every group (clean, degraded, restored w/o and w/ DiffLoss, ...):
+  1. resize (shorter side) and centre-crop to the prior's size, map to [-1, 1];
+  2. go to x_t0: ``q_sample`` at t0 with a noise seeded by (seed, image id) -- the same noise for the same
+     image in every group -- or, with ``--start ddim-inversion``, deterministic DDIM inversion 0 -> t0;
+  3. generate back to x_0 with DDIM (eta 0, ``--steps`` timesteps evenly spaced in [0, t0], guided-diffusion's
+     ``SpacedDiffusion.ddim_sample``), the unperturbed generation and K perturbed ones in one batch (same x_t0);
+  4. at every step with t >= t_edit the middle block's output h (C x H x W) of the level-k sample is replaced
+     by h + alpha_k * s1 * u1 v1^T, where h = U S V^T is the SVD of h as a C x HW matrix (per sample, default
+     ``--svd-mode sample``): the top singular value s1 becomes (1 + alpha_k) s1, nothing else changes.
+     ``--svd-mode batch-svd`` instead moves h along the first principal component of the flattened h of the
+     current batch's unperturbed samples (2..``--batch-images`` images, recomputed at every edited step):
+     h + alpha_k * sd1 * pc1. This is NOT Haas et al.'s direction (one global principal direction per timestep
+     from a reference set of images): with a few images per batch it depends on which images share the batch
+     (``batch-pca``, its old name, is a deprecated alias);
+  5. ResNet50 (ImageNet) penultimate 2048-d features of every generation; distance of level k =
+     L2(features(level k) - features(level 0)), beside it the cosine distance and the L2 relative to the norm of
+     the unperturbed features; and the size of the edit |dh| = ||h' - h||_F (mean over the edited steps, also
+     relative to ||h||_F).
+
+Outputs in ``--out``: distances.csv (one row per image, group, level: distance, cosine_distance,
+relative_distance, dh_norm, dh_rel), summary.csv (per group and level), wilcoxon.csv (``--test wilcoxon``, the
+default: the groups hold the same images with the same noise, so two-sided Wilcoxon signed-rank tests on the
+per-image differences between every pair of groups, per level and metric, over the images present in both) or
+mannwhitney.csv (``--test mann-whitney``: unpaired), summary.json (protocol, seconds per image, the tests),
+histograms / histogram_overlay / grid as PNG and PDF, generations/ (grid images) and a manifest.json that lets an
+interrupted run resume.
+
+Several GPUs: ``torchrun --nproc_per_node N -m analysis.hspace ...`` (paper mode, or --quick with --group) deals
+the batches of --batch-images images out between N processes (each on its LOCAL_RANK GPU; gloo on the CPU works
+too); rank 0 alone writes, and the outputs are those of a one-process run (timings aside).
+
+    python -m analysis.hspace --quick --out runs/hspace-quick
+    python -m analysis.hspace --prior 256x256_diffusion_uncond.pt --weights resnet50-0676ba61.pth \\
+        --group clean=CUB_200_2011 --group degraded=degraded/fog/3 --group "w/ DiffLoss=restored/fog3-dl" \\
+        --out runs/hspace
+"""
+from __future__ import annotations
+
+from cubdata import IMAGE_SUFFIXES
+
+from .cli import PRIOR_FILE, PRIOR_URL, build_parser, config_from_args, main, run
+from .config import QUICK_DEFAULTS, HSpaceConfig, make_config
+from .features import (IMAGENET_MEAN, IMAGENET_STD, RESNET50_FILE, RESNET50_URL, ResNetFeatures,
+                       build_feature_extractor, feature_distance_metrics, feature_distances)
+from .grid import load_grid
+from .groups import MIN_MATCHED_FRACTION, ImageItem, list_group_images, load_image_tensor, select_images
+from .perturbation import (SVD_MODE_ALIASES, SVD_MODES, PerturbationEdit, batch_principal_direction, make_alphas,
+                           perturb_along, perturb_principal, principal_component, resolve_svd_mode)
+from .report import (DISTANCE_COLUMNS, MANN_WHITNEY_COLUMNS, RECORD_FIELDS, WILCOXON_COLUMNS, read_distances,
+                     write_csv, write_study_outputs)
+from .sampling import START_MODES, ddim_generate, ddim_invert, ddim_schedule, spaced_diffusion, start_latent
+from .stats import METRICS, TESTS, group_tests, mann_whitney_tests, summarize_distances, wilcoxon_tests
+from .study import HSpaceResult, run_hspace_study
+
+__all__ = [
+    "perturb_principal", "principal_component", "batch_principal_direction", "perturb_along", "make_alphas",
+    "ddim_schedule", "spaced_diffusion", "start_latent", "ddim_invert", "ddim_generate", "PerturbationEdit",
+    "ResNetFeatures", "build_feature_extractor", "feature_distances", "feature_distance_metrics", "ImageItem",
+    "list_group_images", "select_images", "load_image_tensor", "HSpaceConfig", "HSpaceResult", "run_hspace_study",
+    "summarize_distances", "mann_whitney_tests", "wilcoxon_tests", "group_tests", "resolve_svd_mode", "TESTS",
+    "METRICS", "write_csv", "read_distances", "load_grid", "QUICK_DEFAULTS", "run", "make_config",
+    "write_study_outputs", "build_parser", "main", "SVD_MODES", "START_MODES", "PRIOR_URL", "RESNET50_FILE",
+    "RESNET50_URL",
+    # importable as before, beside the list above
+    "PRIOR_FILE", "IMAGE_SUFFIXES", "IMAGENET_MEAN", "IMAGENET_STD", "SVD_MODE_ALIASES", "MIN_MATCHED_FRACTION",
+    "DISTANCE_COLUMNS", "WILCOXON_COLUMNS", "MANN_WHITNEY_COLUMNS", "RECORD_FIELDS", "config_from_args",
+]

@@ -1,0 +1,42 @@
+"""Image-quality metrics of restored images against their ground truth (the paper's Tables 1, 3 and 4).
+
+    python -m analysis.quality --pred restored/wo restored/w --names "w/o DiffLoss,w/ DiffLoss" \\
+        --gt ~/.cache/diffloss-toolkit/mini-cub-v1 --metrics psnr,ssim --out out/quality
+
+``--pred`` and ``--gt`` are folders of images or CUB roots (then their ``images/`` folder is used). Images
+pair by relative path without extension (a restored ``x.png`` pairs with the original ``x.jpg``); a
+predicted image without a ground truth is an error, extra ground-truth images are ignored.
+
+Metrics (torchmetrics implementations; SSIM is torchmetrics' formula with its Gaussian window applied as two
+1-D passes, which is 30x faster on CPU and pinned to torchmetrics' values by the tests):
+    psnr   dB, data range 1, per image, averaged           (higher is better)
+    ssim   Gaussian 11x11, sigma 1.5, per image, averaged    (higher is better)
+    lpips  AlexNet (default) / VGG / SqueezeNet LPIPS, per image, averaged  (lower is better)
+    fid    FID between the predicted and the ground-truth set, InceptionV3 pool features (lower is better;
+           needs the torch-fidelity package)
+PSNR/SSIM need no weights. LPIPS needs the ImageNet backbone (``--lpips-weights PATH`` or torchvision's
+file in the torch hub cache, e.g. ``alexnet-owt-7be5be79.pth``; its linear heads ship with torchmetrics);
+FID needs ``weights-inception-2015-12-05-6726825d.pth`` (``--fid-weights PATH`` or the hub cache). Nothing
+is ever downloaded: a missing file raises FileNotFoundError naming it and where to get it.
+
+Writes ``per_image.csv`` (method, image, metrics), ``summary.csv`` and ``summary.md`` (one row per method).
+"""
+from __future__ import annotations
+
+from cubdata import IMAGE_SUFFIXES
+
+from .cli import build_parser, main
+from .evaluate import HIGHER_IS_BETTER, METRICS, evaluate_quality, parse_metrics
+from .files import check_decodable, find_images, match_images
+from .metrics import psnr, ssim
+from .pretrained import FID_WEIGHTS, FID_WEIGHTS_URL, LPIPS_NETS, fid_weights_file, load_fid, load_lpips, lpips_backbone_file
+from .report import format_markdown, method_labels, summary_rows, write_report
+
+_parse_metrics = parse_metrics  # the old private name
+
+__all__ = [
+    "METRICS", "HIGHER_IS_BETTER", "psnr", "ssim", "find_images", "match_images", "check_decodable",
+    "lpips_backbone_file", "load_lpips", "fid_weights_file", "load_fid", "evaluate_quality", "summary_rows",
+    "format_markdown", "write_report", "method_labels", "parse_metrics", "build_parser", "main",
+    "IMAGE_SUFFIXES", "LPIPS_NETS", "FID_WEIGHTS", "FID_WEIGHTS_URL",
+]

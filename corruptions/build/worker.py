@@ -1,0 +1,122 @@
+"""The work of a build: decode each source image once, write all its pending degraded versions, in this
+process or in spawned worker processes that die with their parent."""
+from __future__ import annotations
+
+import hashlib
+import multiprocessing
+import os
+import signal
+import sys
+import threading
+import time
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+from cubdata import ImageDecodeError, atomic_write_bytes, encode_image, load_rgb
+
+from ..registry import Corruption
+
+__all__ = ["Job", "ImageTask", "process_image", "run_tasks", "die_with_parent", "watch_parent"]
+
+
+@dataclass(frozen=True)
+class Job:
+    corruption: Corruption  # the registry entry itself: a worker needs no registration of its own (plug-ins)
+    severity: int
+    dst: str  # output file: OUT/<corruption>/<severity>/images/<rel path>, OUT as the caller gave it
+
+
+@dataclass(frozen=True)
+class ImageTask:
+    image_id: int
+    src: str
+    jobs: tuple[Job, ...]
+    seed: int
+    fmt: str
+    quality: int
+
+
+def die_with_parent(parent_pid: int) -> None:
+    """Pool initializer: end this worker as soon as its parent dies, even by SIGKILL (when no clean-up of the
+    parent runs), so that no orphan goes on writing into OUT. Linux: the kernel sends SIGKILL on the
+    parent's death (prctl PR_SET_PDEATHSIG); elsewhere a watchdog thread polls the parent pid."""
+    if sys.platform.startswith("linux"):
+        try:
+            import ctypes
+
+            libc = ctypes.CDLL(None, use_errno=True)
+            pr_set_pdeathsig = 1
+            if libc.prctl(pr_set_pdeathsig, int(signal.SIGKILL), 0, 0, 0) == 0:
+                if os.getppid() != parent_pid:  # the parent died before the request took effect
+                    os._exit(1)
+                return
+        except (OSError, AttributeError):
+            pass
+    threading.Thread(target=watch_parent, args=(parent_pid,), name="parent-watchdog", daemon=True).start()
+
+
+def watch_parent(parent_pid: int, interval: float = 0.5) -> None:
+    while os.getppid() == parent_pid:
+        time.sleep(interval)
+    os._exit(1)  # reparented: the parent is gone
+
+
+def _result(task: ImageTask, job: Job, status: str, sha256=None, size=None, error=None) -> dict:
+    return {"image_id": task.image_id, "corruption": job.corruption.name, "severity": job.severity,
+            "status": status, "sha256": sha256, "bytes": size, "error": error}
+
+
+def process_image(task: ImageTask) -> list[dict]:
+    """Decode one source image once and write all its pending degraded versions (runs in a worker).
+
+    A source that cannot be decoded gives ``failed`` results; an exception inside a corruption or the
+    encoder is a bug and propagates (with the image and corruption named) so the run stops.
+    """
+    try:
+        image = load_rgb(task.src)
+    except (ImageDecodeError, FileNotFoundError) as err:
+        msg = f"{type(err).__name__}: {err}"
+        return [_result(task, job, status="failed", error=msg) for job in task.jobs]
+    results = []
+    for job in task.jobs:
+        rng = job.corruption.rng(task.seed, task.image_id, job.severity)
+        try:
+            data = encode_image(job.corruption(image, job.severity, rng), task.fmt, task.quality)
+        except Exception as err:  # name the image; the caller stops the run
+            raise RuntimeError(
+                f"{job.corruption.name} severity {job.severity} failed on image {task.image_id} ({task.src}) "
+                f"of shape {image.shape}: {type(err).__name__}: {err}"
+            ) from err
+        atomic_write_bytes(job.dst, data)
+        results.append(_result(task, job, status="ok", sha256=hashlib.sha256(data).hexdigest(), size=len(data)))
+    return results
+
+
+def run_tasks(tasks: Sequence[ImageTask], workers: int, record: Callable[[list[dict]], None]) -> None:
+    """Run ``tasks`` (here when ``workers`` is 1, else on spawned processes) and pass each task's results to
+    ``record`` as they come; the first exception cancels the rest and is raised."""
+    if workers == 1 or len(tasks) <= 1:
+        for task in tasks:
+            record(process_image(task))
+    else:
+        _run_pool(tasks, min(workers, len(tasks)), record)
+
+
+def _run_pool(tasks: Sequence[ImageTask], workers: int, record: Callable[[list[dict]], None]) -> None:
+    ctx = multiprocessing.get_context("spawn")  # no fork: safe with threads / torch in the parent
+    executor = ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=die_with_parent,
+                                   initargs=(os.getpid(),))
+    try:
+        # keep a bounded number of tasks in flight (memory) while every worker stays busy
+        it = iter(tasks)
+        in_flight = {executor.submit(process_image, task) for _, task in zip(range(4 * workers), it)}
+        while in_flight:
+            done, in_flight = wait(in_flight, return_when=FIRST_COMPLETED)
+            for fut in done:
+                record(fut.result())  # re-raises a worker's exception here
+                nxt = next(it, None)
+                if nxt is not None:
+                    in_flight.add(executor.submit(process_image, nxt))
+    finally:
+        executor.shutdown(wait=True, cancel_futures=True)
