@@ -233,9 +233,9 @@ def _parse_set(text: str) -> tuple[str, str]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from cubdata.cli import HelpFormatter
+    from cubdata.cli import ArgumentParser, HelpFormatter
 
-    p = argparse.ArgumentParser(prog="python -m analysis.naturalness", description=__doc__, formatter_class=HelpFormatter)
+    p = ArgumentParser(prog="python -m analysis.naturalness", description=__doc__, formatter_class=HelpFormatter)
     p.add_argument("--quick", action="store_true",
                    help="mini-CUB with the Table 2 demo's degraded and restored sets (built and cached on first use)")
     p.add_argument("--clean", default=None, help="the clean CUB root (its test split)")
@@ -269,7 +269,7 @@ def _quick_sets(progress: bool) -> tuple[Path, dict[str, Path]]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    return run_cli(lambda: _main(args), threads=args.threads)
+    return run_cli(lambda: _main(args), threads=args.threads, out=args.out)
 
 
 def _main(args) -> int:
@@ -288,8 +288,7 @@ def _main(args) -> int:
     for name, root in [("--clean", args.clean)] + list(sets.items()):
         if root and not Path(root).exists():
             raise FileNotFoundError(f"{name}: {root} does not exist (expected a CUB root)")
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    out = Path(args.out)  # created only when there is something to write: a refusal leaves nothing behind
     device = resolve_device(args.device)
     model, diffusion = load_prior(args.prior, config=args.prior_config, device=str(device))
     if args.quick:
@@ -302,6 +301,7 @@ def _main(args) -> int:
     info = model.prior_info
     title = (f"prior {info['config']} ({Path(info['path']).name if info['path'] else 'random weights'}), "
              f"{len({r['image_id'] for r in rows})} test images of {clean.name}")
+    out.mkdir(parents=True, exist_ok=True)
     paths = write_outputs(rows, out, title)
     print(title)
     print(format_markdown(summarize(rows), "nat"))

@@ -21,14 +21,15 @@ the clean test top-1; ``--resume`` continues an interrupted run from its last ep
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 
-from cubdata.cli import HelpFormatter, add_config_arguments, config_from_args, default_workers
-from cubdata.distributed import env_rank
+from cubdata.cli import ArgumentParser, HelpFormatter, add_config_arguments, config_from_args, default_workers
+from cubdata.errors import EXPECTED_ERRORS, run_cli
 
 from .finetune_config import FinetuneConfig, run_preprocess
 from .finetune_loop import finetune
+from .checkpoint import CHECKPOINT_FORMAT  # noqa: F401 - importable from here, as before
+from .preprocess import URIE_BBOX_SIZE  # noqa: F401
 from .preprocess import train_transform
 from .registry import CLASSIFIERS, RegistryChoices
 
@@ -40,7 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
     """The CLI: one option per `FinetuneConfig` field (`cubdata.cli.add_config_arguments`), plus ``--arch``
     (registry names or a plugin spec), ``--crop-scale LOW HIGH`` and ``--amp/--no-amp`` written here."""
     d = FinetuneConfig(arch="resnet50", cub_root="", out="")
-    p = argparse.ArgumentParser(prog="python -m classifiers.finetune", description=__doc__,
+    p = ArgumentParser(prog="python -m classifiers.finetune", description=__doc__,
                                 formatter_class=HelpFormatter)
     p.add_argument("--arch", required=True, choices=RegistryChoices(CLASSIFIERS.names()),
                    help="architecture: a registry name or 'pkg.module:factory' for your own")
@@ -54,18 +55,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     args = build_parser().parse_args(argv)
     config = config_from_args(FinetuneConfig, args, crop_scale=tuple(args.crop_scale), threads=args.threads or None)
-    try:
-        summary = finetune(config)
-    except (FileNotFoundError, FileExistsError, ValueError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    if env_rank() == 0:
-        verb = "reused" if summary["skipped"] else f"trained in {summary['seconds']:.0f}s"
-        print(f"{summary['arch']}: clean test top-1 {summary['clean_test_top1']:.2f}% ({verb}) -> {summary['ckpt']}")
-    return 0
+    return run_cli(lambda: finetune(config), errors=(*EXPECTED_ERRORS, FileExistsError), report=_report,
+                   out=args.out, out_kind="file")
+
+
+def _report(summary: dict) -> None:
+    verb = "reused" if summary["skipped"] else f"trained in {summary['seconds']:.0f}s"
+    print(f"{summary['arch']}: clean test top-1 {summary['clean_test_top1']:.2f}% ({verb}) -> {summary['ckpt']}")
 
 
 if __name__ == "__main__":

@@ -48,7 +48,6 @@ class FinetuneConfig:
     out: str = option(help="checkpoint file to write (rewritten after every epoch)")
     weights: str = option("imagenet", help="'imagenet' (torchvision enum, from the torch hub cache), a local .pth "
                                            "state dict, or 'none' to train from scratch on purpose")
-    download: bool = option(False, help="let torchvision download missing ImageNet weights")
     img_size: int | None = option(None, help="training/test crop size (448 or 224 for the paper's nets); "
                                              "default: the arch's")
     bbox_crop: bool = option(False, help="train and test on images cropped to their CUB bounding boxes (URIE's "
@@ -70,6 +69,7 @@ class FinetuneConfig:
     device: str = option("auto", help="auto (cuda if available, else cpu), cpu, cuda, cuda:1 ...")
     amp: bool = True
     seed: int = option(0, help="seed of init, shuffling and augmentation")
+    download: bool = option(False, help="let torchvision download missing ImageNet weights")
     eval_every: int = option(0, help="also measure test top-1 every N epochs (0: only at the end)")
     threads: int | None = option(None, cli_default=0, help="torch CPU threads (0: torch's choice)")
     resume: bool = option(False, help="continue an unfinished --out (or reuse a finished one)")

@@ -45,9 +45,6 @@ class ClassifierArch:
         return build_classifier(self.name, num_classes, weights, download=download)
 
 
-_NO_DEFAULT = object()
-
-
 def _plugin_factory(spec: str, obj: Any) -> Callable[..., nn.Module]:
     if not callable(obj):
         raise ValueError(f"classifier {spec!r} is a {type(obj).__name__}, not a factory(num_classes, weights)")
@@ -61,24 +58,6 @@ class ClassifierRegistry(Registry[ClassifierArch]):
 
     def wrap(self, name: str, obj: Any, **extra: Any) -> ClassifierArch:
         return ClassifierArch(name=name, build_imagenet_head=obj, **extra)
-
-    def get(self, name: str, default: Any = _NO_DEFAULT) -> Any:
-        """The entry ``name`` or the user factory of ``"pkg.module:factory"`` (unknown: KeyError naming the
-        choices); with ``default``, as `dict.get`: registered names only, ``default`` otherwise."""
-        if default is not _NO_DEFAULT:
-            return super().get(name) if name in self else default
-        return super().get(name)
-
-    def __getitem__(self, name: str) -> ClassifierArch:
-        if name not in self:
-            raise KeyError(name)
-        return self.get(name)
-
-    def __setitem__(self, name: str, entry: ClassifierArch) -> None:
-        self.add(name, entry, replace=True)
-
-    def __delitem__(self, name: str) -> None:
-        self.remove(name)
 
 
 CLASSIFIERS = ClassifierRegistry("classifier", plugin=_plugin_factory)

@@ -51,6 +51,10 @@ _register_builtins()
 from .fog import fog  # noqa: E402  (re-exported names of the built-ins, as before)
 from .lowlight import lowlight  # noqa: E402
 from .rain import rain  # noqa: E402
+from .fog import FOG_TABLE  # noqa: E402,F401  (the old module's names stay importable from here)
+from .lowlight import LOWLIGHT_TABLE  # noqa: E402,F401
+from .rain import RAIN_TABLE  # noqa: E402,F401
+from .registry import CorruptionFn  # noqa: E402,F401
 
 __all__ = [
     "CORRUPTIONS",

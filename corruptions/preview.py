@@ -78,10 +78,10 @@ def default_preview_image() -> Path:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from cubdata.cli import HelpFormatter
+    from cubdata.cli import ArgumentParser, HelpFormatter
 
     names = get_corruption_names()
-    p = argparse.ArgumentParser(
+    p = ArgumentParser(
         prog="python -m corruptions.preview",
         description=__doc__,
         formatter_class=HelpFormatter,
@@ -123,7 +123,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {one_line(err)}", file=sys.stderr)
         raise SystemExit(2)  # a bad argument exits as argparse does, but in one line
     # CubLayoutError (no default image) is a ValueError
-    return run_cli(lambda: _main(args, names, sevs), errors=(*EXPECTED_ERRORS, TypeError), hints=_HINTS)
+    return run_cli(lambda: _main(args, names, sevs), errors=(*EXPECTED_ERRORS, TypeError), hints=_HINTS, out=args.out,
+                   out_kind="file")
 
 
 def _main(args: argparse.Namespace, names: list[str], sevs: list[int]) -> int:

@@ -116,6 +116,12 @@ class CorruptionRegistry(Registry[Corruption]):
     def __getitem__(self, name: str) -> CorruptionFn:
         return self.get(name).fn
 
+    def __setitem__(self, name: str, fn: CorruptionFn) -> None:  # as on the name -> function dict it replaces
+        self.add(name, self.wrap(name, fn), replace=True)
+
+    def values(self) -> list[CorruptionFn]:
+        return [entry.fn for entry in self._entries.values()]
+
 
 class _RegistryView(Mapping):
     """A read-only name -> attribute mapping over the registry's entries, current at every access."""

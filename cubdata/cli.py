@@ -13,7 +13,8 @@ import types
 import typing
 from typing import Any, Callable, Iterable, Mapping
 
-__all__ = ["HelpFormatter", "resolve_device_name", "default_workers", "option", "add_config_arguments",
+__all__ = ["HelpFormatter", "ArgumentParser", "check_out", "resolve_device_name", "default_workers", "option",
+           "add_config_arguments",
            "config_from_args"]
 
 
@@ -163,3 +164,33 @@ def config_from_args(config_cls: type, args: argparse.Namespace, **overrides: An
             values[name] = meta["parse"](value)
     values.update(overrides)
     return config_cls(**values)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# one line for every mistake on the command line, and --out checked before any work
+# ---------------------------------------------------------------------------------------------------------------
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse with the toolkit's `HelpFormatter` and one-line errors: ``error: <what>; see --help`` on stderr,
+    exit code 2 (argparse's own prints the whole usage block first)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("formatter_class", HelpFormatter)
+        super().__init__(*args, **kwargs)
+
+    def error(self, message: str) -> typing.NoReturn:
+        self.exit(2, f"error: {message} (see {self.prog} --help)\n")
+
+
+def check_out(path: str | os.PathLike, kind: str = "folder", flag: str = "--out") -> None:
+    """Refuse, before any work, an output path of the wrong kind: ``kind="folder"`` must not be an existing
+    file, ``kind="file"`` must not be an existing folder; the nearest existing parent must be writable."""
+    p = os.path.abspath(os.fspath(path))
+    if kind == "folder" and os.path.exists(p) and not os.path.isdir(p):
+        raise ValueError(f"{flag} {path} is a file; give a folder")
+    if kind == "file" and os.path.isdir(p):
+        raise ValueError(f"{flag} {path} is a folder; give a file path (e.g. {os.path.join(os.fspath(path), 'model.pt')})")
+    parent = p if kind == "folder" and os.path.isdir(p) else os.path.dirname(p)
+    while parent and not os.path.exists(parent):
+        parent = os.path.dirname(parent)
+    if parent and not os.access(parent, os.W_OK):
+        raise ValueError(f"{flag} {path}: {parent} is not writable")

@@ -47,7 +47,8 @@ def one_line(err: BaseException) -> str:
 def run_cli(run: Callable[[], Any], *, threads: int | None = None,
             errors: tuple[type[BaseException], ...] = EXPECTED_ERRORS,
             hints: Mapping[type[BaseException], str] | None = None,
-            report: Callable[[Any], None] | None = None) -> int:
+            report: Callable[[Any], None] | None = None, out: str | os.PathLike | None = None,
+            out_kind: str = "folder") -> int:
     """Run a command's work and turn its end into an exit code.
 
     Configures logging (INFO, one line per record), runs ``run()`` with ``threads`` torch CPU threads (0 or
@@ -55,9 +56,15 @@ def run_cli(run: Callable[[], Any], *, threads: int | None = None,
     stderr line when it raises one of ``errors`` (``hints`` add advice per exception type, default
     `DEFAULT_HINTS`). Otherwise ``report(result)`` runs on rank 0 only (``RANK`` of torchrun, 0 without it)
     and the exit code is 0, or ``run``'s own result when that is an int and no ``report`` is given.
+    ``out``: the command's output path, checked first (`cubdata.cli.check_out`: a ``out_kind`` "folder" or
+    "file" in a writable place), so a wrong one is refused before any work.
     """
     logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)
     try:
+        if out is not None:
+            from .cli import check_out
+
+            check_out(out, out_kind)
         with _threads(threads):
             result = run()
     except errors as err:

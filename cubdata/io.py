@@ -199,29 +199,32 @@ def list_images(folder: str | os.PathLike) -> list[Path]:
     return sorted(found, key=lambda p: p.relative_to(root).as_posix())
 
 
-def _csv_cell(value: Any, float_format: str | None) -> Any:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
+def _csv_cell(value: Any, float_format: str | None, nan: str = "") -> Any:
+    if value is None:
         return ""
+    if isinstance(value, float) and math.isnan(value):
+        return nan
     if float_format and isinstance(value, float):
         return format(value, float_format)
     return value
 
 
-def csv_text(rows: Iterable[Mapping[str, Any]], columns: Sequence[str], float_format: str | None = None) -> str:
-    """CSV text with a header of ``columns`` (missing values and NaN as empty cells; floats formatted with
-    ``float_format`` when given, e.g. ``".6g"``)."""
+def csv_text(rows: Iterable[Mapping[str, Any]], columns: Sequence[str], float_format: str | None = None,
+             nan: str = "") -> str:
+    """CSV text with a header of ``columns`` (missing values as empty cells, NaN as ``nan``, by default empty
+    too; floats formatted with ``float_format`` when given, e.g. ``".6g"``)."""
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=list(columns), extrasaction="ignore", lineterminator="\n")
     writer.writeheader()
     for row in rows:
-        writer.writerow({k: _csv_cell(row.get(k), float_format) for k in columns})
+        writer.writerow({k: _csv_cell(row.get(k), float_format, nan) for k in columns})
     return buf.getvalue()
 
 
 def write_csv(path: str | os.PathLike, rows: Iterable[Mapping[str, Any]], columns: Sequence[str],
-              float_format: str | None = None) -> Path:
+              float_format: str | None = None, nan: str = "") -> Path:
     """Atomically write ``rows`` as CSV (see `csv_text`)."""
-    return atomic_write_text(path, csv_text(rows, columns, float_format))
+    return atomic_write_text(path, csv_text(rows, columns, float_format, nan))
 
 
 def read_csv(path: str | os.PathLike, ints: Sequence[str] = (), floats: Sequence[str] = ()) -> list[dict[str, Any]]:

@@ -14,6 +14,7 @@ from typing import Any, Callable, Generic, Iterator, TypeVar
 __all__ = ["Registry", "resolve_name", "is_plugin_spec"]
 
 T = TypeVar("T")
+_RAISE = object()  # get() without a default raises KeyError
 
 
 def is_plugin_spec(name: str) -> bool:
@@ -33,7 +34,8 @@ def resolve_name(spec: str, what: str = "object") -> Any:
 
 
 class Registry(Generic[T]):
-    """Named entries of one family, in registration order.
+    """Named entries of one family, in registration order. Reads and writes like the dict it replaces
+    (``r[name]``, ``r[name] = entry``, ``del r[name]``, ``keys()``, ``values()``, ``items()``, ``get(name, default)``).
 
     ``get(name)`` also accepts ``"pkg.module:attr"`` when the registry has a ``plugin`` adapter (which
     turns the imported object into an entry).
@@ -81,14 +83,33 @@ class Registry(Generic[T]):
     def items(self):
         return self._entries.items()
 
-    def get(self, name: str) -> T:
-        """The entry called ``name``, or a plugin ``"pkg.module:attr"``; KeyError naming the choices."""
+    def get(self, name: str, default: Any = _RAISE) -> Any:
+        """The entry called ``name``, or a plugin ``"pkg.module:attr"``. Unknown: KeyError naming the choices,
+        or ``default`` when one is given (``registry.get(name, None)`` works as on a dict)."""
         if name in self._entries:
             return self._entries[name]
         if self._plugin is not None and is_plugin_spec(name):
             return self._plugin(name, resolve_name(name, self.family))
-        raise KeyError(f"unknown {self.family} {name!r}; choose from {', '.join(self._entries)}"
-                       + (" or 'pkg.module:attr'" if self._plugin is not None else ""))
+        if default is not _RAISE:
+            return default
+        raise KeyError(f"unknown {self.family} {name!r}; valid names: {', '.join(self._entries)}"
+                       + (" (or 'pkg.module:attr')" if self._plugin is not None else ""))
+
+    # the dict the registries replaced: item access, assignment and deletion, keys/values/items
+    def __getitem__(self, name: str) -> T:
+        return self.get(name)
+
+    def __setitem__(self, name: str, entry: T) -> None:
+        self.add(name, entry, replace=True)
+
+    def __delitem__(self, name: str) -> None:
+        self.remove(name)
+
+    def keys(self) -> tuple[str, ...]:
+        return self.names()
+
+    def values(self) -> list[T]:
+        return list(self._entries.values())
 
     def __repr__(self) -> str:
         return f"Registry({self.family!r}, {list(self._entries)})"

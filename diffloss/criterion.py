@@ -36,6 +36,8 @@ from .criterion_functional import (TARGETS, DiffLossOutput, diffloss, diffloss_t
                                   prior_prediction)
 from .prior_runtime import activation_checkpointing_mode, compile_prior_, freeze_, set_activation_checkpointing
 from .timestep_weights import T_WEIGHTINGS, timestep_weight_table
+from .criterion_checks import RANGE_MARGIN  # noqa: F401 - importable from here, as before
+from .prior_runtime import CHECKPOINT_IMPLS, describe_valid_sizes, size_multiple  # noqa: F401
 
 log = logging.getLogger(__name__)
 

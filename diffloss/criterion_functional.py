@@ -218,10 +218,13 @@ def _unet_branches(model: nn.Module, z_in: torch.Tensor, x_t: torch.Tensor, ts: 
 
 
 def diffloss(model: nn.Module, diffusion: Any, restored: torch.Tensor, clean: torch.Tensor, t: torch.Tensor,
-             noise: torch.Tensor, *, gamma: float = 1e-3, lam: float = 1e-2, **options: Any) -> DiffLossOutput:
-    """The full criterion for given ``t`` and ``noise``: ``total = pixel + gamma * (nat + lam * sem)``.
-    ``options`` are the keyword arguments of :func:`diffloss_terms` (target, weights, batch_branches,
-    model_kwargs, autocast_dtype)."""
-    pixel, nat, sem = diffloss_terms(model, diffusion, restored, clean, t, noise, **options)
+             noise: torch.Tensor, *, gamma: float = 1e-3, lam: float = 1e-2, target: str = "eps",
+             weights: torch.Tensor | None = None, batch_branches: bool = True,
+             model_kwargs: Mapping[str, Any] | None = None, autocast_dtype: torch.dtype | None = None) -> DiffLossOutput:
+    """The full criterion for given ``t`` and ``noise``: ``total = pixel + gamma * (nat + lam * sem)``; the
+    other keywords are those of :func:`diffloss_terms`."""
+    pixel, nat, sem = diffloss_terms(model, diffusion, restored, clean, t, noise, target=target, weights=weights,
+                                     batch_branches=batch_branches, model_kwargs=model_kwargs,
+                                     autocast_dtype=autocast_dtype)
     total = pixel + gamma * (nat + lam * sem)
     return DiffLossOutput(total, pixel, nat, sem, t)

@@ -200,11 +200,11 @@ def find_folder_pairs(root: str | os.PathLike, split: str = "train") -> list[Pai
 
 class PairSource:
     """A list of (degraded, clean) image pairs called ``names``. ``load(i)`` -> (``uint8 HxWx3``,
-    ``uint8 HxWx3``), same size. Subclasses implement ``_load(i)``; ``load`` keeps the last ``cache_size``
-    decoded pairs in memory (LRU)."""
+    ``uint8 HxWx3``), same size. Subclasses implement ``_load(i)`` and pass ``names`` (or override ``__len__``
+    and ``name``); ``load`` keeps the last ``cache_size`` decoded pairs in memory (LRU)."""
 
-    def __init__(self, names: list[str], cache_size: int = 0) -> None:
-        self.names = list(names)
+    def __init__(self, cache_size: int = 0, names: list[str] | None = None) -> None:
+        self.names = list(names or [])
         self.cache_size = int(cache_size)
         self._cache: OrderedDict[int, tuple[np.ndarray, np.ndarray]] = OrderedDict()
 
@@ -237,7 +237,7 @@ class FolderPairs(PairSource):
             raise ValueError(f"no pairs in {description or 'the given list'}")
         self.pairs = list(pairs)
         self.description = description
-        super().__init__([p.name for p in self.pairs], cache_size)
+        super().__init__(cache_size, [p.name for p in self.pairs])
 
     def _load(self, i: int) -> tuple[np.ndarray, np.ndarray]:
         p = self.pairs[i]
@@ -271,7 +271,7 @@ class SyntheticPairs(PairSource):
         self.records = self.index.split(cub_split)
         if not self.records:
             raise ValueError(f"CUB root {self.index.root} has no {cub_split} images")
-        super().__init__([r.rel_path for r in self.records], cache_size)
+        super().__init__(cache_size, [r.rel_path for r in self.records])
 
     def _load(self, i: int) -> tuple[np.ndarray, np.ndarray]:
         from corruptions import corrupt

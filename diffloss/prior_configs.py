@@ -35,16 +35,7 @@ __all__ = ["PRIOR_CONFIGS", "ADM_BASE", "PRIOR_CHECKPOINTS", "CheckpointInfo", "
 
 
 class PriorConfigs(Registry[dict]):
-    """The prior-config registry; also readable as a mapping (``PRIOR_CONFIGS["tiny"]``, ``.keys()``)."""
-
-    def __getitem__(self, name: str) -> dict:
-        return self.get(name)
-
-    def keys(self) -> tuple[str, ...]:
-        return self.names()
-
-    def values(self) -> list[dict]:
-        return [entry for _, entry in self.items()]
+    """The prior-config registry; readable as a mapping (``PRIOR_CONFIGS["tiny"]``, ``.keys()``)."""
 
 
 def _plugin_config(spec: str, obj: Any) -> dict:

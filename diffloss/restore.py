@@ -82,12 +82,19 @@ def _check_out_folder(out_root: Path, overwrite: bool) -> None:
         )
 
 
+def _legacy_manifest(doc: dict) -> dict | None:
+    """The untagged manifest of releases before ``diffloss-restore/2`` (identity at the top level)."""
+    if "format" in doc or not isinstance(doc.get("done"), dict):
+        return None
+    return {"settings": {k: v for k, v in doc.items() if k not in ("done", "complete")}, "done": doc["done"]}
+
+
 def _open_manifest(out_root: Path, identity: dict, overwrite: bool) -> Manifest:
     """The manifest of ``out_root`` for a run of ``identity`` (ckpt digest, input root, split, format): the
     earlier run's when its settings match, else a new one. One made with other settings is refused unless
     ``overwrite``; an unreadable one or one of an older format is ignored with a warning (all is redone)."""
     path = out_root / MANIFEST
-    old = Manifest.read(path, MANIFEST_FORMAT)
+    old = Manifest.read(path, MANIFEST_FORMAT, _legacy_manifest)
     saved = old.get("settings") if old is not None and isinstance(old.get("settings"), dict) else None
     mismatch = [f"{k}: {saved.get(k)!r} vs {v!r}" for k, v in identity.items() if saved.get(k) != v] if saved else []
     if mismatch and not overwrite:
@@ -97,7 +104,8 @@ def _open_manifest(out_root: Path, identity: dict, overwrite: bool) -> Manifest:
         )
     if saved is None or mismatch:
         return Manifest(path, MANIFEST_FORMAT, identity, entries_key="done")
-    return Manifest.open(path, MANIFEST_FORMAT, identity, entries_key="done")
+    return Manifest.open(path, MANIFEST_FORMAT, identity, pinned=tuple(identity), entries_key="done",
+                         legacy=_legacy_manifest)
 
 
 def _part_path(out_root: Path, rank: int) -> Path:
@@ -126,6 +134,9 @@ def _plan_output(ckpt_path: Path, in_root: Path, out_root: Path, split: str, fmt
     """Rank 0's checks before anything is loaded or written: ``(identity, done)``, the run's identity (what
     a manifest must match to be resumed) and the verified finished outputs of an earlier run."""
     _check_out_folder(out_root, overwrite)  # before anything is read, loaded or written
+    if not ckpt_path.is_file():
+        raise FileNotFoundError(f"--ckpt {ckpt_path}: no restoration checkpoint there (give the ckpt.pt of "
+                                "python -m diffloss.train, or its run folder)")
     index = read_cub(in_root)
     records = index.split(split)
     if not records:
@@ -313,9 +324,9 @@ def _restore(ckpt_path: Path, in_root: Path, out_root: Path, device: torch.devic
 # CLI
 # --------------------------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
-    from cubdata.cli import HelpFormatter
+    from cubdata.cli import ArgumentParser, HelpFormatter
 
-    p = argparse.ArgumentParser(prog="python -m diffloss.restore", description=__doc__, formatter_class=HelpFormatter)
+    p = ArgumentParser(prog="python -m diffloss.restore", description=__doc__, formatter_class=HelpFormatter)
     p.add_argument("--ckpt", required=True, help="ckpt.pt of python -m diffloss.train (or its run folder)")
     p.add_argument("--in", dest="in_root", required=True, help="CUB-layout root to restore (e.g. a degraded variant)")
     p.add_argument("--out", required=True, help="output CUB root")

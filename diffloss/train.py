@@ -42,11 +42,12 @@ import dataclasses
 import json
 from pathlib import Path
 
-from cubdata.cli import HelpFormatter, add_config_arguments, config_from_args, resolve_device_name
+from cubdata.cli import ArgumentParser, HelpFormatter, add_config_arguments, config_from_args, resolve_device_name
 from cubdata.errors import EXPECTED_ERRORS, run_cli
 
 from .checkpoint import CKPT_FORMAT, load_checkpoint
 from .metrics import psnr_ssim
+from .nets import DEFAULT_NET, RESTORATION_NETS  # noqa: F401
 from .pairs import open_pairs  # noqa: F401 - the old module's names stay importable from here
 from .plots import plot_loss_curves
 from .run_utils import LOG_FIELDS, VAL_FIELDS, read_log  # noqa: F401
@@ -76,7 +77,7 @@ _FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
 
 def build_parser() -> argparse.ArgumentParser:
     """One option per `TrainConfig` field (flags, defaults and help on the fields), plus ``--threads``."""
-    p = argparse.ArgumentParser(prog="python -m diffloss.train", description=__doc__, formatter_class=HelpFormatter)
+    p = ArgumentParser(prog="python -m diffloss.train", description=__doc__, formatter_class=HelpFormatter)
     add_config_arguments(p, TrainConfig, skip=("batch",))
     # --batch-size fills args.batch_size, as in every CLI of the toolkit; TrainConfig calls it batch
     p.add_argument("--batch-size", type=int, default=_FIELDS["batch"].default,
@@ -107,7 +108,7 @@ def _report(run_dir: Path) -> None:
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     return run_cli(lambda: train_restoration(config_from_cli(args)), threads=args.threads, errors=ERRORS,
-                   report=_report)
+                   report=_report, out=args.out)
 
 
 if __name__ == "__main__":

@@ -29,17 +29,17 @@ import argparse
 import dataclasses
 import json
 import logging
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
-from cubdata.cli import HelpFormatter, add_config_arguments, config_from_args, option, resolve_device_name
+from cubdata.cli import ArgumentParser, HelpFormatter, add_config_arguments, config_from_args, option, resolve_device_name
 from cubdata.distributed import distributed
-from cubdata.runtime import torch_threads
+from cubdata.errors import EXPECTED_ERRORS, run_cli
 
 from .prior_configs import PRIOR_CONFIGS
 from .prior_data import random_resized_crop, step_draws, training_images
+from .prior_loading import PRIOR_FORMAT  # noqa: F401 - importable from here, as before
 from .prior_outputs import LOG_COLUMNS, export_prior, image_grid, plot_prior_loss, read_prior_log
 from .prior_training import STATE_FORMAT, run_training
 from .validation import check_choice, check_fraction, check_int_fields, check_positive_number
@@ -128,7 +128,7 @@ def train_prior(settings: PriorTrainConfig | Mapping[str, Any] | None = None, **
 # CLI
 # --------------------------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m diffloss.train_prior", description=__doc__,
+    p = ArgumentParser(prog="python -m diffloss.train_prior", description=__doc__,
                                 formatter_class=HelpFormatter)
     add_config_arguments(p, PriorTrainConfig)
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's choice)")
@@ -137,17 +137,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    try:
-        with torch_threads(args.threads):
-            run_dir = train_prior(config_from_args(PriorTrainConfig, args))
-    except (FileNotFoundError, ValueError, TypeError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    return run_cli(lambda: train_prior(config_from_args(PriorTrainConfig, args)), threads=args.threads,
+                   errors=(*EXPECTED_ERRORS, TypeError), report=_report, out=args.out)
+
+
+def _report(run_dir: Path) -> None:
     done = json.loads((run_dir / "done.json").read_text())
     print(f"{run_dir / 'prior.pt'}: {done['step']} steps on {done['images']} images, "
           f"{done['num_parameters']:,} parameters, {done['seconds']:.1f} s, final loss {done['final_loss']:.4f}")
-    return 0
 
 
 if __name__ == "__main__":

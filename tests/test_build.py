@@ -344,9 +344,10 @@ def test_a_corruption_registered_at_run_time_is_built_by_default_also_by_workers
         sys.modules.pop("user_corr", None)
 
 
-def test_a_manifest_of_the_old_layout_is_ignored_with_a_warning_and_rebuilt(small_root, reference, tmp_path, caplog):
-    """Manifests of the first layout (settings at the top level) are not trusted: warning, everything redone,
-    same bytes, new layout."""
+def test_a_manifest_of_the_old_layout_resumes_and_still_refuses_other_settings(small_root, reference, tmp_path):
+    """A folder built by an earlier release (``degraded-cub-manifest/1``: settings at the top level) is still
+    recognised: the same settings resume it (nothing rebuilt, manifest rewritten in the new layout), other
+    settings are refused as before."""
     ref_out, _ = reference
     out = tmp_path / "old"
     shutil.copytree(ref_out, out)
@@ -355,9 +356,9 @@ def test_a_manifest_of_the_old_layout_is_ignored_with_a_warning_and_rebuilt(smal
     old = {"format": "degraded-cub-manifest/1", **new["settings"], "complete": True, "counts": new["counts"],
            "images": new["images"]}
     path.write_text(json.dumps(old))
-    with caplog.at_level("WARNING"):
-        summary = build_degraded_cub(small_root, out, ("rain",), (3,), progress=False)
-    assert summary["written"] == 4 and summary["skipped"] == 0 and summary["failed"] == 0
-    assert any("another format" in r.getMessage() and "rain/3" in r.getMessage() for r in caplog.records)
+    with pytest.raises(BuildConfigError, match="seed: 0 there, 1 now"):
+        build_degraded_cub(small_root, out, ("rain",), (3,), seed=1, progress=False)
+    summary = build_degraded_cub(small_root, out, ("rain",), (3,), progress=False)
+    assert summary["written"] == 0 and summary["skipped"] == 4 and summary["failed"] == 0
     assert json.loads(path.read_text())["format"] == MANIFEST_FORMAT
     assert tree_bytes(out) == tree_bytes(ref_out)

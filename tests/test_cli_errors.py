@@ -128,3 +128,49 @@ def test_garbage_classifier_weights_get_one_safe_line(tmp_path):
     assert "resnet50-garbage.pth" in msg and "\n" not in msg and "weights_only=False" not in msg
     with pytest.raises(ValueError, match="not a classifier checkpoint"):
         classifiers.load_classifier(bad)
+
+
+# ---------------------------------------------------------------------- --out of the wrong kind, argparse mistakes
+def _forbid(monkeypatch, target: str) -> None:
+    import importlib
+
+    module, attr = target.rsplit(".", 1)
+
+    def fail(*a, **k):
+        raise AssertionError(f"{target} ran although --out is of the wrong kind")
+
+    monkeypatch.setattr(importlib.import_module(module), attr, fail)
+
+
+OUT_KIND_CASES = {
+    # command: (module with main, extra argv, the out kind that is wrong, the work that must not start)
+    "diffloss.train": ("diffloss.train", [], "file", "diffloss.train.train_restoration"),
+    "diffloss.train_prior": ("diffloss.train_prior", ["--config", "tiny"], "file", "diffloss.train_prior.train_prior"),
+    "analysis.naturalness": ("analysis.naturalness", ["--quick"], "file", "analysis.naturalness._main"),
+    "analysis.quality": ("analysis.quality", ["--pred", "{good}", "--gt", "{good}"], "file", "analysis.quality.cli.run"),
+    "analysis.hspace": ("analysis.hspace", ["--quick"], "file", "analysis.hspace.cli.run"),
+    "classifiers.finetune": ("classifiers.finetune", ["--arch", "vgg-mini", "--cub-root", "{good}"], "folder",
+                             "classifiers.finetune.finetune"),
+    "corruptions.preview": ("corruptions.preview", [], "folder", "corruptions.preview._main"),
+}
+
+
+@pytest.mark.parametrize("command", sorted(OUT_KIND_CASES))
+def test_out_of_the_wrong_kind_is_refused_in_one_line_before_any_work(command, roots, tmp_path, capsys, monkeypatch):
+    import importlib
+
+    module, extra, wrong, work = OUT_KIND_CASES[command]
+    _forbid(monkeypatch, work)
+    out = tmp_path / "out"
+    out.write_text("a file") if wrong == "file" else out.mkdir()
+    argv = [a.format(good=roots["good"]) for a in extra] + ["--out", str(out)]
+    rc = _call(importlib.import_module(module).main, argv)
+    _assert_one_error_line(rc, capsys, str(out), "give a folder" if wrong == "file" else "give a file path")
+
+
+@pytest.mark.parametrize("argv", [["--bogus"], ["--severities", "9"], ["--corruptions", "smog"]])
+def test_command_line_mistakes_are_one_line(argv, tmp_path, capsys):
+    from corruptions.build import main
+
+    rc = _call(main, ["--cub-root", str(tmp_path), "--out", str(tmp_path / "o"), *argv])
+    _assert_one_error_line(rc, capsys, "see python -m corruptions.build --help")

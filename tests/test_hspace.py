@@ -423,7 +423,7 @@ def test_batch_svd_is_the_honest_name_and_batch_pca_an_alias(caplog):
     text = re.sub(r"\s+", " ", p.format_help())
     assert "not Haas et al." in text and "'batch-pca' is a deprecated alias" in text
     assert "not Haas et al." in re.sub(r"\s+", " ", H.batch_principal_direction.__doc__)
-    with pytest.raises(ValueError, match="batch-images >= 2"):
+    with pytest.raises(ValueError, match="batch-size >= 2"):
         H.HSpaceConfig(svd_mode="batch-svd", batch_images=1)
 
 
@@ -472,9 +472,9 @@ def test_study_is_deterministic_and_resumes(tmp_path, tiny_prior, extractor, min
     assert r4.rows[1]["alpha"] == 3.0 and r4.rows[0]["distance"] == r1.rows[0]["distance"]
 
 
-def test_old_manifest_is_ignored_and_everything_redone(tmp_path, tiny_prior, extractor, mini_root, caplog):
-    """A manifest of the layout before cubdata.manifest ({"fingerprint", "done"}) is not resumed: a warning,
-    then every image computed again (same numbers); the new manifest has the shared layout."""
+def test_old_manifest_resumes(tmp_path, tiny_prior, extractor, mini_root):
+    """A manifest of the layout before cubdata.manifest ({"fingerprint", "done"}) resumes: nothing is computed
+    again, the same numbers come back, and the manifest is rewritten in the shared layout."""
     from diffloss.hooks import hspace_hook
 
     model, diffusion = tiny_prior
@@ -489,10 +489,9 @@ def test_old_manifest_is_ignored_and_everything_redone(tmp_path, tiny_prior, ext
         calls.append(edit)
         return hspace_hook(m, edit=edit)
 
-    with caplog.at_level("WARNING", logger="cubdata.manifest"):
-        r2 = H.run_hspace_study({"clean": mini_root}, model, diffusion, extractor, cfg, out=tmp_path,
-                                progress=False, hook=counting_hook)
-    assert "another format" in caplog.text and len(calls) == 1     # one batch of 2 images: computed again
+    r2 = H.run_hspace_study({"clean": mini_root}, model, diffusion, extractor, cfg, out=tmp_path,
+                            progress=False, hook=counting_hook)
+    assert calls == []     # both images come from the old manifest
     assert r2.rows == r1.rows
     assert json.loads((tmp_path / "manifest.json").read_text())["format"] == "analysis.hspace/2"
 
@@ -548,7 +547,7 @@ def test_study_ddim_inversion_and_batch_pca(tiny_prior, extractor, mini_root):
     cfg = _config(start="ddim-inversion", svd_mode="batch-pca", images_per_group=2, batch_images=2)
     res = H.run_hspace_study({"clean": mini_root}, model, diffusion, extractor, cfg, progress=False)
     assert len(res.rows) == 4 and res.unet_evals_per_image == 3 * 3 + 2
-    with pytest.raises(ValueError, match="batch-images >= 2"):
+    with pytest.raises(ValueError, match="batch-size >= 2"):
         H.HSpaceConfig(svd_mode="batch-pca", batch_images=1)
 
 

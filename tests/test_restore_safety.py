@@ -151,7 +151,7 @@ def test_resume_redoes_an_output_damaged_after_the_fact(ckpt, small_cub, tmp_pat
     assert load_rgb(victim).shape[2] == 3 and np.asarray(load_rgb(victim)).dtype == np.uint8
 
 
-def test_an_old_format_manifest_is_ignored_with_a_warning_and_all_is_redone(ckpt, small_cub, tmp_path, caplog):
+def test_an_old_format_manifest_resumes_and_still_refuses_another_checkpoint(ckpt, small_cub, tmp_path, caplog):
     out = tmp_path / "out"
     restore_cub_root(ckpt, small_cub, out, progress=False)
     man = json.loads((out / MANIFEST).read_text())
@@ -159,10 +159,12 @@ def test_an_old_format_manifest_is_ignored_with_a_warning_and_all_is_redone(ckpt
     assert set(man["settings"]) == {"ckpt_sha256", "in_root", "split", "fmt"} and man["net"] == "small-unet"
     # the layout before cubdata.manifest: the settings at the top level, no format tag
     (out / MANIFEST).write_text(json.dumps({**man["settings"], "net": man["net"], "complete": True, "done": man["done"]}))
-    with caplog.at_level("WARNING"):
-        s = restore_cub_root(ckpt, small_cub, out, progress=False)
-    assert (s["n_restored"], s["n_skipped"]) == (4, 0)
-    assert "another format" in caplog.text
+    other = tmp_path / "other.pt"
+    torch.save(dict(torch.load(ckpt, weights_only=False), step=999), other)
+    with pytest.raises(ValueError, match="restored with other settings"):
+        restore_cub_root(other, small_cub, out, progress=False)
+    s = restore_cub_root(ckpt, small_cub, out, progress=False)
+    assert (s["n_restored"], s["n_skipped"]) == (0, 4)  # a folder of an earlier release resumes
     assert json.loads((out / MANIFEST).read_text())["format"] == restore_mod.MANIFEST_FORMAT
 
 

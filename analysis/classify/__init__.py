@@ -75,3 +75,10 @@ __all__ = [
     # the command line (cli.py)
     "DEFAULT_OUT", "DEMO_OUT", "build_parser", "main", "check_out_writable",
 ]
+
+# the demo moved to analysis.demo; the old names still resolve, with a DeprecationWarning
+from ..demo import moved_to_demo  # noqa: E402
+
+__getattr__ = moved_to_demo(__name__, {
+    **dict.fromkeys(("DEMO_CORRUPTIONS", "DEMO_SEVERITY", "demo_spec", "run_demo"), "analysis.demo.table2"),
+    **dict.fromkeys(("DEMO_ARCHS", "demo_classifiers"), "analysis.demo.classifiers")})

@@ -97,13 +97,14 @@ def _resolve(base: Path, p: str) -> str:
 def _read_spec_doc(path: Path) -> dict[str, Any]:
     if not path.is_file():
         raise FileNotFoundError(f"spec file {path} not found")
-    text = path.read_text(encoding="utf-8")
-    if path.suffix.lower() == ".json":
-        doc = json.loads(text)
-    else:
-        import yaml
+    import yaml
 
-        doc = yaml.safe_load(text)
+    try:
+        text = path.read_text(encoding="utf-8")
+        doc = json.loads(text) if path.suffix.lower() == ".json" else yaml.safe_load(text)
+    except (UnicodeDecodeError, json.JSONDecodeError, yaml.YAMLError) as err:
+        raise ValueError(f"spec file {path} is not readable {'JSON' if path.suffix.lower() == '.json' else 'YAML'}: "
+                         f"{' '.join(str(err).split())[:200]}") from None
     if not isinstance(doc, dict):
         raise ValueError(f"spec file {path} must hold a mapping with 'clean', 'classifiers', 'sets'; found "
                          f"{type(doc).__name__}")

@@ -10,7 +10,7 @@ For every image of every group (clean, degraded, restored w/o and w/ DiffLoss, .
      by h + alpha_k * s1 * u1 v1^T, where h = U S V^T is the SVD of h as a C x HW matrix (per sample, default
      ``--svd-mode sample``): the top singular value s1 becomes (1 + alpha_k) s1, nothing else changes.
      ``--svd-mode batch-svd`` instead moves h along the first principal component of the flattened h of the
-     current batch's unperturbed samples (2..``--batch-images`` images, recomputed at every edited step):
+     current batch's unperturbed samples (2..``--batch-size`` images, recomputed at every edited step):
      h + alpha_k * sd1 * pc1. This is NOT Haas et al.'s direction (one global principal direction per timestep
      from a reference set of images): with a few images per batch it depends on which images share the batch
      (``batch-pca``, its old name, is a deprecated alias);
@@ -28,7 +28,7 @@ histograms / histogram_overlay / grid as PNG and PDF, generations/ (grid images)
 interrupted run resume.
 
 Several GPUs: ``torchrun --nproc_per_node N -m analysis.hspace ...`` (paper mode, or --quick with --group) deals
-the batches of --batch-images images out between N processes (each on its LOCAL_RANK GPU; gloo on the CPU works
+the batches of --batch-size images out between N processes (each on its LOCAL_RANK GPU; gloo on the CPU works
 too); rank 0 alone writes, and the outputs are those of a one-process run (timings aside).
 
     python -m analysis.hspace --quick --out runs/hspace-quick
@@ -67,3 +67,8 @@ __all__ = [
     "PRIOR_FILE", "IMAGE_SUFFIXES", "IMAGENET_MEAN", "IMAGENET_STD", "SVD_MODE_ALIASES", "MIN_MATCHED_FRACTION",
     "DISTANCE_COLUMNS", "WILCOXON_COLUMNS", "MANN_WHITNEY_COLUMNS", "RECORD_FIELDS", "config_from_args",
 ]
+
+# the quick-mode data moved to analysis.demo; the old names still resolve, with a DeprecationWarning
+from ..demo import moved_to_demo  # noqa: E402
+
+__getattr__ = moved_to_demo(__name__, dict.fromkeys(("quick_groups", "subset_cub_root"), "analysis.demo.hspace_quick"))

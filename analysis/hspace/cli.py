@@ -7,7 +7,7 @@ import dataclasses
 from pathlib import Path
 from typing import Mapping, Sequence
 
-from cubdata.cli import HelpFormatter, add_config_arguments
+from cubdata.cli import ArgumentParser, HelpFormatter, add_config_arguments
 from cubdata.distributed import distributed, env_world, on_rank0
 from cubdata.errors import run_cli
 from cubdata.runtime import torch_threads
@@ -116,7 +116,7 @@ def _parse_group(text: str) -> tuple[str, str]:
 def build_parser() -> argparse.ArgumentParser:
     from .. import hspace
 
-    p = argparse.ArgumentParser(prog="python -m analysis.hspace", description=hspace.__doc__,
+    p = ArgumentParser(prog="python -m analysis.hspace", description=hspace.__doc__,
                                 formatter_class=HelpFormatter)
     p.add_argument("--out", default="runs/hspace", help="output folder (resumable)")
     p.add_argument("--quick", action="store_true",
@@ -173,7 +173,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                    quick_severity=args.quick_severity, quick_restored=not args.no_restored, threads=args.threads,
                    progress=not args.no_progress, test=args.test)
 
-    return run_cli(work, report=lambda result: _print_summary(result, args))
+    return run_cli(work, report=lambda result: _print_summary(result, args), out=args.out)
 
 
 def _print_summary(result: HSpaceResult, args: argparse.Namespace) -> None:

@@ -73,7 +73,7 @@ class HSpaceConfig:
         if int(self.batch_images) < 1:
             raise ValueError(f"batch_images must be >= 1, got {self.batch_images}")
         if self.svd_mode == "batch-svd" and int(self.batch_images) < 2:
-            raise ValueError("--svd-mode batch-svd needs --batch-images >= 2 (the PCA runs over a batch's images)")
+            raise ValueError("--svd-mode batch-svd needs --batch-size >= 2 (the PCA runs over a batch's images)")
 
     @property
     def levels(self) -> int:

@@ -109,7 +109,7 @@ def batch_principal_direction(h_ref: torch.Tensor) -> tuple[torch.Tensor, float]
     if n < 2:
         raise ValueError(
             f"--svd-mode batch-svd needs at least 2 unperturbed samples per batch, got {n}; "
-            "use --batch-images >= 2 or --svd-mode sample"
+            "use --batch-size >= 2 or --svd-mode sample"
         )
     X = h_ref.reshape(n, -1).double()
     X = X - X.mean(dim=0, keepdim=True)

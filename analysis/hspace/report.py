@@ -6,7 +6,6 @@ these tables) so that an undefined metric reads back as NaN, and an empty cell a
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 from typing import TYPE_CHECKING, Mapping, Sequence
 
@@ -32,15 +31,11 @@ MANN_WHITNEY_COLUMNS = ("level", "group_a", "group_b", "n_a", "n_b", "u_statisti
 TEST_FILES = {"wilcoxon": ("wilcoxon.csv", WILCOXON_COLUMNS), "mann-whitney": ("mannwhitney.csv", MANN_WHITNEY_COLUMNS)}
 
 
-def _nan_spelled(value):
-    return "nan" if isinstance(value, float) and math.isnan(value) else value
-
-
 def write_csv(path: str | Path, rows: Sequence[Mapping], columns: Sequence[str] | None = None) -> Path:
     """Write ``rows`` (dicts) as CSV atomically (`cubdata.write_csv`); ``columns`` default to the first row's
     keys; NaN is written ``nan``."""
     columns = list(columns or (rows[0].keys() if rows else []))
-    return _write_csv(path, [{k: _nan_spelled(v) for k, v in r.items()} for r in rows], columns)
+    return _write_csv(path, rows, columns, nan="nan")
 
 
 def read_distances(out_dir: str | Path) -> list[dict]:

@@ -62,6 +62,14 @@ class _Plan:
     manifest: Manifest | None
 
 
+def _legacy_manifest(doc: dict) -> dict | None:
+    """The ``{"fingerprint", "done"}`` manifest of releases before ``analysis.hspace/2``: the fingerprint held
+    exactly what the settings hold now."""
+    if "format" in doc or not isinstance(doc.get("fingerprint"), dict) or not isinstance(doc.get("done"), dict):
+        return None
+    return {"settings": doc["fingerprint"], "done": doc["done"]}
+
+
 def _plan_study(groups: Mapping[str, str | Path], config: HSpaceConfig, size: int, provenance: Mapping | None,
                 paired: bool, out: Path | None) -> _Plan:
     """Decided once (rank 0 under torchrun) before anything is generated: pick the images (`select_images`),
@@ -77,7 +85,7 @@ def _plan_study(groups: Mapping[str, str | Path], config: HSpaceConfig, size: in
     manifest = None
     if out is not None:
         manifest = Manifest.open(out / "manifest.json", MANIFEST_FORMAT, json.loads(json.dumps(settings)),
-                                 entries_key="done")
+                                 entries_key="done", legacy=_legacy_manifest)
     plan = _Plan(chosen, manifest.entries if manifest else {}, {}, {}, manifest)
     for g in groups:
         plan.todo[g] = []

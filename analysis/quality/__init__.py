@@ -1,14 +1,14 @@
 """Image-quality metrics of restored images against their ground truth (the paper's Tables 1, 3 and 4).
 
     python -m analysis.quality --pred restored/wo restored/w --names "w/o DiffLoss,w/ DiffLoss" \\
-        --gt ~/.cache/diffloss-toolkit/mini-cub-v1 --metrics psnr,ssim --out out/quality
+        --gt ~/.cache/diffloss-toolkit/mini-cub-v2 --metrics psnr,ssim --out out/quality
 
 ``--pred`` and ``--gt`` are folders of images or CUB roots (then their ``images/`` folder is used). Images
 pair by relative path without extension (a restored ``x.png`` pairs with the original ``x.jpg``); a
 predicted image without a ground truth is an error, extra ground-truth images are ignored.
 
 Metrics (torchmetrics implementations; SSIM is torchmetrics' formula with its Gaussian window applied as two
-1-D passes, which is 30x faster on CPU and pinned to torchmetrics' values by the tests):
+1-D passes, which is 21-25x faster on CPU (benchmarks/quality_throughput.py) and pinned to torchmetrics' values by the tests):
     psnr   dB, data range 1, per image, averaged           (higher is better)
     ssim   Gaussian 11x11, sigma 1.5, per image, averaged    (higher is better)
     lpips  AlexNet (default) / VGG / SqueezeNet LPIPS, per image, averaged  (lower is better)

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import argparse
 
-from cubdata.cli import HelpFormatter, resolve_device_name
+from cubdata.cli import ArgumentParser, HelpFormatter, resolve_device_name
 from cubdata.errors import EXPECTED_ERRORS, run_cli
 
 from .evaluate import METRICS, evaluate_quality, parse_metrics
@@ -17,7 +17,7 @@ __all__ = ["build_parser", "main"]
 def build_parser() -> argparse.ArgumentParser:
     from . import __doc__ as description  # the package docstring: what --help shows
 
-    p = argparse.ArgumentParser(prog="python -m analysis.quality", description=description,
+    p = ArgumentParser(prog="python -m analysis.quality", description=description,
                                 formatter_class=HelpFormatter)
     p.add_argument("--pred", nargs="+", required=True, help="folder(s) / CUB root(s) of restored images, one per method")
     p.add_argument("--names", default=None, help="comma-separated method names for --pred (default: each folder's "
@@ -71,4 +71,4 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     # check_decodable's message already says what to do with an unreadable image: no hint added
     return run_cli(lambda: run(args), threads=args.threads, errors=(*EXPECTED_ERRORS, ImportError), hints={},
-                   report=_print_report)
+                   report=_print_report, out=args.out)

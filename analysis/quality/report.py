@@ -48,8 +48,9 @@ def write_report(results: dict[str, dict], out_dir: str | os.PathLike) -> dict[s
     per_image = [{"method": name, **r} for name, res in results.items() for r in res["per_image"]]
     rows = summary_rows(results)
     return {
-        "per_image": write_csv(out / "per_image.csv", per_image, ["method", "image", *(m for m in metrics if m != "fid")]),
-        "summary_csv": write_csv(out / "summary.csv", rows, ["method", "n", *metrics]),
+        "per_image": write_csv(out / "per_image.csv", per_image, ["method", "image", *(m for m in metrics if m != "fid")],
+                               nan="nan"),
+        "summary_csv": write_csv(out / "summary.csv", rows, ["method", "n", *metrics], nan="nan"),
         "summary_md": atomic_write_text(out / "summary.md", format_markdown(rows, metrics)),
     }
 

@@ -104,6 +104,14 @@ class Variant:
         return {int(k): e for k, e in self.manifest.entries.items() if e.get("status") != "ok"}
 
 
+def legacy_manifest(doc: dict) -> dict | None:
+    """A ``degraded-cub-manifest/1`` document (settings at the top level) in the current layout."""
+    if doc.get("format") != "degraded-cub-manifest/1" or not isinstance(doc.get("images"), dict):
+        return None
+    settings = {k: v for k, v in doc.items() if k not in ("format", "images", "complete", "counts")}
+    return {"settings": settings, "images": doc["images"]}
+
+
 def _refuse_other_settings(root: Path, old: dict, new: dict) -> None:
     diff = [k for k in PINNED_KEYS if old.get(k) != new[k]]
     if diff:
@@ -119,13 +127,14 @@ def open_variant(entry: Corruption, severity: int, cfg: BuildSettings, source_ro
     root = variant_root(cfg.out_path, entry.name, severity)
     settings = variant_settings(entry, severity, cfg, source_root, versions)
     path = root / MANIFEST_NAME
-    doc = Manifest.read(path, MANIFEST_FORMAT)  # None (with a warning if unreadable or of the old layout)
+    doc = Manifest.read(path, MANIFEST_FORMAT, legacy_manifest)  # None (with a warning if unreadable)
     if doc is None:
         return Variant(entry, severity, root, Manifest(path, MANIFEST_FORMAT, settings, entries_key="images"))
     old = doc.get("settings") if isinstance(doc.get("settings"), dict) else {}
     if not cfg.overwrite:
         _refuse_other_settings(root, old, settings)
-    manifest = Manifest.open(path, MANIFEST_FORMAT, settings, pinned=PINNED_KEYS, entries_key="images")
+    manifest = Manifest.open(path, MANIFEST_FORMAT, settings, pinned=PINNED_KEYS, entries_key="images",
+                             legacy=legacy_manifest)
     if manifest.resumed:
         if old.get("versions") != versions:
             log.warning("%s: resuming a build made with other library versions %s", root, old.get("versions"))
