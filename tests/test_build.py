@@ -362,3 +362,37 @@ def test_a_manifest_of_the_old_layout_resumes_and_still_refuses_other_settings(s
     assert summary["written"] == 0 and summary["skipped"] == 4 and summary["failed"] == 0
     assert json.loads(path.read_text())["format"] == MANIFEST_FORMAT
     assert tree_bytes(out) == tree_bytes(ref_out)
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc malloc tuning")
+def test_builder_reuses_freed_image_memory_instead_of_faulting_in_new_pages(tmp_path):
+    """Page faults of freshly mapped arrays were a third of the builder's CPU time; with freed memory kept for
+    the next image (`keep_freed_memory`) an output costs about 200 faults, not about 4,000 (4 KiB pages)."""
+    import resource
+
+    from PIL import Image
+
+    from cubdata import generate_mini_cub
+    from corruptions.build.worker import keep_freed_memory
+
+    root = tmp_path / "cub"
+    idx = generate_mini_cub(root, n_classes=2, per_class=8, seed=0)
+    for rec in idx.split("test"):
+        path = idx.image_path(rec)
+        Image.open(path).convert("RGB").resize((500, 375)).save(path, quality=95)
+
+    def faults_per_output(out):
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+        s = build_degraded_cub(root, out, ("fog", "lowlight"), (3,), split="test", workers=1, progress=False)
+        return (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / s["written"]
+
+    faults_per_output(tmp_path / "warm-up")  # imports, first allocations
+    kept = faults_per_output(tmp_path / "kept")
+    import corruptions.build.worker as worker
+
+    original = worker.keep_freed_memory
+    worker.keep_freed_memory = lambda enable=True: keep_freed_memory(False)  # the glibc default throughout
+    try:
+        default = faults_per_output(tmp_path / "default")
+    finally:
+        worker.keep_freed_memory = original
+    assert kept < 1000 and 5 * kept < default, (kept, default)  # measured: 182 against 4,144
