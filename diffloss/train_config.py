@@ -20,9 +20,13 @@ __all__ = ["TrainConfig", "FIT_MODES", "config_diff", "as_config"]
 FIT_MODES = ("resize", "crop", "none")
 #: Config fields that change what is computed: a resumed run must agree with the checkpoint on them.
 RESULT_FIELDS = ("net", "net_kwargs", "pairs", "diffloss", "prior", "prior_config", "gamma", "lam", "target",
-                 "diffloss_fit", "batch", "crop", "lr", "seed", "flip", "init", "init_optimizer")
+                 "diffloss_fit", "autocast", "batch", "crop", "lr", "seed", "flip", "init", "init_optimizer")
 #: Settings that only matter with DiffLoss on: two runs without it agree whatever these say.
-DIFFLOSS_FIELDS = ("prior", "prior_config", "gamma", "lam", "target", "diffloss_fit")
+DIFFLOSS_FIELDS = ("prior", "prior_config", "gamma", "lam", "target", "diffloss_fit", "autocast")
+#: The autocast choices of the DiffLoss terms.
+AUTOCAST_CHOICES = ("fp32", "bf16", "fp16")
+#: Values a config saved before a field existed is read with (so older runs still resume).
+FIELD_ADDED_DEFAULTS = {"autocast": "fp32"}
 
 
 def _on_off(value: str) -> bool:
@@ -64,6 +68,9 @@ class TrainConfig:
     target: str = option("eps", choices=TARGETS, help="DiffLoss naturalness target (Table 4 ablation)")
     diffloss_fit: str = option("resize", choices=FIT_MODES,
                                help="how crops of another size are fitted to the prior's size for the DiffLoss terms")
+    autocast: str = option("fp32", choices=AUTOCAST_CHOICES,
+                           help="precision of the prior's UNet calls in the DiffLoss terms (bf16 on recent GPUs; fp16 "
+                                "is scaled internally so DiffLoss' small gradients survive); the net trains in fp32")
     steps: int = option(1000, help="total optimisation steps")
     batch: int = option(4, flag="--batch-size", help="batch size (per process under torchrun)")
     crop: int = option(256, help="random crop size (smaller images are padded)")
@@ -86,6 +93,7 @@ class TrainConfig:
         check_int_fields(self, ("val_every", "val_images", "ckpt_every", "workers"), minimum=0)
         check_positive_number("lr", self.lr)
         check_choice("diffloss_fit", self.diffloss_fit, FIT_MODES)
+        check_choice("autocast", self.autocast, AUTOCAST_CHOICES)
         if not isinstance(self.net_kwargs, dict):
             raise TypeError(f"net_kwargs must be a dict, got {type(self.net_kwargs).__name__}")
         return self
@@ -121,4 +129,5 @@ def config_diff(saved: Mapping[str, Any], cfg: TrainConfig) -> list[str]:
     fields = RESULT_FIELDS
     if not now["diffloss"] and not saved.get("diffloss"):
         fields = tuple(k for k in fields if k not in DIFFLOSS_FIELDS)
+    saved = {**FIELD_ADDED_DEFAULTS, **saved}
     return [f"{k}: checkpoint {saved.get(k)!r} vs now {now[k]!r}" for k in fields if saved.get(k) != now[k]]

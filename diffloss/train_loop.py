@@ -168,7 +168,9 @@ def _build_criterion(cfg: TrainConfig, device: torch.device, rank: int):
     with torch.random.fork_rng(devices=[]):
         model, diffusion = load_prior(prior, config=config, device=str(device), init_seed=cfg.seed)
     gen = torch.Generator().manual_seed(_seed_of(cfg.seed, rank))
-    return DiffLoss(model, diffusion, gamma=cfg.gamma, lam=cfg.lam, target=cfg.target, generator=gen), int(model.image_size)
+    amp = None if cfg.autocast == "fp32" else cfg.autocast
+    criterion = DiffLoss(model, diffusion, gamma=cfg.gamma, lam=cfg.lam, target=cfg.target, generator=gen, autocast=amp)
+    return criterion, int(model.image_size)
 
 
 def _setup(cfg: TrainConfig, rank: int, world: int, device: torch.device) -> tuple[_Run, dict | None]:

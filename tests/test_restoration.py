@@ -384,3 +384,31 @@ def test_refused_library_call_leaves_no_run_folder(mini_root, tmp_path):
     with pytest.raises(ValueError, match="nope"):
         train_restoration(_cfg(out, mini_root, pairs="synthetic:nope:3"))
     assert not out.exists()
+
+
+def test_autocast_reaches_the_criterion_and_older_runs_still_resume(monkeypatch, tmp_path):
+    """--autocast bf16 runs the prior's UNet calls under bf16 autocast; a config saved before the option
+    existed reads as fp32, so older runs (and the demo's cached restorers) resume instead of retraining."""
+    import diffloss.criterion as crit
+    from diffloss.train_config import TrainConfig, config_diff
+
+    seen = []
+    real = crit.DiffLoss.__init__
+
+    def spy(self, *a, **k):
+        seen.append(k.get("autocast"))
+        return real(self, *a, **k)
+
+    monkeypatch.setattr(crit.DiffLoss, "__init__", spy)
+    out = train_mod.train_restoration(out=str(tmp_path / "r"), net="small-unet", pairs="synthetic:rain:2", steps=1,
+                                      batch=1, crop=32, val_images=0, diffloss=True, prior="random",
+                                      autocast="bf16", plot=False, progress=False)
+    assert seen == ["bf16"]
+    saved = json.loads((out / "config.json").read_text())
+    assert saved["autocast"] == "bf16"
+    now = TrainConfig(**{k: v for k, v in saved.items() if k != "autocast"})
+    assert config_diff(saved, now) == ["autocast: checkpoint 'bf16' vs now 'fp32'"]
+    older = {k: v for k, v in saved.items() if k != "autocast"}  # a run from before the option
+    assert config_diff(older, now) == []
+    with pytest.raises(ValueError, match="autocast"):
+        TrainConfig(out="x", autocast="fp8").validate()
