@@ -69,7 +69,9 @@ def keep_freed_memory(enable: bool = True) -> bool:
     Each CUB-sized image passes through a dozen float arrays of a few MB; by default glibc maps each afresh
     and unmaps it when freed, and the page faults of touching new pages were about 40% of the builder's CPU
     time (sys time), more with two workers. Kept memory is bounded by the largest working set (tens of MB).
-    ``enable=False`` restores glibc's default thresholds and trims. Returns False where this is not glibc."""
+    Setting any threshold turns off glibc's own adaptive ones for good, so only worker processes call this
+    (`init_worker`), never a long-lived caller. ``enable=False`` sets glibc's initial static thresholds and
+    trims. Returns False where this is not glibc."""
     if not sys.platform.startswith("linux"):
         return False
     try:
@@ -129,17 +131,18 @@ def process_image(task: ImageTask) -> list[dict]:
     return results
 
 
+#: Builds with fewer source images and one worker run in this process (no spawn start-up, about 1.5 s).
+IN_PROCESS_MAX_TASKS = 64
+
+
 def run_tasks(tasks: Sequence[ImageTask], workers: int, record: Callable[[list[dict]], None]) -> None:
-    """Run ``tasks`` (here when ``workers`` is 1, else on spawned processes) and pass each task's results to
-    ``record`` as they come; the first exception cancels the rest and is raised."""
-    if workers == 1 or len(tasks) <= 1:
-        keep_freed_memory()
-        try:
-            for task in tasks:
-                record(process_image(task))
-        finally:
-            keep_freed_memory(False)
-    else:
+    """Run ``tasks`` on ``workers`` spawned processes (in this process for one worker and fewer than
+    `IN_PROCESS_MAX_TASKS` source images) and pass each task's results to ``record`` as they come; the first
+    exception cancels the rest and is raised."""
+    if len(tasks) <= 1 or (workers == 1 and len(tasks) < IN_PROCESS_MAX_TASKS):
+        for task in tasks:
+            record(process_image(task))
+    else:  # a pool even for one worker: its memory tuning (`init_worker`) must not outlive the build in this process
         _run_pool(tasks, min(workers, len(tasks)), record)
 
 
