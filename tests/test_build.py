@@ -407,12 +407,28 @@ def test_workers_reuse_freed_image_memory_instead_of_faulting_in_new_pages(tmp_p
 
 
 def test_a_one_worker_build_of_many_images_runs_in_a_worker_process(monkeypatch):
-    """Memory tuning must not outlive a build in the caller's process: one worker and many images -> a pool."""
+    """Memory tuning must not outlive a build in the caller's process: one worker and many images -> a pool,
+    unless a corruption cannot be imported by a fresh process (defined in __main__, a notebook, exec'd code)."""
+    import types
+
+    from corruptions import CORRUPTIONS
     from corruptions.build import worker
+    from corruptions.registry import Corruption
 
     used = []
     monkeypatch.setattr(worker, "_run_pool", lambda tasks, n, record: used.append(("pool", n)))
     monkeypatch.setattr(worker, "process_image", lambda task: used.append("here") or [])
-    worker.run_tasks(list(range(worker.IN_PROCESS_MAX_TASKS)), 1, lambda r: None)
-    worker.run_tasks(list(range(3)), 1, lambda r: None)
-    assert used == [("pool", 1), "here", "here", "here"]
+
+    def tasks(entry, n):
+        return [worker.ImageTask(i, "x.jpg", (worker.Job(entry, 1, "out.jpg"),), 0, "jpeg", 95) for i in range(n)]
+
+    fog = CORRUPTIONS.get("fog")
+    worker.run_tasks(tasks(fog, worker.IN_PROCESS_MAX_TASKS), 1, lambda r: None)
+    worker.run_tasks(tasks(fog, 2), 1, lambda r: None)
+    assert used == [("pool", 1), "here", "here"]
+    used.clear()
+    module = types.ModuleType("not_importable_elsewhere")
+    exec("def negative(image, severity, rng):\n    return 255 - image\n", module.__dict__)
+    local = Corruption(name="negative", fn=module.negative)
+    worker.run_tasks(tasks(local, worker.IN_PROCESS_MAX_TASKS), 1, lambda r: None)
+    assert used == ["here"] * worker.IN_PROCESS_MAX_TASKS

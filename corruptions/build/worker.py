@@ -135,11 +135,26 @@ def process_image(task: ImageTask) -> list[dict]:
 IN_PROCESS_MAX_TASKS = 64
 
 
+def _importable_in_workers(tasks: Sequence[ImageTask]) -> bool:
+    """Whether a spawned process can import every corruption of ``tasks`` (not one defined in ``__main__``, a
+    notebook or an exec'd module): otherwise a one-worker build stays in this process, as it always could."""
+    import importlib.util
+
+    for module in {getattr(job.corruption.fn, "__module__", None) for job in tasks[0].jobs}:
+        try:
+            spec = importlib.util.find_spec(module) if module and module != "__main__" else None
+        except (ImportError, ValueError):
+            spec = None
+        if spec is None or spec.origin is None:
+            return False
+    return True
+
+
 def run_tasks(tasks: Sequence[ImageTask], workers: int, record: Callable[[list[dict]], None]) -> None:
     """Run ``tasks`` on ``workers`` spawned processes (in this process for one worker and fewer than
     `IN_PROCESS_MAX_TASKS` source images) and pass each task's results to ``record`` as they come; the first
     exception cancels the rest and is raised."""
-    if len(tasks) <= 1 or (workers == 1 and len(tasks) < IN_PROCESS_MAX_TASKS):
+    if len(tasks) <= 1 or (workers == 1 and (len(tasks) < IN_PROCESS_MAX_TASKS or not _importable_in_workers(tasks))):
         for task in tasks:
             record(process_image(task))
     else:  # a pool even for one worker: its memory tuning (`init_worker`) must not outlive the build in this process
