@@ -233,9 +233,9 @@ def _parse_set(text: str) -> tuple[str, str]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from cubdata.cli import ArgumentParser, HelpFormatter
+    from cubdata.cli import ArgumentParser
 
-    p = ArgumentParser(prog="python -m analysis.naturalness", description=__doc__, formatter_class=HelpFormatter)
+    p = ArgumentParser(prog="python -m analysis.naturalness", description=__doc__)
     p.add_argument("--quick", action="store_true",
                    help="mini-CUB with the Table 2 demo's degraded and restored sets (built and cached on first use)")
     p.add_argument("--clean", default=None, help="the clean CUB root (its test split)")

@@ -23,7 +23,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from cubdata.cli import ArgumentParser, HelpFormatter, add_config_arguments, config_from_args, default_workers
+from cubdata.cli import ArgumentParser, add_config_arguments, config_from_args, default_workers
 from cubdata.errors import EXPECTED_ERRORS, run_cli
 
 from .finetune_config import FinetuneConfig, run_preprocess
@@ -41,8 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
     """The CLI: one option per `FinetuneConfig` field (`cubdata.cli.add_config_arguments`), plus ``--arch``
     (registry names or a plugin spec), ``--crop-scale LOW HIGH`` and ``--amp/--no-amp`` written here."""
     d = FinetuneConfig(arch="resnet50", cub_root="", out="")
-    p = ArgumentParser(prog="python -m classifiers.finetune", description=__doc__,
-                                formatter_class=HelpFormatter)
+    p = ArgumentParser(prog="python -m classifiers.finetune", description=__doc__)
     p.add_argument("--arch", required=True, choices=RegistryChoices(CLASSIFIERS.names()),
                    help="architecture: a registry name or 'pkg.module:factory' for your own")
     add_config_arguments(p, FinetuneConfig, skip=("arch", "crop_scale", "amp"),

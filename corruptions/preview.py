@@ -78,13 +78,12 @@ def default_preview_image() -> Path:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from cubdata.cli import ArgumentParser, HelpFormatter
+    from cubdata.cli import ArgumentParser
 
     names = get_corruption_names()
     p = ArgumentParser(
         prog="python -m corruptions.preview",
         description=__doc__,
-        formatter_class=HelpFormatter,
     )
     p.add_argument("image", nargs="?", default=None, help="image file (default: a mini-benchmark test image)")
     p.add_argument("--out", default="corruptions-preview.png", help="output figure (.png, .pdf, .jpg ...)")

@@ -324,9 +324,9 @@ def _restore(ckpt_path: Path, in_root: Path, out_root: Path, device: torch.devic
 # CLI
 # --------------------------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
-    from cubdata.cli import ArgumentParser, HelpFormatter
+    from cubdata.cli import ArgumentParser
 
-    p = ArgumentParser(prog="python -m diffloss.restore", description=__doc__, formatter_class=HelpFormatter)
+    p = ArgumentParser(prog="python -m diffloss.restore", description=__doc__)
     p.add_argument("--ckpt", required=True, help="ckpt.pt of python -m diffloss.train (or its run folder)")
     p.add_argument("--in", dest="in_root", required=True, help="CUB-layout root to restore (e.g. a degraded variant)")
     p.add_argument("--out", required=True, help="output CUB root")

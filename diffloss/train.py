@@ -42,7 +42,7 @@ import dataclasses
 import json
 from pathlib import Path
 
-from cubdata.cli import ArgumentParser, HelpFormatter, add_config_arguments, config_from_args, resolve_device_name
+from cubdata.cli import ArgumentParser, add_config_arguments, config_from_args, resolve_device_name
 from cubdata.errors import EXPECTED_ERRORS, run_cli
 
 from .checkpoint import CKPT_FORMAT, load_checkpoint
@@ -77,7 +77,7 @@ _FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
 
 def build_parser() -> argparse.ArgumentParser:
     """One option per `TrainConfig` field (flags, defaults and help on the fields), plus ``--threads``."""
-    p = ArgumentParser(prog="python -m diffloss.train", description=__doc__, formatter_class=HelpFormatter)
+    p = ArgumentParser(prog="python -m diffloss.train", description=__doc__)
     add_config_arguments(p, TrainConfig, skip=("batch",))
     # --batch-size fills args.batch_size, as in every CLI of the toolkit; TrainConfig calls it batch
     p.add_argument("--batch-size", type=int, default=_FIELDS["batch"].default,

@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
-from cubdata.cli import ArgumentParser, HelpFormatter, add_config_arguments, config_from_args, option, resolve_device_name
+from cubdata.cli import ArgumentParser, add_config_arguments, config_from_args, option, resolve_device_name
 from cubdata.distributed import distributed
 from cubdata.errors import EXPECTED_ERRORS, run_cli
 
@@ -128,8 +128,7 @@ def train_prior(settings: PriorTrainConfig | Mapping[str, Any] | None = None, **
 # CLI
 # --------------------------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
-    p = ArgumentParser(prog="python -m diffloss.train_prior", description=__doc__,
-                                formatter_class=HelpFormatter)
+    p = ArgumentParser(prog="python -m diffloss.train_prior", description=__doc__)
     add_config_arguments(p, PriorTrainConfig)
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's choice)")
     return p

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from classifiers import CLASSIFIERS, parse_bbox_size
 from classifiers.predict import resolve_device
-from cubdata.cli import ArgumentParser, HelpFormatter, add_config_arguments, config_from_args, default_workers
+from cubdata.cli import ArgumentParser, add_config_arguments, config_from_args, default_workers
 from cubdata.distributed import distributed, on_rank0
 from cubdata.runtime import torch_threads
 
@@ -30,8 +30,7 @@ OUTPUT_FILES = "table.csv, table.md, table.tex, table.json, mcnemar.csv, predict
 
 def build_parser() -> argparse.ArgumentParser:
     description = sys.modules[__package__].__doc__  # the package's docstring: what Table 2 is, with examples
-    p = ArgumentParser(prog="python -m analysis.classify", description=description,
-                                formatter_class=HelpFormatter)
+    p = ArgumentParser(prog="python -m analysis.classify", description=description)
     p.add_argument("--classifier", action="append", default=[], metavar="NAME=CKPT",
                    help="a fine-tuned checkpoint and its column name (repeat); if NAME is an architecture "
                         f"({', '.join(CLASSIFIERS)}) the checkpoint must hold that architecture")

@@ -7,7 +7,7 @@ import dataclasses
 from pathlib import Path
 from typing import Mapping, Sequence
 
-from cubdata.cli import ArgumentParser, HelpFormatter, add_config_arguments
+from cubdata.cli import ArgumentParser, add_config_arguments
 from cubdata.distributed import distributed, env_world, on_rank0
 from cubdata.errors import run_cli
 from cubdata.runtime import torch_threads
@@ -116,8 +116,7 @@ def _parse_group(text: str) -> tuple[str, str]:
 def build_parser() -> argparse.ArgumentParser:
     from .. import hspace
 
-    p = ArgumentParser(prog="python -m analysis.hspace", description=hspace.__doc__,
-                                formatter_class=HelpFormatter)
+    p = ArgumentParser(prog="python -m analysis.hspace", description=hspace.__doc__)
     p.add_argument("--out", default="runs/hspace", help="output folder (resumable)")
     p.add_argument("--quick", action="store_true",
                    help="smoke run: the built-in trained 64 px prior, random ResNet50, mini-CUB clean/degraded/restored groups")

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import argparse
 
-from cubdata.cli import ArgumentParser, HelpFormatter, resolve_device_name
+from cubdata.cli import ArgumentParser, resolve_device_name
 from cubdata.errors import EXPECTED_ERRORS, run_cli
 
 from .evaluate import METRICS, evaluate_quality, parse_metrics
@@ -17,8 +17,7 @@ __all__ = ["build_parser", "main"]
 def build_parser() -> argparse.ArgumentParser:
     from . import __doc__ as description  # the package docstring: what --help shows
 
-    p = ArgumentParser(prog="python -m analysis.quality", description=description,
-                                formatter_class=HelpFormatter)
+    p = ArgumentParser(prog="python -m analysis.quality", description=description)
     p.add_argument("--pred", nargs="+", required=True, help="folder(s) / CUB root(s) of restored images, one per method")
     p.add_argument("--names", default=None, help="comma-separated method names for --pred (default: each folder's "
                    "shortest path suffix that tells it from the others: fog/3 and rain/3 for x/fog/3 and x/rain/3, "

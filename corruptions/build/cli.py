@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from cubdata.cli import ArgumentParser, HelpFormatter, add_config_arguments, config_from_args
+from cubdata.cli import ArgumentParser, add_config_arguments, config_from_args
 from cubdata.errors import run_cli
 
 from ..registry import get_corruption_names
@@ -19,8 +19,7 @@ __all__ = ["build_parser", "main"]
 def build_parser() -> argparse.ArgumentParser:
     from . import __doc__ as description  # the package docstring: what --help shows
 
-    p = ArgumentParser(prog="python -m corruptions.build", description=description,
-                                formatter_class=HelpFormatter)
+    p = ArgumentParser(prog="python -m corruptions.build", description=description)
     # the default is read from the registry when the parser is built: corruptions registered since count
     add_config_arguments(p, BuildSettings, defaults={"corruptions": ",".join(get_corruption_names())})
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")

@@ -57,31 +57,26 @@ def die_with_parent(parent_pid: int) -> None:
     threading.Thread(target=watch_parent, args=(parent_pid,), name="parent-watchdog", daemon=True).start()
 
 
-#: glibc mallopt parameters (malloc.h)
+#: glibc mallopt parameters (malloc.h) and the values a worker sets
 _M_TRIM_THRESHOLD, _M_TOP_PAD, _M_MMAP_THRESHOLD = -1, -2, -3
 _KEEP = {_M_MMAP_THRESHOLD: 256 << 20, _M_TRIM_THRESHOLD: 1 << 30, _M_TOP_PAD: 64 << 20}
-_GLIBC_DEFAULTS = {_M_MMAP_THRESHOLD: 128 << 10, _M_TRIM_THRESHOLD: 128 << 10, _M_TOP_PAD: 128 << 10}
 
 
-def keep_freed_memory(enable: bool = True) -> bool:
+def keep_freed_memory() -> bool:
     """glibc: keep the memory of freed image arrays for the next image instead of handing it back to the OS.
 
     Each CUB-sized image passes through a dozen float arrays of a few MB; by default glibc maps each afresh
     and unmaps it when freed, and the page faults of touching new pages were about 40% of the builder's CPU
     time (sys time), more with two workers. Kept memory is bounded by the largest working set (tens of MB).
     Setting any threshold turns off glibc's own adaptive ones for good, so only worker processes call this
-    (`init_worker`), never a long-lived caller. ``enable=False`` sets glibc's initial static thresholds and
-    trims. Returns False where this is not glibc."""
+    (`init_worker`), never a long-lived caller. Returns False where this is not glibc."""
     if not sys.platform.startswith("linux"):
         return False
     try:
         import ctypes
 
         libc = ctypes.CDLL(None)
-        ok = all(libc.mallopt(k, v) == 1 for k, v in (_KEEP if enable else _GLIBC_DEFAULTS).items())
-        if not enable:
-            libc.malloc_trim(0)
-        return ok
+        return all(libc.mallopt(k, v) == 1 for k, v in _KEEP.items())
     except (OSError, AttributeError):
         return False
 
@@ -125,7 +120,7 @@ def process_image(task: ImageTask) -> list[dict]:
                 f"of shape {image.shape}: {type(err).__name__}: {err}"
             ) from err
         # no fsync per image: the manifest (written durably) holds its SHA-256 and a resume re-verifies it,
-        # so an image lost to a power cut is redone; fsync was a third of the builder's CPU time
+        # so an image lost to a power cut is redone
         atomic_write_bytes(job.dst, data, durable=False)
         results.append(_result(task, job, status="ok", sha256=hashlib.sha256(data).hexdigest(), size=len(data)))
     return results
@@ -154,7 +149,8 @@ def run_tasks(tasks: Sequence[ImageTask], workers: int, record: Callable[[list[d
     """Run ``tasks`` on ``workers`` spawned processes (in this process for one worker and fewer than
     `IN_PROCESS_MAX_TASKS` source images) and pass each task's results to ``record`` as they come; the first
     exception cancels the rest and is raised."""
-    if len(tasks) <= 1 or (workers == 1 and (len(tasks) < IN_PROCESS_MAX_TASKS or not _importable_in_workers(tasks))):
+    in_process = workers == 1 and (len(tasks) < IN_PROCESS_MAX_TASKS or not _importable_in_workers(tasks))
+    if len(tasks) <= 1 or in_process:
         for task in tasks:
             record(process_image(task))
     else:  # a pool even for one worker: its memory tuning (`init_worker`) must not outlive the build in this process
