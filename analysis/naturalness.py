@@ -37,10 +37,11 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from cubdata import atomic_write_bytes, atomic_write_text, load_square_tensor, read_cub, write_csv
-from cubdata.errors import run_cli
+from runkit.files import atomic_write_bytes, atomic_write_text, write_csv
+from cubdata import load_square_tensor, read_cub
+from runkit.errors import run_cli
 from diffloss.criterion import diffuse, model_timesteps, prior_prediction
-from diffloss.hooks import hspace_hook
+from diffloss.prior.hspace import hspace_hook
 
 log = logging.getLogger(__name__)
 
@@ -100,7 +101,7 @@ def _pair_sets(clean_root: str | Path, sets: Mapping[str, str | Path], images: i
     dropped = {n: len(p) - len(common) for n, p in paths.items() if len(p) != len(common)}
     if not common:
         raise ValueError("the sets share no test image id with the clean root; a set must be a degraded/restored "
-                         "copy of the clean root's test split (corruptions.build, diffloss.restore)")
+                         "copy of the clean root's test split (corruptions.degrade, restoration.restore)")
     if dropped:
         log.warning("using the %d test images present in every set (dropped per set: %s)", len(common), dropped)
     ids = common[:images] if images else common
@@ -233,7 +234,7 @@ def _parse_set(text: str) -> tuple[str, str]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from cubdata.cli import ArgumentParser
+    from runkit.cli import ArgumentParser
 
     p = ArgumentParser(prog="python -m analysis.naturalness", description=__doc__)
     p.add_argument("--quick", action="store_true",
@@ -242,7 +243,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", action="append", default=[], metavar="NAME=CUB_ROOT",
                    help="a degraded or restored copy of the clean test split; repeat")
     p.add_argument("--prior", default="builtin",
-                   help="builtin, random, a prior.pt of diffloss.train_prior, or 256x256_diffusion_uncond.pt")
+                   help="builtin, random, a prior.pt of diffloss.prior.train, or 256x256_diffusion_uncond.pt")
     p.add_argument("--prior-config", default=None, help="config of a bare guided-diffusion state dict (default adm256-uncond)")
     p.add_argument("--timesteps", default=",".join(map(str, DEFAULT_TIMESTEPS)),
                    help="comma-separated timesteps")
@@ -257,7 +258,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _quick_sets(progress: bool) -> tuple[Path, dict[str, Path]]:
-    from .demo.table2 import demo_spec
+    from analysis.demo.table2 import demo_spec
 
     spec, _ = demo_spec(progress=progress)
     sets = {}

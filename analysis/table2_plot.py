@@ -12,8 +12,8 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from .classify.spec import CLEAN
-from .demo.table2 import DEMO_ROWS
+from analysis.classify.spec import CLEAN
+from analysis.demo.table2 import DEMO_ROWS
 
 __all__ = ["plot_table2_bars", "CONFIG_ORDER", "CONFIG_COLORS"]
 

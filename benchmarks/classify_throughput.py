@@ -34,7 +34,8 @@ from PIL import Image
 from classifiers import build_classifier, default_preprocess, eval_transform
 from classifiers.predict import make_loader, predict, resolve_device
 from classifiers.scoring_data import ScoringDataset
-from cubdata import atomic_write_bytes, encode_image, generate_mini_cub, load_rgb
+from runkit.files import atomic_write_bytes
+from cubdata import encode_image, generate_mini_cub, load_rgb
 
 
 def make_cub_sized_root(dst: Path, n_images: int, seed: int = 0):

@@ -25,9 +25,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from cubdata import atomic_write_bytes, encode_image, generate_mini_cub, load_rgb, read_cub
+from runkit.files import atomic_write_bytes
+from cubdata import encode_image, generate_mini_cub, load_rgb, read_cub
 from corruptions import corrupt, get_corruption_names, image_rng
-from corruptions.build import build_degraded_cub
+from corruptions.degrade import build_degraded_cub
 from corruptions.preview import psnr
 
 FULL_TEST_OUTPUTS = 5794 * 3 * 5  # 86,910

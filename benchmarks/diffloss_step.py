@@ -33,9 +33,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-from cubdata.runtime import torch_threads  # noqa: E402
+from runkit.runtime import torch_threads  # noqa: E402
 from diffloss.criterion import AUTOCAST_DTYPES, DiffLoss  # noqa: E402
-from diffloss.prior import CHECKPOINT_IMPLS, PRIOR_CONFIGS, count_parameters, load_adm, prior_spec_config  # noqa: E402
+from diffloss.prior import CHECKPOINT_IMPLS, PRIOR_CONFIGS, load_adm, prior_spec_config  # noqa: E402
+from runkit.runtime import count_parameters
 
 GIB = 1024 ** 3
 
@@ -119,7 +120,7 @@ def benchmark_step(
 ) -> dict[str, Any]:
     """Run the measurements; returns a dict (``setup`` and one entry per measured variant)."""
     dev = torch.device(device)
-    # a checkpoint carries its config when it is a prior.pt of diffloss.train_prior; a bare state dict is read as ``config``
+    # a checkpoint carries its config when it is a prior.pt of diffloss.prior.train; a bare state dict is read as ``config``
     prior, config, _ = prior_spec_config(prior, config)
     model, diffusion = load_adm(prior, config=config, device=dev, init_seed=seed)
     config = model.prior_info["config"]

@@ -26,12 +26,13 @@ from PIL import Image
 
 from classifiers import eval_transform, load_classifier
 from analysis.demo.classifiers import demo_classifiers
-from corruptions.build import build_degraded_cub
-from cubdata import load_rgb, mini_cub_root, read_cub, write_csv
-from diffloss.restore import restore_cub_root
+from corruptions.degrade import build_degraded_cub
+from cubdata import load_rgb, mini_cub_root, read_cub
+from runkit.files import write_csv
+from restoration.restore import restore_cub_root
 from analysis.demo.restorers import DEMO_SETTINGS, ensure_demo_restorers
-from cubdata.runtime import torch_threads
-from diffloss.metrics import psnr_ssim
+from runkit.runtime import torch_threads
+from restoration.metrics import psnr_ssim
 
 COLUMNS = ("corruption", "setting", "gamma", "lam", "psnr", "ssim", "top1_resnet_mini", "top1_vgg_mini",
            "diff_to_wo_255", "n")

@@ -13,14 +13,14 @@ result files atomically, so a run stopped at its time limit keeps what it finish
             torch.compile each on. images/s, peak GiB and the ratio to one no-grad UNet forward at the same
             batch and dtype. The compile setting runs last of the whole run (its first call compiles for
             minutes), and only when ``--budget-s`` leaves time for it.
-  train     `diffloss.train.train_restoration`: IAT + DiffLoss, batch 4, crop = prior size, synthetic
+  train     `restoration.train.train_restoration`: IAT + DiffLoss, batch 4, crop = prior size, synthetic
             low-light pairs of mini-CUB (padded up to the crop); steps/s (from its log, first step excluded)
             and peak GiB, with the prior's UNet calls in bf16 (``--autocast bf16``).
   hspace    ``python -m analysis.hspace`` (a subprocess: benchmarks never import analysis/) at the paper-mode
             protocol on 2 mini-CUB test images, random ResNet50; its own s/image and wall s/image.
   classify  `classifiers.predict.predict` over a DataLoader of mini-CUB's test split (ResNet50 at 448 px)
             against the bare forward on the same batches prepared on the device: images/s and loop/forward.
-  prior     `diffloss.train_prior.train_prior` with ``adm128``: steps/s (first step excluded), peak GiB.
+  prior     `diffloss.prior.train.train_prior` with ``adm128``: steps/s (first step excluded), peak GiB.
 
 ``--config tiny`` (or tiny64) selects the small scale: tiny priors, 3 training steps, resnet-mini at 64 px on
 16 images, 6 DDIM steps at 64 px ResNet features, and torch.compile with the ``eager`` backend (the same
@@ -55,8 +55,9 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # run from a checkout without installing
 
-from cubdata import atomic_write_text, mini_cub_root  # noqa: E402
-from cubdata.runtime import torch_threads  # noqa: E402
+from runkit.files import atomic_write_text  # noqa: E402
+from cubdata import mini_cub_root
+from runkit.runtime import torch_threads  # noqa: E402
 from diffloss.prior import PRIOR_CONFIGS, prior_spec_config  # noqa: E402
 
 GIB = 1024 ** 3
@@ -310,7 +311,7 @@ def _steady_steps_per_s(seconds: list[float]) -> float:
 
 def bench_train(run: Run, device: torch.device, scale: Scale, prior: str, config: str | None, size: int,
                 scratch: Path, seed: int) -> None:
-    from diffloss.train import TrainConfig, read_log, train_restoration
+    from restoration.train import TrainConfig, read_log, train_restoration
 
     dtype = "bf16"  # the paper's setting on a 24 GB card (--autocast bf16)
     cfg = TrainConfig(out=str(scratch / "train"), pairs="synthetic:lowlight:3", net="iat", diffloss=True, prior=prior,
@@ -331,7 +332,7 @@ def bench_train(run: Run, device: torch.device, scale: Scale, prior: str, config
 
 
 def bench_prior(run: Run, device: torch.device, scale: Scale, scratch: Path, seed: int) -> None:
-    from diffloss.train_prior import read_prior_log, train_prior
+    from diffloss.prior.train import read_prior_log, train_prior
 
     _reset_peak(device)
     t0 = time.perf_counter()

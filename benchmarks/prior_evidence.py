@@ -29,12 +29,13 @@ import torch
 
 from classifiers import eval_transform, load_classifier
 from analysis.demo.classifiers import demo_classifiers
-from cubdata import atomic_write_bytes, atomic_write_text, load_square_tensor, mini_cub_root, read_cub
-from cubdata.cli import HelpFormatter
-from cubdata.runtime import torch_threads
-from diffloss.metrics import psnr
+from runkit.files import atomic_write_bytes, atomic_write_text
+from cubdata import load_square_tensor, mini_cub_root, read_cub
+from runkit.cli import HelpFormatter
+from runkit.runtime import torch_threads
+from restoration.metrics import psnr
 from diffloss.prior import load_adm, load_prior
-from diffloss.sampling import ddim_reconstruct
+from diffloss.prior.sampling import ddim_reconstruct
 
 
 def denoising_error(model, diffusion, x0: torch.Tensor, draws: int, seed: int) -> float:
@@ -51,7 +52,7 @@ def denoising_error(model, diffusion, x0: torch.Tensor, draws: int, seed: int) -
 
 
 def psnr01(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Per-image PSNR (dB, `diffloss.metrics.psnr`) of ``[0, 1]`` images after 8-bit rounding of ``a``."""
+    """Per-image PSNR (dB, `restoration.metrics.psnr`) of ``[0, 1]`` images after 8-bit rounding of ``a``."""
     return psnr(torch.round(a.clamp(0, 1) * 255) / 255, b)
 
 

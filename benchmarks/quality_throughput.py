@@ -29,8 +29,9 @@ import torch
 from PIL import Image
 
 from analysis.quality import evaluate_quality, match_images
-from cubdata import atomic_write_bytes, encode_image, load_rgb
-from cubdata.runtime import torch_threads
+from runkit.files import atomic_write_bytes
+from cubdata import encode_image, load_rgb
+from runkit.runtime import torch_threads
 
 
 def make_pairs(root: Path, n_images: int, seed: int = 0, size: tuple[int, int] = (500, 375)) -> tuple[Path, Path]:

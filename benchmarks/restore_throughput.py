@@ -1,4 +1,4 @@
-"""Throughput of `diffloss.restore` with the small nets against its floor (decode + network + encode).
+"""Throughput of `restoration.restore` with the small nets against its floor (decode + network + encode).
 
     python benchmarks/restore_throughput.py                    # 48 CUB-sized images, every registered net
     python benchmarks/restore_throughput.py --nets iat --n-images 200 --threads 2
@@ -7,10 +7,10 @@ For N CUB-sized images (generated mini-CUB test images upscaled to a longer side
 CUB-200-2011) and a
 randomly initialised net of each name (speed does not depend on the weights), it times in one run:
   decode   `cubdata.load_rgb` of every image;
-  network  `diffloss.restore.restore_array` on the decoded images, one image per call (the CUB images have
+  network  `restoration.restore.restore_array` on the decoded images, one image per call (the CUB images have
            many sizes, so real batches are small);
   encode   PNG encoding of the outputs (`cubdata.encode_image`);
-  restore  the whole `diffloss.restore.restore_cub_root` (decode, network, encode, atomic writes, manifest),
+  restore  the whole `restoration.restore.restore_cub_root` (decode, network, encode, atomic writes, manifest),
 and prints images/s for each and restore / floor, where floor = decode + network + encode. The full test split
 of CUB (5,794 images) is projected from the restore rate.
 """
@@ -27,11 +27,12 @@ import numpy as np
 import torch
 from PIL import Image
 
-from cubdata import atomic_write_bytes, encode_image, generate_mini_cub, load_rgb, read_cub
-from cubdata.runtime import torch_threads
-from diffloss.checkpoint import CKPT_FORMAT
-from diffloss.nets import NETS, build_net
-from diffloss.restore import restore_array, restore_cub_root
+from runkit.files import atomic_write_bytes
+from cubdata import encode_image, generate_mini_cub, load_rgb, read_cub
+from runkit.runtime import torch_threads
+from restoration.checkpoint import CKPT_FORMAT
+from restoration.nets import NETS, build_net
+from restoration.restore import restore_array, restore_cub_root
 
 CUB_TEST_IMAGES = 5794
 

@@ -23,10 +23,10 @@ Modules: `registry` (`CLASSIFIERS`, `ClassifierArch`, `get_arch`), `models` (the
 `weights` (ImageNet enums, weight files, strict loading), `build` (backbone + new head), `preprocess`
 (transforms and protocols), `checkpoint` (`load_classifier`), `predict` (batched inference), `finetune` (CLI).
 """
-from .build import build_backbone, build_classifier, classifier_head
-from .checkpoint import CHECKPOINT_FORMAT, checkpoint_protocol, load_classifier, read_checkpoint
-from .models import ResNetMini, VGGMini
-from .preprocess import (
+from classifiers.build import build_backbone, build_classifier, classifier_head
+from classifiers.checkpoint import CHECKPOINT_FORMAT, checkpoint_protocol, load_classifier, read_checkpoint
+from classifiers.models import ResNetMini, VGGMini
+from classifiers.preprocess import (
     IMAGENET_MEAN,
     IMAGENET_STD,
     URIE_BBOX_SIZE,
@@ -40,8 +40,8 @@ from .preprocess import (
     protocol_transform,
     train_transform,
 )
-from .registry import CLASSIFIERS, ClassifierArch, get_arch
-from .weights import imagenet_weights_file, load_strict, read_weights_file
+from classifiers.registry import CLASSIFIERS, ClassifierArch, get_arch
+from classifiers.weights import imagenet_weights_file, load_strict, read_weights_file
 
 __all__ = [
     "CLASSIFIERS",

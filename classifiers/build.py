@@ -5,8 +5,8 @@ import os
 
 from torch import nn
 
-from .registry import CLASSIFIERS, get_arch
-from .weights import backbone_state_dict, load_strict
+from classifiers.registry import CLASSIFIERS, get_arch
+from classifiers.weights import backbone_state_dict, load_strict
 
 __all__ = ["build_backbone", "build_classifier", "classifier_head"]
 

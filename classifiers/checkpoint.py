@@ -14,11 +14,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from cubdata import load_torch_file
+from runkit.files import load_torch_file
 
-from .build import build_classifier
-from .preprocess import WHOLE_IMAGE, eval_protocol
-from .weights import load_strict
+from classifiers.build import build_classifier
+from classifiers.preprocess import WHOLE_IMAGE, eval_protocol
+from classifiers.weights import load_strict
 
 log = logging.getLogger(__name__)
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .registry import CLASSIFIERS
+from classifiers.registry import CLASSIFIERS
 
 __all__ = ["ResNetMini", "VGGMini", "torchvision_resnet50", "torchvision_vgg16"]
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any, Sequence
 
-from .registry import get_arch
+from classifiers.registry import get_arch
 
 __all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "URIE_BBOX_SIZE", "WHOLE_IMAGE", "default_preprocess", "eval_transform",
            "train_transform", "parse_bbox_size", "eval_protocol", "protocol_preprocess", "protocol_transform",

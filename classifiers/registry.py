@@ -6,7 +6,7 @@ Entries are registered where each network is defined (`classifiers.models`)::
     class ResNetMini(nn.Module): ...
 
 The decorated object builds the network with its original 1000-way ImageNet head. User code plugs in as
-``"pkg.module:factory"`` (`cubdata.registry.resolve_name`), a ``factory(num_classes, weights) -> nn.Module``.
+``"pkg.module:factory"`` (`runkit.registry.resolve_name`), a ``factory(num_classes, weights) -> nn.Module``.
 """
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from typing import Any, Callable
 
 from torch import nn
 
-from cubdata.registry import Registry, is_plugin_spec
+from runkit.registry import Registry, is_plugin_spec
 
 __all__ = ["ClassifierArch", "ClassifierRegistry", "CLASSIFIERS", "RegistryChoices", "get_arch"]
 
@@ -40,7 +40,7 @@ class ClassifierArch:
     description: str = ""
 
     def __call__(self, num_classes: int, weights: str | os.PathLike = "none", *, download: bool = False) -> nn.Module:
-        from .build import build_classifier
+        from classifiers.build import build_classifier
 
         return build_classifier(self.name, num_classes, weights, download=download)
 
@@ -52,7 +52,7 @@ def _plugin_factory(spec: str, obj: Any) -> Callable[..., nn.Module]:
 
 
 class ClassifierRegistry(Registry[ClassifierArch]):
-    """`cubdata.registry.Registry` of `ClassifierArch` entries; ``register(name, **fields)`` wraps the decorated
+    """`runkit.registry.Registry` of `ClassifierArch` entries; ``register(name, **fields)`` wraps the decorated
     builder into an entry. Item access (``CLASSIFIERS["resnet50"]``, assignment, ``del``) works as on the dict
     it replaces; ``get("pkg.module:factory")`` returns the user's factory."""
 

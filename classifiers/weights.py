@@ -9,9 +9,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from cubdata import load_torch_file, unwrap_state_dict
+from runkit.files import load_torch_file, unwrap_state_dict
 
-from .registry import ClassifierArch, get_arch
+from classifiers.registry import ClassifierArch, get_arch
 
 log = logging.getLogger(__name__)
 

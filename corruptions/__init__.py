@@ -18,8 +18,8 @@ from __future__ import annotations
 import importlib
 import pkgutil
 
-from ._checks import SEVERITIES, check_image, check_rng, check_severity
-from .registry import (
+from corruptions._checks import SEVERITIES, check_image, check_rng, check_severity
+from corruptions.registry import (
     CORRUPTION_IDS,
     CORRUPTIONS,
     SEVERITY_TABLES,
@@ -48,13 +48,13 @@ def _register_builtins() -> None:
 
 _register_builtins()
 
-from .fog import fog  # noqa: E402  (re-exported names of the built-ins, as before)
-from .lowlight import lowlight  # noqa: E402
-from .rain import rain  # noqa: E402
-from .fog import FOG_TABLE  # noqa: E402,F401  (the old module's names stay importable from here)
-from .lowlight import LOWLIGHT_TABLE  # noqa: E402,F401
-from .rain import RAIN_TABLE  # noqa: E402,F401
-from .registry import CorruptionFn  # noqa: E402,F401
+from corruptions.fog import fog  # noqa: E402  (re-exported names of the built-ins, as before)
+from corruptions.lowlight import lowlight  # noqa: E402
+from corruptions.rain import rain  # noqa: E402
+from corruptions.fog import FOG_TABLE  # noqa: E402,F401  (the old module's names stay importable from here)
+from corruptions.lowlight import LOWLIGHT_TABLE  # noqa: E402,F401
+from corruptions.rain import RAIN_TABLE  # noqa: E402,F401
+from corruptions.registry import CorruptionFn  # noqa: E402,F401
 
 __all__ = [
     "CORRUPTIONS",

@@ -10,8 +10,8 @@ from typing import NamedTuple
 
 import numpy as np
 
-from ._checks import check_image, check_rng, check_severity
-from .registry import register_corruption
+from corruptions._checks import check_image, check_rng, check_severity
+from corruptions.registry import register_corruption
 
 __all__ = ["lowlight", "LowLightParams", "LOWLIGHT_TABLE", "srgb_to_linear", "linear_to_srgb", "encode_srgb8"]
 

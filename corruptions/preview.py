@@ -15,11 +15,12 @@ from pathlib import Path
 
 import numpy as np
 
-from cubdata import ImageDecodeError, atomic_write_bytes, load_rgb, mini_cub_root, read_cub
-from cubdata.errors import EXPECTED_ERRORS, one_line, run_cli
+from cubdata import ImageDecodeError, load_rgb, mini_cub_root, read_cub
+from runkit.files import atomic_write_bytes
+from runkit.errors import EXPECTED_ERRORS, one_line, run_cli
 
-from . import corrupt, get_corruption, get_corruption_names, image_rng
-from ._checks import check_image, check_severity
+from corruptions import corrupt, get_corruption, get_corruption_names, image_rng
+from corruptions._checks import check_image, check_severity
 
 log = logging.getLogger(__name__)
 
@@ -78,7 +79,7 @@ def default_preview_image() -> Path:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from cubdata.cli import ArgumentParser
+    from runkit.cli import ArgumentParser
 
     names = get_corruption_names()
     p = ArgumentParser(

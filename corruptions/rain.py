@@ -15,8 +15,8 @@ import numpy as np
 from scipy import fft as sp_fft
 from scipy import ndimage
 
-from ._checks import check_image, check_rng, check_severity
-from .registry import register_corruption
+from corruptions._checks import check_image, check_rng, check_severity
+from corruptions.registry import register_corruption
 
 __all__ = ["rain", "RainParams", "RAIN_TABLE", "rain_streak_kernel", "REFERENCE_SHORT_SIDE", "VEIL_LIGHT"]
 

@@ -7,7 +7,7 @@ corruption is defined.
 Adding a corruption is that one decorated function (and its table): every default list (`get_corruption_names`,
 the builder's ``--corruptions``, the preview grid) reads the registry. Your own module registers the same way
 once imported, or is named as ``"pkg.module:function"`` wherever a corruption name is accepted
-(`cubdata.registry.resolve_name`).
+(`runkit.registry.resolve_name`).
 """
 from __future__ import annotations
 
@@ -18,9 +18,9 @@ from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 
-from cubdata.registry import Registry
+from runkit.registry import Registry
 
-from ._checks import SEVERITIES, check_image, check_severity
+from corruptions._checks import SEVERITIES, check_image, check_severity
 
 __all__ = [
     "Corruption", "CorruptionRegistry", "CORRUPTIONS", "SEVERITY_TABLES", "CORRUPTION_IDS", "register_corruption",
@@ -76,7 +76,7 @@ def _plugin_entry(spec: str, obj: Any) -> Corruption:
 
 
 class CorruptionRegistry(Registry[Corruption]):
-    """`cubdata.registry.Registry` of `Corruption` entries. Names with a pinned id come first, in id order
+    """`runkit.registry.Registry` of `Corruption` entries. Names with a pinned id come first, in id order
     (the built-ins: fog, rain, lowlight), then the others in registration order. ``registry[name]`` is the
     bare function, as in imagecorruptions' name -> function dict."""
 

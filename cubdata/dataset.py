@@ -7,8 +7,8 @@ from typing import Callable
 import numpy as np
 from PIL import Image
 
-from .io import load_pil_rgb
-from .layout import CubIndex, CubRecord, read_cub
+from cubdata.io import load_pil_rgb
+from cubdata.layout import CubIndex, CubRecord, read_cub
 
 __all__ = ["CubDataset", "crop_to_bbox"]
 

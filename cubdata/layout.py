@@ -14,7 +14,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .io import atomic_write_text
+from runkit.files import atomic_write_text
 
 log = logging.getLogger(__name__)
 

@@ -20,8 +20,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-from .io import atomic_write_bytes, atomic_write_text, encode_image
-from .layout import CubIndex, read_cub
+from runkit.files import atomic_write_bytes, atomic_write_text
+from cubdata.io import encode_image
+from cubdata.layout import CubIndex, read_cub
 
 log = logging.getLogger(__name__)
 

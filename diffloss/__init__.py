@@ -6,8 +6,8 @@
     out = criterion(restored, clean)        # [0, 1] NCHW float; out.total, out.pixel, out.nat, out.sem, out.t
 
 Submodules: ``diffloss.prior`` (configs, loading, freezing; the code in ``prior_configs``, ``prior_loading``,
-``prior_runtime``), ``diffloss.hooks`` (h-space), ``diffloss.criterion`` (the loss; its functional core in
-``criterion_functional``, ``timestep_weights``, ``grad_scaling``, ``criterion_checks``), ``diffloss.train_prior``
+``prior_runtime``), ``diffloss.prior.hspace`` (h-space), ``diffloss.criterion`` (the loss; its functional core in
+``criterion_functional``, ``timestep_weights``, ``grad_scaling``, ``criterion_checks``), ``diffloss.prior.train``
 (training a prior; ``prior_data``, ``prior_training``, ``prior_outputs``). Attributes are imported lazily, so
 ``import diffloss`` does not import torch or guided-diffusion until you use them.
 """
@@ -25,15 +25,14 @@ _LAZY = {
     "builtin_prior_path": "prior",
     "BUILTIN_PRIOR_FILE": "prior",
     "randomize_zero_init_": "prior",
-    "count_parameters": "nets",
     "count_prior_parameters": "prior",
     "set_activation_checkpointing": "prior",
     "activation_checkpointing_mode": "prior",
     "guided_diffusion_checkpoint_gives_input_grads": "prior",
     "compile_prior_": "prior",
     "clone_prior": "prior",
-    "hspace_hook": "hooks",
-    "HSpace": "hooks",
+    "hspace_hook": "prior.hspace",
+    "HSpace": "prior.hspace",
     "DiffLoss": "criterion",
     "DiffLossOutput": "criterion",
     "TARGETS": "criterion",

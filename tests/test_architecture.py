@@ -1,11 +1,13 @@
 """The layering and size rules of the library, as tests (issue 10).
 
-Import rules (every import statement counts, including those inside functions):
-- cubdata imports nothing of the project;
-- corruptions imports cubdata only;
-- diffloss never imports classifiers or analysis;
-- classifiers never imports diffloss or analysis;
-- no library package imports analysis (except analysis itself) or benchmarks.
+Import rules (every import statement counts, including those inside functions), in the order of the layers:
+- runkit (run plumbing) imports nothing of the project;
+- cubdata (the data layer) imports runkit only;
+- corruptions imports cubdata and runkit;
+- diffloss (criterion + prior) imports cubdata and runkit;
+- restoration imports diffloss, corruptions (synthetic pairs), cubdata and runkit;
+- classifiers imports cubdata, corruptions and runkit, never diffloss or restoration;
+- analysis may use them all; no library package imports analysis (except analysis itself) or benchmarks.
 """
 from __future__ import annotations
 
@@ -16,14 +18,16 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-PROJECT = ("cubdata", "corruptions", "diffloss", "classifiers", "analysis", "benchmarks")
-LIBRARY = ("cubdata", "corruptions", "diffloss", "classifiers", "analysis")
+PROJECT = ("runkit", "cubdata", "corruptions", "diffloss", "restoration", "classifiers", "analysis", "benchmarks")
+LIBRARY = ("runkit", "cubdata", "corruptions", "diffloss", "restoration", "classifiers", "analysis")
 ALLOWED = {
-    "cubdata": set(),
-    "corruptions": {"cubdata"},
-    "diffloss": {"cubdata", "corruptions"},
-    "classifiers": {"cubdata", "corruptions"},
-    "analysis": {"cubdata", "corruptions", "diffloss", "classifiers"},
+    "runkit": set(),
+    "cubdata": {"runkit"},
+    "corruptions": {"runkit", "cubdata"},
+    "diffloss": {"runkit", "cubdata"},
+    "restoration": {"runkit", "cubdata", "corruptions", "diffloss"},
+    "classifiers": {"runkit", "cubdata", "corruptions"},
+    "analysis": {"runkit", "cubdata", "corruptions", "diffloss", "restoration", "classifiers"},
 }
 MAX_MODULE_LINES = 500
 

@@ -1,4 +1,4 @@
-"""corruptions.build: valid CUB roots, byte-identical across workers and re-runs, resume, failures, CLI errors."""
+"""corruptions.degrade: valid CUB roots, byte-identical across workers and re-runs, resume, failures, CLI errors."""
 from __future__ import annotations
 
 import hashlib
@@ -18,7 +18,7 @@ import pytest
 from build_fixtures import REPO, small_root, tree_bytes  # noqa: F401  (small_root: a fixture)
 from cubdata import load_rgb, read_cub
 from corruptions import corrupt, corruption_id, corruption_parameters, image_rng
-from corruptions.build import (
+from corruptions.degrade import (
     MANIFEST_FORMAT,
     MANIFEST_NAME,
     BuildConfigError,
@@ -134,7 +134,7 @@ def test_resume_after_interruption_matches_uninterrupted(small_root, reference, 
 
 
 def test_interrupted_run_leaves_no_partial_files_and_resumes(small_root, reference, tmp_path, monkeypatch):
-    import corruptions.build.worker as worker
+    import corruptions.degrade.worker as worker
 
     ref_out, _ = reference
     out = tmp_path / "interrupted"
@@ -168,7 +168,7 @@ def test_kill_9_midrun_then_resume(small_root, reference, tmp_path):
     """A real SIGKILL of the CLI: no partial file under a final name, resume reproduces the reference."""
     ref_out, _ = reference
     out = tmp_path / "killed"
-    cmd = [sys.executable, "-m", "corruptions.build", "--cub-root", str(small_root), "--out", str(out),
+    cmd = [sys.executable, "-m", "corruptions.degrade", "--cub-root", str(small_root), "--out", str(out),
            "--severities", "1,3", "--no-progress"]
     env = dict(os.environ, PYTHONPATH=str(REPO))
     proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -366,8 +366,8 @@ def test_a_manifest_of_the_old_layout_resumes_and_still_refuses_other_settings(s
 
 FAULTS_SCRIPT = """
 import resource, sys
-from corruptions.build import build_degraded_cub
-from corruptions.build import worker
+from corruptions.degrade import build_degraded_cub
+from corruptions.degrade import worker
 if sys.argv[3] == "keep":
     worker.keep_freed_memory()
 worker.IN_PROCESS_MAX_TASKS = 10**9  # build here, where the faults are counted
@@ -388,7 +388,7 @@ def test_workers_reuse_freed_image_memory_instead_of_faulting_in_new_pages(tmp_p
     from PIL import Image
 
     from cubdata import generate_mini_cub
-    from corruptions.build.worker import init_worker
+    from corruptions.degrade.worker import init_worker
 
     root = tmp_path / "cub"
     idx = generate_mini_cub(root, n_classes=2, per_class=8, seed=0)
@@ -412,7 +412,7 @@ def test_a_one_worker_build_of_many_images_runs_in_a_worker_process(monkeypatch)
     import types
 
     from corruptions import CORRUPTIONS
-    from corruptions.build import worker
+    from corruptions.degrade import worker
     from corruptions.registry import Corruption
 
     used = []

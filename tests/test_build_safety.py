@@ -1,4 +1,4 @@
-"""corruptions.build hardening: it never writes into a folder it did not create (unless --overwrite), the
+"""corruptions.degrade hardening: it never writes into a folder it did not create (unless --overwrite), the
 manifest is written before the first image and then incrementally, and worker processes die with a parent
 killed by SIGKILL."""
 from __future__ import annotations
@@ -15,10 +15,11 @@ from pathlib import Path
 import psutil
 import pytest
 
-import corruptions.build as build
-from corruptions.build import MANIFEST_NAME, BuildConfigError, build_degraded_cub, main, variant_root
+import corruptions.degrade as build
+from corruptions.degrade import MANIFEST_NAME, BuildConfigError, build_degraded_cub, main, variant_root
 from build_fixtures import REPO, small_root, snapshot  # noqa: F401  (small_root: a fixture)
-from cubdata import generate_mini_cub, read_cub, sha256_file
+from cubdata import generate_mini_cub, read_cub
+from runkit.files import sha256_file
 
 
 # ------------------------------------------------------------------------------------------- foreign --out
@@ -42,7 +43,7 @@ def test_any_foreign_file_is_refused(small_root, tmp_path, foreign):
     (out / foreign).parent.mkdir(parents=True)
     (out / foreign).write_bytes(b"mine")
     before = snapshot(out)
-    with pytest.raises(BuildConfigError, match=r"not written by corruptions\.build.*--overwrite"):
+    with pytest.raises(BuildConfigError, match=r"not written by corruptions\.degrade.*--overwrite"):
         build_degraded_cub(small_root, out, ("lowlight",), (1,), progress=False)
     assert snapshot(out) == before
 
@@ -117,7 +118,7 @@ def _alive(procs: list[psutil.Process]) -> list[psutil.Process]:
 
 
 def test_kill_9_parent_kills_workers_and_rerun_skips_what_was_done(tmp_path, monkeypatch):
-    """SIGKILL of `python -m corruptions.build --workers 2` a moment after its first result: no worker
+    """SIGKILL of `python -m corruptions.degrade --workers 2` a moment after its first result: no worker
     outlives it (none goes on writing into OUT), and the manifest it left lets the re-run skip that work."""
     (tmp_path / "slow_corr.py").write_text(
         "import time\n\ndef slow(image, severity, rng):\n    time.sleep(0.2)\n    return image.copy()\n"
@@ -126,7 +127,7 @@ def test_kill_9_parent_kills_workers_and_rerun_skips_what_was_done(tmp_path, mon
     generate_mini_cub(root, n_classes=2, per_class=8)  # 8 test images x 5 severities, 0.2 s each
     out = tmp_path / "out"
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(tmp_path), str(REPO)]), OMP_NUM_THREADS="1")
-    cmd = [sys.executable, "-m", "corruptions.build", "--cub-root", str(root), "--out", str(out),
+    cmd = [sys.executable, "-m", "corruptions.degrade", "--cub-root", str(root), "--out", str(out),
            "--corruptions", "slow_corr:slow", "--workers", "2", "--no-progress"]
     proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     children: list[psutil.Process] = []
@@ -171,7 +172,7 @@ def test_kill_9_parent_kills_workers_and_rerun_skips_what_was_done(tmp_path, mon
 def test_a_worker_whose_parent_is_already_gone_exits(call):
     """The race the initializer closes (parent killed before it ran), and the watchdog used where prctl is
     missing: given a parent pid that is not the real parent, the process ends at once with status 1."""
-    code = f"import os, corruptions.build as b; b.{call}(os.getppid() + 1000000); import time; time.sleep(30)"
+    code = f"import os, corruptions.degrade as b; b.{call}(os.getppid() + 1000000); import time; time.sleep(30)"
     env = dict(os.environ, PYTHONPATH=str(REPO))
     done = subprocess.run([sys.executable, "-c", code], check=False, cwd=REPO, env=env, timeout=20)
     assert done.returncode == 1

@@ -319,7 +319,7 @@ def test_finetune_bbox_crop_trains_on_boxes_and_records_protocol(tmp_path, monke
     from PIL import Image
 
     import classifiers.finetune as cf
-    import classifiers.finetune_loop as loop
+    import classifiers.finetune.loop as loop
     from cubdata import crop_to_bbox, generate_mini_cub, load_pil_rgb
 
     index = generate_mini_cub(tmp_path / "cub", n_classes=2, per_class=4)

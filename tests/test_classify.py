@@ -590,7 +590,7 @@ def test_check_out_writable_leaves_no_trace(tmp_path):
 # ---------------------------------------------------------------------------------------------- mini benchmark
 @pytest.fixture(scope="module")
 def demo_degraded(mini_root):
-    from corruptions.build import build_degraded_cub
+    from corruptions.degrade import build_degraded_cub
 
     out = cache_dir() / f"demo-degraded-{MINI_VERSION}"  # the demo's own cache folder: built once per session
     build_degraded_cub(mini_root, out, corruptions=dt.DEMO_CORRUPTIONS, severities=(dt.DEMO_SEVERITY,), split="test",
@@ -662,10 +662,10 @@ def test_embedded_demo_fast(tiny_ckpts, demo_degraded, mini_root, monkeypatch, t
     assert calls == []
     assert (tmp_path / "second" / "table.csv").read_bytes() == (tmp_path / "runs" / "demo-table2" / "table.csv").read_bytes()
     # without restorers: clean + degraded rows only, and the reader is told why
-    monkeypatch.setattr(dt, "_restorers_available", lambda: (None, "ImportError: no diffloss.restore"))
+    monkeypatch.setattr(dt, "_restorers_available", lambda: (None, "ImportError: no restoration.restore"))
     assert main(["--no-progress", "--out", str(tmp_path / "third")]) == 0
     out = capsys.readouterr().out
-    assert "Restoration rows (w/o / w/ DiffLoss) are absent" in out and "no diffloss.restore" in out
+    assert "Restoration rows (w/o / w/ DiffLoss) are absent" in out and "no restoration.restore" in out
     assert {r["config"] for r in load_table(tmp_path / "third")} == {"clean", "degraded"}
 
 

@@ -96,10 +96,10 @@ def test_hspace_cli(case, roots, tmp_path, capsys):
     _assert_one_error_line(rc, capsys, needle)
 
 
-# ------------------------------------------------------------------------------------------- diffloss.train
+# ------------------------------------------------------------------------------------------- restoration.train
 @pytest.mark.parametrize("case", ["missing-root", "unknown-corruption", "severity", "garbage-prior", "garbage-init"])
 def test_train_cli(case, roots, tmp_path, capsys):
-    from diffloss import train
+    from restoration import train
 
     r = {k: str(v) for k, v in roots.items()}
     argv, needle = {
@@ -144,8 +144,8 @@ def _forbid(monkeypatch, target: str) -> None:
 
 OUT_KIND_CASES = {
     # command: (module with main, extra argv, the out kind that is wrong, the work that must not start)
-    "diffloss.train": ("diffloss.train", [], "file", "diffloss.train.train_restoration"),
-    "diffloss.train_prior": ("diffloss.train_prior", ["--config", "tiny"], "file", "diffloss.train_prior.train_prior"),
+    "restoration.train": ("restoration.train", [], "file", "restoration.train.train_restoration"),
+    "diffloss.prior.train": ("diffloss.prior.train", ["--config", "tiny"], "file", "diffloss.prior.train.train_prior"),
     "analysis.naturalness": ("analysis.naturalness", ["--quick"], "file", "analysis.naturalness._main"),
     "analysis.quality": ("analysis.quality", ["--pred", "{good}", "--gt", "{good}"], "file", "analysis.quality.cli.run"),
     "analysis.hspace": ("analysis.hspace", ["--quick"], "file", "analysis.hspace.cli.run"),
@@ -170,7 +170,7 @@ def test_out_of_the_wrong_kind_is_refused_in_one_line_before_any_work(command, r
 
 @pytest.mark.parametrize("argv", [["--bogus"], ["--severities", "9"], ["--corruptions", "smog"]])
 def test_command_line_mistakes_are_one_line(argv, tmp_path, capsys):
-    from corruptions.build import main
+    from corruptions.degrade import main
 
     rc = _call(main, ["--cub-root", str(tmp_path), "--out", str(tmp_path / "o"), *argv])
-    _assert_one_error_line(rc, capsys, "see python -m corruptions.build --help")
+    _assert_one_error_line(rc, capsys, "see python -m corruptions.degrade --help")

@@ -10,24 +10,24 @@ import re
 
 import pytest
 
-CLIS = ("corruptions.build", "corruptions.preview", "diffloss.train", "diffloss.train_prior", "diffloss.restore",
+CLIS = ("corruptions.degrade", "corruptions.preview", "restoration.train", "diffloss.prior.train", "restoration.restore",
         "classifiers.finetune", "analysis.classify", "analysis.quality", "analysis.hspace", "analysis.naturalness")
 # the flags each parser requires, so that parse_args can be called with one flag more
 REQUIRED = {
-    "diffloss.train": ["--out", "run"],
-    "diffloss.train_prior": ["--out", "run"],
-    "diffloss.restore": ["--ckpt", "ckpt.pt", "--in", "degraded", "--out", "restored"],
+    "restoration.train": ["--out", "run"],
+    "diffloss.prior.train": ["--out", "run"],
+    "restoration.restore": ["--ckpt", "ckpt.pt", "--in", "degraded", "--out", "restored"],
     "classifiers.finetune": ["--arch", "resnet50", "--cub-root", "cub", "--out", "ckpt.pt"],
     "analysis.quality": ["--pred", "restored", "--gt", "clean"],
 }
 # the CLIs that run torch models: each takes --threads (0: torch's choice) and --device (default auto)
-TORCH_CLIS = ("diffloss.train", "diffloss.train_prior", "diffloss.restore", "classifiers.finetune",
+TORCH_CLIS = ("restoration.train", "diffloss.prior.train", "restoration.restore", "classifiers.finetune",
               "analysis.classify", "analysis.quality", "analysis.hspace", "analysis.naturalness")
 # the CLIs that batch images, and the attribute --batch-size fills
-BATCH_DEST = {"diffloss.train": "batch_size", "diffloss.train_prior": "batch_size", "diffloss.restore": "batch_size",
+BATCH_DEST = {"restoration.train": "batch_size", "diffloss.prior.train": "batch_size", "restoration.restore": "batch_size",
               "classifiers.finetune": "batch_size", "analysis.classify": "batch_size",
               "analysis.hspace": "batch_images", "analysis.naturalness": "batch_size"}
-OLD_BATCH_SPELLINGS = {"diffloss.train": "--batch", "analysis.hspace": "--batch-images"}
+OLD_BATCH_SPELLINGS = {"restoration.train": "--batch", "analysis.hspace": "--batch-images"}
 
 
 def _module(name: str):
@@ -105,7 +105,7 @@ def test_batch_size_is_the_batch_flag_and_old_spellings_still_parse():
             if re.search(re.escape(old) + r"(?![\w-])", shown):
                 problems.append(f"{name}: the old spelling {old} is still listed among the options")
     assert not problems, "\n".join(problems)
-    assert _parse("diffloss.train").batch_size == 4  # the default is set once, by --batch-size
+    assert _parse("restoration.train").batch_size == 4  # the default is set once, by --batch-size
     assert _parse("analysis.hspace").batch_images is None  # None: the config's (or --quick's) default
 
 
@@ -127,13 +127,13 @@ def test_device_defaults_to_auto_and_threads_zero_is_torchs_choice():
 
 
 def test_workers_default_does_not_exceed_the_usable_cpus():
-    from cubdata.cli import default_workers
+    from runkit.cli import default_workers
 
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     assert 0 <= default_workers() <= min(2, cpus)
     problems = []
     for name in CLIS:
-        if name == "corruptions.build":  # its workers are processes of its own pool, 1 = this process
+        if name == "corruptions.degrade":  # its workers are processes of its own pool, 1 = this process
             continue
         opts = _parser(name)._option_string_actions
         if "--workers" in opts and opts["--workers"].default > cpus:
@@ -144,7 +144,7 @@ def test_workers_default_does_not_exceed_the_usable_cpus():
 def test_resolve_device_name():
     import torch
 
-    from cubdata.cli import resolve_device_name
+    from runkit.cli import resolve_device_name
 
     assert resolve_device_name("auto") == ("cuda" if torch.cuda.is_available() else "cpu")
     assert resolve_device_name("cpu") == "cpu" and resolve_device_name("cuda:1") == "cuda:1"

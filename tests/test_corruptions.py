@@ -277,7 +277,7 @@ def test_package_imports_only_cubdata():
     import subprocess
 
     code = (
-        "import sys, corruptions, corruptions.build, corruptions.preview\n"
+        "import sys, corruptions, corruptions.degrade, corruptions.preview\n"
         "bad = [m for m in ('torch', 'diffloss', 'classifiers', 'analysis') if m in sys.modules]\n"
         "print(bad)\n"
     )
@@ -311,7 +311,7 @@ def test_register_corruption_is_one_decorator_and_every_list_sees_it():
     --corruptions and the preview's; ids are unique and tables have five rows."""
     from collections import namedtuple
 
-    from corruptions import build, preview, register_corruption
+    from corruptions import degrade, preview, register_corruption
 
     Row = namedtuple("Row", "amount")
     table = tuple(Row(a) for a in (1, 2, 3, 4, 5))
@@ -326,7 +326,7 @@ def test_register_corruption_is_one_decorator_and_every_list_sees_it():
         assert corruption_parameters("invert_test", 4) == {"amount": 4}
         img = np.arange(12, dtype=np.uint8).reshape(2, 2, 3)
         assert np.array_equal(corrupt(img, "invert_test", 1, rng=0), 255 - img)
-        assert build.build_parser().parse_args([]).corruptions == (*NAMES, "invert_test")
+        assert degrade.build_parser().parse_args([]).corruptions == (*NAMES, "invert_test")
         assert preview.build_parser().parse_args([]).corruptions.split(",") == [*NAMES, "invert_test"]
         with pytest.raises(ValueError, match="id 77 is already 'invert_test'"):
             register_corruption("other_test", id=77)(invert_test)

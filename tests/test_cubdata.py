@@ -15,7 +15,6 @@ from cubdata import (
     CubLayoutError,
     ImageDecodeError,
     MINI_CLASSES,
-    atomic_write_bytes,
     crop_to_bbox,
     encode_image,
     generate_mini_cub,
@@ -23,6 +22,7 @@ from cubdata import (
     read_cub,
     write_cub_metadata,
 )
+from runkit.files import atomic_write_bytes
 
 
 def _tree_digest(root: Path) -> dict[str, str]:
@@ -83,7 +83,7 @@ def test_cache_dir_honours_xdg(monkeypatch, tmp_path):
 def test_atomic_writes_follow_the_umask(tmp_path):
     import os
 
-    from cubdata import atomic_write_text
+    from runkit.files import atomic_write_text
 
     p = atomic_write_text(tmp_path / "a.txt", "x")
     old = os.umask(0)

@@ -1,4 +1,4 @@
-"""Tests of diffloss.prior, diffloss.hooks and diffloss.criterion (issue 3).
+"""Tests of diffloss.prior, diffloss.prior.hspace and diffloss.criterion (issue 3).
 
 Every DiffLoss term is compared with an independent computation that uses guided-diffusion's own
 ``GaussianDiffusion.q_sample`` / ``_predict_xstart_from_eps`` / ``q_posterior_mean_variance`` and a
@@ -23,7 +23,6 @@ from diffloss.prior import (
     PriorCheckpointMismatch,
     activation_checkpointing_mode,
     clone_prior,
-    count_parameters,
     count_prior_parameters,
     freeze_,
     guided_diffusion_checkpoint_gives_input_grads,
@@ -31,6 +30,7 @@ from diffloss.prior import (
     set_activation_checkpointing,
     zero_initialised_layers,
 )
+from runkit.runtime import count_parameters
 
 B, S = 2, 32  # batch and size for the tiny prior
 
@@ -111,7 +111,7 @@ def test_adm256_real_build_is_frozen_with_552814086_parameters():
 def test_imports_stay_light_and_never_touch_guided_diffusion_dist_util():
     code = (
         "import sys, diffloss; assert 'torch' not in sys.modules, 'import diffloss must be lazy'; "
-        "import diffloss.prior, diffloss.hooks, diffloss.criterion; "
+        "import diffloss.prior, diffloss.prior.hspace, diffloss.criterion; "
         "bad = [m for m in sys.modules if m.endswith('dist_util') or m == 'mpi4py']; assert not bad, bad"
     )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
@@ -679,7 +679,7 @@ def plugin_module(monkeypatch):
 
 
 def test_prior_configs_are_one_base_plus_their_differences():
-    from diffloss.prior_configs import ADM_BASE
+    from diffloss.prior.configs import ADM_BASE
 
     assert PRIOR_CONFIGS.names() == ("adm256-uncond", "tiny", "tiny64", "adm64", "adm128")
     expected_sizes = {"adm256-uncond": 256, "tiny": 32, "tiny64": 64, "adm64": 64, "adm128": 128}

@@ -27,7 +27,7 @@ def readme_plugins():
     """Run the README block as the module ``readme_plugins``; unregister everything it registered afterwards."""
     from classifiers import CLASSIFIERS
     from corruptions import CORRUPTIONS
-    from diffloss.nets import NETS
+    from restoration.nets import NETS
 
     before = {reg: set(reg.names()) for reg in (CORRUPTIONS, NETS, CLASSIFIERS)}
     module = types.ModuleType("readme_plugins")
@@ -45,7 +45,7 @@ def readme_plugins():
 def test_readme_block_registers_one_entry_per_family(readme_plugins):
     from classifiers import CLASSIFIERS
     from corruptions import corrupt, get_corruption_names
-    from diffloss.nets import NETS, build_net
+    from restoration.nets import NETS, build_net
 
     import numpy as np
 
@@ -60,9 +60,9 @@ def test_readme_block_registers_one_entry_per_family(readme_plugins):
 def test_readme_plugins_run_through_build_train_restore_finetune_and_table2(readme_plugins, mini_root, tmp_path):
     from analysis.classify import Table2Spec, load_table, run_table2
     from classifiers.finetune import FinetuneConfig, finetune
-    from corruptions.build import build_degraded_cub
-    from diffloss.restore import restore_cub_root
-    from diffloss.train import train_restoration
+    from corruptions.degrade import build_degraded_cub
+    from restoration.restore import restore_cub_root
+    from restoration.train import train_restoration
 
     degraded = tmp_path / "degraded"
     build_degraded_cub(mini_root, degraded, severities=(1,), split="test", workers=1, progress=False)
@@ -87,7 +87,7 @@ def test_readme_plugins_run_through_build_train_restore_finetune_and_table2(read
 
 def test_plugins_by_name_on_the_command_line(tmp_path, mini_root):
     """The CLI spelling of docs/extending.md: pkg.module:attr, no registration needed."""
-    from corruptions.build import main as build_main
+    from corruptions.degrade import main as build_main
 
     assert build_main(["--cub-root", str(mini_root), "--out", str(tmp_path / "d"), "--corruptions",
                        "test_extending:negative", "--severities", "2", "--split", "test", "--workers", "1",

@@ -173,7 +173,7 @@ def test_unperturbed_generation_is_deterministic_for_a_seed(tiny_prior):
 
 
 def test_levels_batched_edit_only_after_t_edit(tiny_prior):
-    from diffloss.hooks import hspace_hook
+    from diffloss.prior.hspace import hspace_hook
 
     model, diffusion = tiny_prior
     timesteps = H.ddim_schedule(400, 5)                       # [0, 100, 200, 300, 400]
@@ -473,9 +473,9 @@ def test_study_is_deterministic_and_resumes(tmp_path, tiny_prior, extractor, min
 
 
 def test_old_manifest_resumes(tmp_path, tiny_prior, extractor, mini_root):
-    """A manifest of the layout before cubdata.manifest ({"fingerprint", "done"}) resumes: nothing is computed
+    """A manifest of the layout before runkit.manifest ({"fingerprint", "done"}) resumes: nothing is computed
     again, the same numbers come back, and the manifest is rewritten in the shared layout."""
-    from diffloss.hooks import hspace_hook
+    from diffloss.prior.hspace import hspace_hook
 
     model, diffusion = tiny_prior
     cfg = _config(images_per_group=2, grid_images=0)

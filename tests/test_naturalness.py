@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from analysis import naturalness as N
-from corruptions.build import build_degraded_cub
+from corruptions.degrade import build_degraded_cub
 from cubdata import generate_mini_cub, read_cub, write_cub_metadata
-from diffloss.hooks import hspace_hook
+from diffloss.prior.hspace import hspace_hook
 from diffloss.prior import load_adm
 
 matplotlib.use("Agg")

@@ -1,4 +1,4 @@
-"""Paired-data readers (diffloss.pairs): every public layout, name pairing, errors, synthetic pairs, crops,
+"""Paired-data readers (restoration.pairs): every public layout, name pairing, errors, synthetic pairs, crops,
 and the step-indexed batch plan that makes resuming exact."""
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from diffloss.pairs import (
+from restoration.pairs import (
     FolderPairs,
     RandomCropPairs,
     SyntheticPairs,

@@ -10,14 +10,23 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import diffloss.nets as nets_mod
+import restoration.nets as nets_mod
 from cubdata import generate_mini_cub, load_rgb, read_cub
 from analysis.demo import restorers as demo_restorers
-from diffloss import train as train_mod
-from diffloss.nets import (NETS, RESTORATION_NETS, build_net, clamp01_ste, count_parameters, pad_multiple_of,
-                           parameter_counts, restore_tensor)
-from diffloss.restore import MANIFEST, output_rel_path, restore_array, restore_cub_root
-from diffloss.train import TrainConfig, fit_to_prior, load_checkpoint, read_log, train_restoration
+from restoration import train as train_mod
+from restoration.nets import (
+    NETS,
+    RESTORATION_NETS,
+    build_net,
+    clamp01_ste,
+    pad_multiple_of,
+    parameter_counts,
+    restore_tensor,
+)
+from runkit.runtime import count_parameters
+from restoration.restore import MANIFEST, output_rel_path, restore_array, restore_cub_root
+from restoration.pairs import open_pairs
+from restoration.train import TrainConfig, fit_to_prior, load_checkpoint, read_log, train_restoration
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -117,14 +126,14 @@ def test_small_unet_starts_as_identity_and_clamp_passes_gradients():
 
 
 def test_build_net_specs_and_errors():
-    net = build_net("diffloss.nets:SmallUNet", base=4, depth=1)
+    net = build_net("restoration.nets:SmallUNet", base=4, depth=1)
     assert net.pad_multiple == 2 and count_parameters(net) < count_parameters(build_net("small-unet"))
     with pytest.raises(ValueError, match="small-unet"):
         build_net("unet9000")
     with pytest.raises(TypeError, match="nn.Module"):
         build_net("builtins:dict", a=1)
     with pytest.raises(ValueError, match="no attribute"):
-        build_net("diffloss.nets:NoSuchNet")
+        build_net("restoration.nets:NoSuchNet")
 
 
 def test_nets_registry_is_filled_where_nets_are_defined():
@@ -141,7 +150,7 @@ def test_nets_registry_is_filled_where_nets_are_defined():
     with pytest.raises(ValueError, match="test-identity"):
         build_net("test-identity")
     with pytest.raises(TypeError, match="not callable"):
-        build_net("diffloss.nets:DEFAULT_NET")
+        build_net("restoration.nets:DEFAULT_NET")
 
 
 def test_fit_to_prior():
@@ -178,7 +187,7 @@ def test_l2_training_lowers_the_loss(l2_run):
     val = read_log(l2_run / "val.csv")
     assert [v["step"] for v in val] == [10, 20]
     _, ckpt = load_checkpoint(l2_run / "ckpt.pt")
-    input_psnr = train_mod.validate_restorer(build_net("small-unet"), train_mod.open_pairs(ckpt["config"]["pairs"], "val"), 4)["psnr"]
+    input_psnr = train_mod.validate_restorer(build_net("small-unet"), open_pairs(ckpt["config"]["pairs"], "val"), 4)["psnr"]
     assert val[-1]["psnr"] > input_psnr + 3  # the untrained net is the identity, so this is the degraded PSNR
     assert (l2_run / "loss_curve.png").stat().st_size > 1000
     assert ckpt["net"] == "small-unet" and ckpt["net_kwargs"] == {} and ckpt["step"] == 20 and ckpt["final"]
@@ -208,7 +217,7 @@ def test_diffloss_fit_gives_the_prior_the_fitted_crops_pixel_for_pixel(mode, min
     """With 48 px crops and the 32 px tiny prior, the batch DiffLoss receives is the crops resized, their
     centre 32 x 32 or the crops unchanged, as --diffloss-fit says."""
     from diffloss.criterion import DiffLoss
-    from diffloss.pairs import RandomCropPairs
+    from restoration.pairs import RandomCropPairs
 
     crops, at_prior = [], []
     real_item, real_forward = RandomCropPairs.__getitem__, DiffLoss.forward
@@ -325,7 +334,7 @@ def test_restore_refuses_a_folder_made_with_another_checkpoint(l2_run, small_cub
 
 
 def test_restore_cli(l2_run, small_cub, tmp_path, capsys):
-    from diffloss.restore import main
+    from restoration.restore import main
 
     assert main(["--ckpt", str(l2_run), "--in", str(small_cub), "--out", str(tmp_path / "o"), "--split", "all",
                  "--format", "jpeg", "--no-progress"]) == 0
@@ -390,7 +399,7 @@ def test_autocast_reaches_the_criterion_and_older_runs_still_resume(monkeypatch,
     """--autocast bf16 runs the prior's UNet calls under bf16 autocast; a config saved before the option
     existed reads as fp32, so older runs (and the demo's cached restorers) resume instead of retraining."""
     import diffloss.criterion as crit
-    from diffloss.train_config import TrainConfig, config_diff
+    from restoration.train.config import TrainConfig, config_diff
 
     seen = []
     real = crit.DiffLoss.__init__

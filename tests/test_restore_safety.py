@@ -1,4 +1,4 @@
-"""diffloss.restore hardening: it never writes into a folder it did not create (unless --overwrite), the
+"""restoration.restore hardening: it never writes into a folder it did not create (unless --overwrite), the
 restored root's images.txt names the files on disk, and resume re-checks every output's SHA-256."""
 from __future__ import annotations
 
@@ -10,11 +10,12 @@ import numpy as np
 import pytest
 import torch
 
-import diffloss.restore as restore_mod
-from cubdata import generate_mini_cub, load_rgb, read_cub, sha256_file
-from diffloss.nets import build_net
-from diffloss.restore import MANIFEST, main, restore_cub_root
-from diffloss.train import CKPT_FORMAT
+import restoration.restore as restore_mod
+from cubdata import generate_mini_cub, load_rgb, read_cub
+from runkit.files import sha256_file
+from restoration.nets import build_net
+from restoration.restore import MANIFEST, main, restore_cub_root
+from restoration.train import CKPT_FORMAT
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -73,7 +74,7 @@ def test_library_refuses_any_foreign_file_and_accepts_an_empty_folder(ckpt, smal
     (out / "notes.txt").write_text("mine\n")
     with monkeypatch.context() as m:
         _no_checkpoint_loading(m)
-        with pytest.raises(ValueError, match=r"not written by diffloss\.restore.*--overwrite"):
+        with pytest.raises(ValueError, match=r"not written by restoration\.restore.*--overwrite"):
             restore_cub_root(ckpt, small_cub, out, progress=False)
     assert snapshot(out) == {"notes.txt": b"mine\n"}
     empty = tmp_path / "empty"
@@ -157,7 +158,7 @@ def test_an_old_format_manifest_resumes_and_still_refuses_another_checkpoint(ckp
     man = json.loads((out / MANIFEST).read_text())
     assert man["format"] == restore_mod.MANIFEST_FORMAT
     assert set(man["settings"]) == {"ckpt_sha256", "in_root", "split", "fmt"} and man["net"] == "small-unet"
-    # the layout before cubdata.manifest: the settings at the top level, no format tag
+    # the layout before runkit.manifest: the settings at the top level, no format tag
     (out / MANIFEST).write_text(json.dumps({**man["settings"], "net": man["net"], "complete": True, "done": man["done"]}))
     other = tmp_path / "other.pt"
     torch.save(dict(torch.load(ckpt, weights_only=False), step=999), other)
@@ -182,7 +183,7 @@ def test_output_rel_path_is_the_one_rule_of_cubdata():
 
 def test_run_cli_turns_expected_errors_into_one_line(capsys, monkeypatch):
     from cubdata import ImageDecodeError
-    from cubdata.errors import error_kind, run_cli
+    from runkit.errors import error_kind, run_cli
 
     def fail(err):
         def run():

@@ -8,10 +8,10 @@ import json
 import pytest
 import torch
 
-from cubdata.cli import ArgumentParser, add_config_arguments, check_out, config_from_args, option
-from cubdata.manifest import Manifest
-from cubdata.registry import Registry, resolve_name
-from cubdata.runtime import torch_threads
+from runkit.cli import ArgumentParser, add_config_arguments, check_out, config_from_args, option
+from runkit.manifest import Manifest
+from runkit.registry import Registry, resolve_name
+from runkit.runtime import torch_threads
 
 
 def test_registry_registers_where_defined_and_reads_like_a_dict():

@@ -1,6 +1,6 @@
-"""torchrun on the CPU (gloo, 2 processes): `diffloss.restore` and `analysis.classify` share the images out
+"""torchrun on the CPU (gloo, 2 processes): `restoration.restore` and `analysis.classify` share the images out
 between the ranks and write the same bytes as one process; an interrupted 2-process restore resumes on one
-process; `diffloss.train` at the same global batch gives the one-process weights (without DiffLoss; with it,
+process; `restoration.train` at the same global batch gives the one-process weights (without DiffLoss; with it,
 only close: see `test_train_two_processes_at_the_same_global_batch`)."""
 from __future__ import annotations
 
@@ -47,7 +47,7 @@ def small_cub(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def restorer(small_cub, tmp_path_factory) -> Path:
     """A restoration run folder trained for 2 steps on synthetic low-light pairs of ``small_cub``."""
-    from diffloss.train import train_restoration
+    from restoration.train import train_restoration
 
     return train_restoration(out=str(tmp_path_factory.mktemp("restorer") / "run"), pairs=f"synthetic:lowlight:3:{small_cub}",
                              steps=2, crop=32, batch=2, val_images=0, progress=False, plot=False)
@@ -59,7 +59,7 @@ RESTORE_ARGS = ["--split", "all", "--batch-size", "2", "--device", "cpu", "--no-
 @pytest.fixture(scope="module")
 def restored_once(restorer, small_cub, tmp_path_factory) -> Path:
     """The one-process reference: every image of ``small_cub`` restored in 2-image batches."""
-    from diffloss.restore import main
+    from restoration.restore import main
 
     out = tmp_path_factory.mktemp("one") / "restored"
     assert main(["--ckpt", str(restorer), "--in", str(small_cub), "--out", str(out), *RESTORE_ARGS]) == 0
@@ -68,7 +68,7 @@ def restored_once(restorer, small_cub, tmp_path_factory) -> Path:
 
 def test_restore_two_processes_write_the_same_folder(restorer, small_cub, restored_once, tmp_path):
     out = tmp_path / "restored"
-    res = torchrun(["-m", "diffloss.restore", "--ckpt", str(restorer), "--in", str(small_cub), "--out", str(out),
+    res = torchrun(["-m", "restoration.restore", "--ckpt", str(restorer), "--in", str(small_cub), "--out", str(out),
                     *RESTORE_ARGS])
     assert res.returncode == 0, res.stderr[-3000:]
     assert res.stdout.count("12 restored") == 1  # rank 0 reports for both
@@ -80,7 +80,7 @@ def test_restore_two_processes_write_the_same_folder(restorer, small_cub, restor
 
 FLAKY_RESTORE = """\
 import os, sys
-import diffloss.restore as r
+import restoration.restore as r
 real, calls = r.restore_array, [0]
 def flaky(*a, **k):
     calls[0] += 1
@@ -96,7 +96,7 @@ def test_interrupted_two_process_restore_resumes_on_one(restorer, small_cub, res
     """Rank 1 dies in its second batch: rank 0 hears of it instead of waiting forever, each rank's finished
     images are in its manifest part, and a one-process resume merges the parts, restores only the rest
     and leaves the one-process run's folder."""
-    from diffloss.restore import MANIFEST, PART_PREFIX, restore_cub_root
+    from restoration.restore import MANIFEST, PART_PREFIX, restore_cub_root
 
     script = tmp_path / "flaky_restore.py"
     script.write_text(FLAKY_RESTORE)
@@ -154,7 +154,7 @@ def test_classify_two_processes_write_the_same_tables(tiny_ckpts, mini_root, dar
 # ---------------------------------------------------------------------------------------------- train
 @pytest.mark.parametrize("diffloss", ["off", "on"])
 def test_train_two_processes_at_the_same_global_batch(small_cub, tmp_path, diffloss):
-    """``torchrun --nproc_per_node 2 -m diffloss.train --batch 2`` against one process at ``--batch 4``.
+    """``torchrun --nproc_per_node 2 -m restoration.train --batch 2`` against one process at ``--batch 4``.
 
     Both see the same crops (rank r takes slice r of each step's global batch of 4) and DDP averages the
     two ranks' gradients, so without DiffLoss the weights agree up to float rounding (< 1e-6). With
@@ -163,12 +163,12 @@ def test_train_two_processes_at_the_same_global_batch(small_cub, tmp_path, diffl
     process. The difference enters only through the diffusion terms, weighted by gamma (1e-3), so after
     3 steps the weights still agree to 1e-4; what must hold exactly does: same steps, world size recorded,
     finite losses, and rank 0 alone wrote the run folder (the same files as one process)."""
-    from diffloss.train import train_restoration
+    from restoration.train import train_restoration
 
     common = dict(pairs=f"synthetic:lowlight:3:{small_cub}", crop=32, steps=3, val_images=0, lr=1e-3,
                   diffloss=diffloss == "on", prior="random", device="cpu")
     one = train_restoration(out=str(tmp_path / "one"), batch=4, progress=False, plot=False, **common)
-    res = torchrun(["-m", "diffloss.train", "--pairs", common["pairs"], "--crop", "32", "--steps", "3",
+    res = torchrun(["-m", "restoration.train", "--pairs", common["pairs"], "--crop", "32", "--steps", "3",
                     "--batch", "2", "--val-images", "0", "--lr", "1e-3", "--diffloss", diffloss, "--prior", "random",
                     "--device", "cpu", "--no-progress", "--no-plot", "--out", str(tmp_path / "two")])
     assert res.returncode == 0, res.stderr[-3000:]
@@ -187,7 +187,7 @@ def test_train_two_processes_at_the_same_global_batch(small_cub, tmp_path, diffl
 @pytest.fixture(scope="module")
 def hspace_groups(small_cub, tmp_path_factory) -> list[str]:
     """``--group`` arguments: ``small_cub``, its low-light and its fog copy (the same 6 test images in each)."""
-    from corruptions.build import build_degraded_cub
+    from corruptions.degrade import build_degraded_cub
 
     out = tmp_path_factory.mktemp("hspace-groups") / "degraded"
     build_degraded_cub(cub_root=small_cub, out=out, corruptions=("lowlight", "fog"), severities=(3,), split="test",

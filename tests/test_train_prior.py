@@ -1,4 +1,4 @@
-"""diffloss.train_prior, self-describing prior files, and the built-in trained prior."""
+"""diffloss.prior.train, self-describing prior files, and the built-in trained prior."""
 from __future__ import annotations
 
 import hashlib
@@ -11,8 +11,8 @@ from PIL import Image
 
 from cubdata import encode_image, generate_mini_cub, load_square_tensor, read_cub
 from diffloss import prior as P
-from diffloss import train_prior as TP
-from diffloss.sampling import ddim_reconstruct
+from diffloss.prior import train as TP
+from diffloss.prior.sampling import ddim_reconstruct
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -138,10 +138,10 @@ def test_garbage_checkpoint_gets_one_safe_line(tmp_path, content):
 def test_prior_words(monkeypatch, tmp_path):
     assert P.resolve_prior_spec("random") is None
     assert P.resolve_prior_spec(None) == P.resolve_prior_spec("builtin") == P.BUILTIN_PRIOR_FILE
-    from diffloss import prior_loading  # where builtin_prior_path reads it
+    from diffloss.prior import loading as prior_loading  # where builtin_prior_path reads it
 
     monkeypatch.setattr(prior_loading, "BUILTIN_PRIOR_FILE", tmp_path / "gone.pt")
-    with pytest.raises(FileNotFoundError, match="built-in prior .*gone.pt.* python -m diffloss.train_prior"):
+    with pytest.raises(FileNotFoundError, match="built-in prior .*gone.pt.* python -m diffloss.prior.train"):
         P.load_prior("builtin")
     model, _ = P.load_prior("random")
     assert model.prior_info["path"] is None and model.image_size == 32
@@ -219,7 +219,7 @@ def test_cli_is_the_config_dataclass(tmp_path):
     """Every PriorTrainConfig field is a flag with the field's default; switches map onto the bool fields."""
     import dataclasses
 
-    from cubdata.cli import config_from_args
+    from runkit.cli import config_from_args
 
     parser = TP.build_parser()
     defaults = TP.PriorTrainConfig(out="o")

@@ -1,6 +1,6 @@
 """Table 2: top-1 accuracy of fine-tuned classifiers on clean, degraded and restored CUB test images.
 
-Every set is a CUB root (from `corruptions.build`, from `diffloss.restore`, or your own) whose test split
+Every set is a CUB root (from `corruptions.degrade`, from `restoration.restore`, or your own) whose test split
 holds the same images as the clean root's; only the test split is scored, with each classifier's own
 preprocessing (recorded in its checkpoint). Each cell gets a 95% percentile-bootstrap confidence interval
 (resamples drawn from --seed, alias --bootstrap-seed), each pair of configurations on the same images (degraded
@@ -31,9 +31,9 @@ from __future__ import annotations
 from classifiers import URIE_BBOX_SIZE, parse_bbox_size
 from classifiers.scoring_data import ScoringDataset
 
-from ..stats import P_ADJUST_METHODS
-from .cli import DEFAULT_OUT, DEMO_OUT, build_parser, check_out_writable, main
-from .formats import (
+from analysis.stats import P_ADJUST_METHODS
+from analysis.classify.cli import DEFAULT_OUT, DEMO_OUT, build_parser, check_out_writable, main
+from analysis.classify.formats import (
     MCNEMAR_COLUMNS,
     PREDICTION_COLUMNS,
     PREDICTIONS_FORMAT,
@@ -46,8 +46,8 @@ from .formats import (
     slug,
     write_outputs,
 )
-from .scoring import Predictions, score_table2
-from .spec import (
+from analysis.classify.scoring import Predictions, score_table2
+from analysis.classify.spec import (
     CLEAN,
     DEGRADED,
     SetSpec,
@@ -59,7 +59,7 @@ from .spec import (
     parse_classifier_arg,
     parse_set_arg,
 )
-from .summary import DEFAULT_P_ADJUST, StatsConfig, finish_table2, run_table2, summarize
+from analysis.classify.summary import DEFAULT_P_ADJUST, StatsConfig, finish_table2, run_table2, summarize
 
 __all__ = [
     # what to score (spec.py)
@@ -77,7 +77,7 @@ __all__ = [
 ]
 
 # the demo moved to analysis.demo; the old names still resolve, with a DeprecationWarning
-from ..demo import moved_to_demo  # noqa: E402
+from analysis.demo import moved_to_demo  # noqa: E402
 
 __getattr__ = moved_to_demo(__name__, {
     **dict.fromkeys(("DEMO_CORRUPTIONS", "DEMO_SEVERITY", "demo_spec", "run_demo"), "analysis.demo.table2"),

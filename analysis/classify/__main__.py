@@ -1,6 +1,6 @@
 """``python -m analysis.classify``: see `analysis.classify.cli`."""
 import sys
 
-from .cli import main
+from analysis.classify.cli import main
 
 sys.exit(main())

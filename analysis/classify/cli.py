@@ -13,13 +13,13 @@ from pathlib import Path
 
 from classifiers import CLASSIFIERS, parse_bbox_size
 from classifiers.predict import resolve_device
-from cubdata.cli import ArgumentParser, add_config_arguments, config_from_args, default_workers
-from cubdata.distributed import distributed, on_rank0
-from cubdata.runtime import torch_threads
+from runkit.cli import ArgumentParser, add_config_arguments, config_from_args, default_workers
+from runkit.distributed import distributed, on_rank0
+from runkit.runtime import torch_threads
 
-from .formats import load_predictions
-from .spec import Table2Spec, load_spec, parse_classifier_arg, parse_set_arg
-from .summary import DEFAULT_P_ADJUST, StatsConfig, finish_table2, run_table2
+from analysis.classify.formats import load_predictions
+from analysis.classify.spec import Table2Spec, load_spec, parse_classifier_arg, parse_set_arg
+from analysis.classify.summary import DEFAULT_P_ADJUST, StatsConfig, finish_table2, run_table2
 
 __all__ = ["DEFAULT_OUT", "DEMO_OUT", "build_parser", "check_out_writable", "main"]
 
@@ -138,7 +138,7 @@ def _demo(args: argparse.Namespace, progress: bool) -> int:
     if args.p_adjust != DEFAULT_P_ADJUST:
         raise ValueError(f"--p-adjust applies to your own tables; the demo always uses {DEFAULT_P_ADJUST}")
     check_out_writable(args.out or DEMO_OUT)
-    from ..demo.table2 import main_demo
+    from analysis.demo.table2 import main_demo
 
     return main_demo(args, progress)
 

@@ -9,10 +9,10 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from cubdata import atomic_write_text, read_csv, write_csv
+from runkit.files import atomic_write_text, read_csv, write_csv
 
-from .scoring import Predictions
-from .spec import CLEAN
+from analysis.classify.scoring import Predictions
+from analysis.classify.spec import CLEAN
 
 __all__ = ["TABLE_COLUMNS", "MCNEMAR_COLUMNS", "PREDICTION_COLUMNS", "PREDICTIONS_FORMAT", "format_markdown",
            "format_latex", "write_outputs", "load_table", "load_mcnemar", "load_predictions", "slug", "table_grid"]

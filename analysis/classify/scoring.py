@@ -14,9 +14,9 @@ from classifiers import CLASSIFIERS, eval_protocol, load_classifier, protocol_tr
 from classifiers.predict import make_loader, predict, resolve_device
 from classifiers.scoring_data import ScoringDataset
 from cubdata import CubIndex, read_cub
-from cubdata.distributed import distributed, gather_checked, shard
+from runkit.distributed import distributed, gather_checked, shard
 
-from .spec import CLEAN, Table2Spec, check_classes, check_protocol, check_same_test_split
+from analysis.classify.spec import CLEAN, Table2Spec, check_classes, check_protocol, check_same_test_split
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +54,7 @@ def score_table2(spec: Table2Spec, device: str | torch.device = "auto", batch_si
     one (`check_protocol`: ValueError, or a warning with ``spec.allow_protocol_mismatch``) are checked before
     any model runs.
 
-    Under ``torchrun --nproc_per_node N`` (`cubdata.distributed`; each rank on its LOCAL_RANK GPU) the
+    Under ``torchrun --nproc_per_node N`` (`runkit.distributed`; each rank on its LOCAL_RANK GPU) the
     batches of every set are shared out between the ranks, whole batches, so every image is scored in the
     same batch as on one process; the predictions are gathered and put back in test-split order, and every
     rank returns the same result as a one-process run.

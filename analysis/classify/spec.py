@@ -15,7 +15,7 @@ __all__ = ["CLEAN", "DEGRADED", "SetSpec", "Table2Spec", "parse_set_arg", "parse
 
 #: The row (and column) of the clean test split, given by ``--clean``; no set may use the name.
 CLEAN = "clean"
-#: The row name of the degraded copies (`corruptions.build`) by convention: the baseline the restored rows
+#: The row name of the degraded copies (`corruptions.degrade`) by convention: the baseline the restored rows
 #: are compared with.
 DEGRADED = "degraded"
 _SPEC_KEYS = ("clean", "classifiers", "sets", "bbox_crop", "bbox_size", "allow_protocol_mismatch", "out")
@@ -203,7 +203,7 @@ def check_same_test_split(clean: CubIndex, other: CubIndex, what: str = "set") -
             f"{what} {other.root} does not match the clean test split of {clean.root} "
             f"({len(a)} images): {'; '.join(problems)}. A set must be a degraded/restored copy of the clean "
             "root's test split with the same images.txt ids and relative paths (build it with "
-            "python -m corruptions.build / diffloss.restore from the same clean root)."
+            "python -m corruptions.degrade / restoration.restore from the same clean root)."
         )
 
 

@@ -9,13 +9,13 @@ from typing import Any, Sequence
 import numpy as np
 
 from classifiers.predict import resolve_device
-from cubdata.cli import option
-from cubdata.distributed import distributed, on_rank0
+from runkit.cli import option
+from runkit.distributed import distributed, on_rank0
 
-from ..stats import P_ADJUST_METHODS, adjust_p_values, mcnemar_test, top1_with_ci
-from .formats import table_grid, write_outputs
-from .scoring import Predictions, score_table2
-from .spec import CLEAN, Table2Spec
+from analysis.stats import P_ADJUST_METHODS, adjust_p_values, mcnemar_test, top1_with_ci
+from analysis.classify.formats import table_grid, write_outputs
+from analysis.classify.scoring import Predictions, score_table2
+from analysis.classify.spec import CLEAN, Table2Spec
 
 __all__ = ["DEFAULT_P_ADJUST", "StatsConfig", "summarize", "finish_table2", "run_table2"]
 

@@ -7,8 +7,8 @@
 
 Everything is cached under `cubdata.cache_dir` (``$DIFFLOSS_CACHE``), keyed by the recipes.
 """
-from .classifiers import DEMO_ARCHS, DEMO_FINETUNE, demo_classifiers, digest
-from .restorers import DEMO_SETTINGS, ensure_demo_restorers
+from analysis.demo.classifiers import DEMO_ARCHS, DEMO_FINETUNE, demo_classifiers, digest
+from analysis.demo.restorers import DEMO_SETTINGS, ensure_demo_restorers
 
 __all__ = ["DEMO_ARCHS", "DEMO_FINETUNE", "demo_classifiers", "digest", "DEMO_SETTINGS", "ensure_demo_restorers",
            "DEMO_CORRUPTIONS", "DEMO_SEVERITY", "DEMO_ROWS", "demo_spec", "run_demo", "quick_groups",

@@ -5,9 +5,10 @@ import logging
 from pathlib import Path
 from typing import Sequence
 
-from cubdata import atomic_write_bytes, read_cub, sha256_file, write_cub_metadata
+from runkit.files import atomic_write_bytes, sha256_file
+from cubdata import read_cub, write_cub_metadata
 
-from ..hspace.groups import list_group_images, select_images, slug
+from analysis.hspace.groups import list_group_images, select_images, slug
 
 log = logging.getLogger(__name__)
 
@@ -33,12 +34,12 @@ def quick_groups(data_dir: str | Path, corruption: str = "lowlight", severity: i
                  cub_root: str | Path | None = None, n_images: int | None = None, seed: int = 0,
                  split: str = "test") -> dict[str, Path]:
     """The quick-mode groups on mini-CUB (or ``cub_root``): clean, degraded (``corruption`` at ``severity``,
-    built with ``corruptions.build.build_degraded_cub`` under ``data_dir``) and, when ``restored`` and
+    built with ``corruptions.degrade.build_degraded_cub`` under ``data_dir``) and, when ``restored`` and
     ``analysis.demo.restorers.ensure_demo_restorers`` is available, the degraded images restored by the demo restorers
     trained without and with DiffLoss. With ``n_images`` only that many ``split`` images (chosen as
     `select_images` chooses them with ``seed``) are copied, degraded and restored."""
     from cubdata import mini_cub_root
-    from corruptions.build import build_degraded_cub
+    from corruptions.degrade import build_degraded_cub
 
     data_dir = Path(data_dir)
     clean = Path(cub_root) if cub_root is not None else mini_cub_root()
@@ -53,8 +54,8 @@ def quick_groups(data_dir: str | Path, corruption: str = "lowlight", severity: i
     if not restored:
         return groups
     try:
-        from diffloss.restore import restore_cub_root
-        from .restorers import RESTORER_LABELS, ensure_demo_restorers
+        from restoration.restore import restore_cub_root
+        from analysis.demo.restorers import RESTORER_LABELS, ensure_demo_restorers
     except ImportError as err:
         log.warning("restored groups skipped: the demo restorers are not available (%s)", err)
         return groups

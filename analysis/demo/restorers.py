@@ -14,9 +14,9 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from cubdata import cache_dir
-from cubdata.runtime import torch_threads
-from diffloss.nets import DEFAULT_NET
-from diffloss.train import TrainConfig, config_diff, train_restoration
+from runkit.runtime import torch_threads
+from restoration.nets import DEFAULT_NET
+from restoration.train import TrainConfig, config_diff, train_restoration
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +56,7 @@ def _demo_run(cfg: TrainConfig) -> Path:
 
 def _prior_tag(prior: str) -> str:
     """Names demo cache folders by the prior's content, so a new built-in prior never meets old restorers."""
-    from cubdata import sha256_file
+    from runkit.files import sha256_file
 
     from diffloss.prior import resolve_prior_spec
 

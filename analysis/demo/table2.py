@@ -12,13 +12,14 @@ from typing import Any
 
 from classifiers.predict import resolve_device
 from corruptions import get_corruption_names
-from cubdata import atomic_write_text, cache_dir, sha256_file
-from cubdata.runtime import torch_threads
+from runkit.files import atomic_write_text, sha256_file
+from cubdata import cache_dir
+from runkit.runtime import torch_threads
 
-from ..classify import CLEAN, DEGRADED, SetSpec, Table2Spec, run_table2, slug
-from ..classify.cli import DEMO_OUT, OUTPUT_FILES
-from .classifiers import demo_classifiers
-from .restorers import RESTORER_LABELS
+from analysis.classify import CLEAN, DEGRADED, SetSpec, Table2Spec, run_table2, slug
+from analysis.classify.cli import DEMO_OUT, OUTPUT_FILES
+from analysis.demo.classifiers import demo_classifiers
+from analysis.demo.restorers import RESTORER_LABELS
 
 log = logging.getLogger(__name__)
 
@@ -31,17 +32,17 @@ DEMO_ROWS = (DEGRADED,) + RESTORER_LABELS
 DEMO_SEVERITY = 3
 REAL_DATA_COMMANDS = """\
 # 1. degraded copies of the clean CUB test split (fog / rain / low light, severity 3)
-python -m corruptions.build --cub-root data/CUB_200_2011 --out data/cub-degraded --severities 3
+python -m corruptions.degrade --cub-root data/CUB_200_2011 --out data/cub-degraded --severities 3
 # 2. classifiers fine-tuned on clean CUB (ImageNet weights from the torch hub cache, or --weights PATH offline)
 python -m classifiers.finetune --arch resnet50 --cub-root data/CUB_200_2011 --out ckpt/resnet50.pt
 python -m classifiers.finetune --arch vgg16 --cub-root data/CUB_200_2011 --out ckpt/vgg16.pt
 # 3. restoration networks without / with DiffLoss (here low light on LOL; fog: Dense-Haze, rain: Rain13K)
-python -m diffloss.train --net iat --pairs data/LOL --diffloss off --out runs/iat-lol-l2
-python -m diffloss.train --net iat --pairs data/LOL --diffloss on --prior ckpt/256x256_diffusion_uncond.pt \\
+python -m restoration.train --net iat --pairs data/LOL --diffloss off --out runs/iat-lol-l2
+python -m restoration.train --net iat --pairs data/LOL --diffloss on --prior ckpt/256x256_diffusion_uncond.pt \\
     --out runs/iat-lol-diffloss
 # 4. restored copies of the degraded test split
-python -m diffloss.restore --ckpt runs/iat-lol-l2 --in data/cub-degraded/lowlight/3 --out data/restored/lowlight-wo
-python -m diffloss.restore --ckpt runs/iat-lol-diffloss --in data/cub-degraded/lowlight/3 --out data/restored/lowlight-w
+python -m restoration.restore --ckpt runs/iat-lol-l2 --in data/cub-degraded/lowlight/3 --out data/restored/lowlight-wo
+python -m restoration.restore --ckpt runs/iat-lol-diffloss --in data/cub-degraded/lowlight/3 --out data/restored/lowlight-w
 # 5. the table (one --set per row and degradation, or all of it in a --spec YAML file)
 python -m analysis.classify --clean data/CUB_200_2011 \\
     --classifier resnet50=ckpt/resnet50.pt --classifier vgg16=ckpt/vgg16.pt \\
@@ -52,8 +53,8 @@ python -m analysis.classify --clean data/CUB_200_2011 \\
 def _restorers_available():
     """``(ensure_demo_restorers, restore_cub_root)`` or ``None`` with the reason, if diffloss lacks them."""
     try:
-        from diffloss.restore import restore_cub_root
-        from .restorers import ensure_demo_restorers
+        from restoration.restore import restore_cub_root
+        from analysis.demo.restorers import ensure_demo_restorers
     except ImportError as err:
         return None, f"{type(err).__name__}: {err}"
     return (ensure_demo_restorers, restore_cub_root), ""
@@ -69,7 +70,7 @@ def _timed(what: str, make, *args, **kwargs):
 
 def _degraded_roots(mini: Path, base: Path, progress: bool) -> dict[str, Path]:
     """Every demo corruption's severity-`DEMO_SEVERITY` copy of mini-CUB's test split (built once, cached)."""
-    from corruptions.build import build_degraded_cub
+    from corruptions.degrade import build_degraded_cub
     from cubdata import MINI_VERSION
 
     out = base / f"demo-degraded-{MINI_VERSION}"
@@ -98,7 +99,7 @@ def _restored_sets(restore_cub_root, restorers: dict, degraded: dict[str, Path],
 
 
 def _restorer_note() -> str:
-    from .restorers import DEMO_SETTINGS as ds
+    from analysis.demo.restorers import DEMO_SETTINGS as ds
 
     return (f"The demo restorers are tiny nets trained for {ds['warmup_steps']} + {ds['steps']} steps on synthetic "
             f"mini-CUB pairs; '{RESTORER_LABELS[-1]}' adds DiffLoss against the built-in prior (a 64 px ADM trained "
@@ -110,7 +111,7 @@ def _restorer_note() -> str:
 def demo_spec(cache: str | Path | None = None, device: str = "auto", progress: bool = True,
               restore: bool = True) -> tuple[Table2Spec, list[str]]:
     """Build everything the demo scores: mini-CUB, its severity-3 test copies for every registered corruption
-    (`corruptions.build.build_degraded_cub`), the two small classifiers, and, when `diffloss` provides
+    (`corruptions.degrade.build_degraded_cub`), the two small classifiers, and, when `diffloss` provides
     them (and ``restore``), the copies restored by the demo restorers (rows `RESTORER_LABELS`). All cached
     under ``cache`` (default `cubdata.cache_dir`). Returns the spec and notes for the reader."""
     from cubdata import mini_cub_root

@@ -40,19 +40,19 @@ from __future__ import annotations
 
 from cubdata import IMAGE_SUFFIXES
 
-from .cli import PRIOR_FILE, PRIOR_URL, build_parser, config_from_args, main, run
-from .config import QUICK_DEFAULTS, HSpaceConfig, make_config
-from .features import (IMAGENET_MEAN, IMAGENET_STD, RESNET50_FILE, RESNET50_URL, ResNetFeatures,
+from analysis.hspace.cli import PRIOR_FILE, PRIOR_URL, build_parser, config_from_args, main, run
+from analysis.hspace.config import QUICK_DEFAULTS, HSpaceConfig, make_config
+from analysis.hspace.features import (IMAGENET_MEAN, IMAGENET_STD, RESNET50_FILE, RESNET50_URL, ResNetFeatures,
                        build_feature_extractor, feature_distance_metrics, feature_distances)
-from .grid import load_grid
-from .groups import MIN_MATCHED_FRACTION, ImageItem, list_group_images, load_image_tensor, select_images
-from .perturbation import (SVD_MODE_ALIASES, SVD_MODES, PerturbationEdit, batch_principal_direction, make_alphas,
+from analysis.hspace.grid import load_grid
+from analysis.hspace.groups import MIN_MATCHED_FRACTION, ImageItem, list_group_images, load_image_tensor, select_images
+from analysis.hspace.perturbation import (SVD_MODE_ALIASES, SVD_MODES, PerturbationEdit, batch_principal_direction, make_alphas,
                            perturb_along, perturb_principal, principal_component, resolve_svd_mode)
-from .report import (DISTANCE_COLUMNS, MANN_WHITNEY_COLUMNS, RECORD_FIELDS, WILCOXON_COLUMNS, read_distances,
+from analysis.hspace.report import (DISTANCE_COLUMNS, MANN_WHITNEY_COLUMNS, RECORD_FIELDS, WILCOXON_COLUMNS, read_distances,
                      write_csv, write_study_outputs)
-from .sampling import START_MODES, ddim_generate, ddim_invert, ddim_schedule, spaced_diffusion, start_latent
-from .stats import METRICS, TESTS, group_tests, mann_whitney_tests, summarize_distances, wilcoxon_tests
-from .study import HSpaceResult, run_hspace_study
+from analysis.hspace.sampling import START_MODES, ddim_generate, ddim_invert, ddim_schedule, spaced_diffusion, start_latent
+from analysis.hspace.stats import METRICS, TESTS, group_tests, mann_whitney_tests, summarize_distances, wilcoxon_tests
+from analysis.hspace.study import HSpaceResult, run_hspace_study
 
 __all__ = [
     "perturb_principal", "principal_component", "batch_principal_direction", "perturb_along", "make_alphas",
@@ -69,6 +69,6 @@ __all__ = [
 ]
 
 # the quick-mode data moved to analysis.demo; the old names still resolve, with a DeprecationWarning
-from ..demo import moved_to_demo  # noqa: E402
+from analysis.demo import moved_to_demo  # noqa: E402
 
 __getattr__ = moved_to_demo(__name__, dict.fromkeys(("quick_groups", "subset_cub_root"), "analysis.demo.hspace_quick"))

@@ -1,4 +1,4 @@
 """``python -m analysis.hspace``: see `analysis.hspace.cli`."""
-from .cli import main
+from analysis.hspace.cli import main
 
 raise SystemExit(main())

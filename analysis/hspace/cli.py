@@ -7,18 +7,18 @@ import dataclasses
 from pathlib import Path
 from typing import Mapping, Sequence
 
-from cubdata.cli import ArgumentParser, add_config_arguments
-from cubdata.distributed import distributed, env_world, on_rank0
-from cubdata.errors import run_cli
-from cubdata.runtime import torch_threads
+from runkit.cli import ArgumentParser, add_config_arguments
+from runkit.distributed import distributed, env_world, on_rank0
+from runkit.errors import run_cli
+from runkit.runtime import torch_threads
 from corruptions import get_corruption_names
 from diffloss.prior import PRIOR_CHECKPOINTS, PRIOR_CONFIGS
 
-from .config import QUICK_DEFAULTS, HSpaceConfig, make_config
-from .features import RESNET50_FILE, build_feature_extractor
-from .report import TEST_FILES, write_study_outputs
-from .stats import TESTS, summarize_distances
-from .study import HSpaceResult, run_hspace_study
+from analysis.hspace.config import QUICK_DEFAULTS, HSpaceConfig, make_config
+from analysis.hspace.features import RESNET50_FILE, build_feature_extractor
+from analysis.hspace.report import TEST_FILES, write_study_outputs
+from analysis.hspace.stats import TESTS, summarize_distances
+from analysis.hspace.study import HSpaceResult, run_hspace_study
 
 __all__ = ["run", "build_parser", "config_from_args", "main", "PRIOR_FILE", "PRIOR_URL"]
 
@@ -59,7 +59,7 @@ def _check_inputs(quick: bool, groups, prior, weights, feature_size) -> tuple[st
         if prior is None:
             raise ValueError(
                 f"paper mode needs --prior PATH to the ADM-256 unconditional checkpoint {PRIOR_FILE} "
-                f"(from openai/guided-diffusion: {PRIOR_URL}), or a prior.pt of diffloss.train_prior; or run --quick"
+                f"(from openai/guided-diffusion: {PRIOR_URL}), or a prior.pt of diffloss.prior.train; or run --quick"
             )
         if not groups:
             raise ValueError("paper mode needs at least one --group NAME=CUB_ROOT_OR_FOLDER (or run --quick)")
@@ -93,7 +93,7 @@ def _run(out, *, quick, groups, prior, prior_config, weights, feature_size, devi
         model, diffusion = load_prior(prior, config=prior_config, device=str(rank_dev))
         prior_config = model.prior_info["config"]
         if quick and not groups:
-            from ..demo.hspace_quick import quick_groups
+            from analysis.demo.hspace_quick import quick_groups
 
             groups = quick_groups(out / "data", quick_corruption, quick_severity, restored=quick_restored,
                                   n_images=config.images_per_group, seed=config.seed, split=config.split)
@@ -114,14 +114,14 @@ def _parse_group(text: str) -> tuple[str, str]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .. import hspace
+    from analysis import hspace
 
     p = ArgumentParser(prog="python -m analysis.hspace", description=hspace.__doc__)
     p.add_argument("--out", default="runs/hspace", help="output folder (resumable)")
     p.add_argument("--quick", action="store_true",
                    help="smoke run: the built-in trained 64 px prior, random ResNet50, mini-CUB clean/degraded/restored groups")
     p.add_argument("--prior", default=None,
-                   help=f"the prior: a checkpoint ({PRIOR_FILE}, or a prior.pt of diffloss.train_prior), 'builtin' "
+                   help=f"the prior: a checkpoint ({PRIOR_FILE}, or a prior.pt of diffloss.prior.train), 'builtin' "
                         "(the trained mini-CUB prior; the --quick default) or 'random'; required in paper mode")
     p.add_argument("--prior-config", default=None, choices=sorted(PRIOR_CONFIGS),
                    help="architecture of a bare guided-diffusion state dict (default adm256-uncond; a prior.pt "

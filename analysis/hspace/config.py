@@ -6,10 +6,10 @@ import argparse
 from dataclasses import asdict, dataclass
 from typing import Sequence
 
-from cubdata.cli import option
+from runkit.cli import option
 
-from .perturbation import SVD_MODE_ALIASES, SVD_MODES, make_alphas, resolve_svd_mode
-from .sampling import START_MODES
+from analysis.hspace.perturbation import SVD_MODE_ALIASES, SVD_MODES, make_alphas, resolve_svd_mode
+from analysis.hspace.sampling import START_MODES
 
 __all__ = ["HSpaceConfig", "QUICK_DEFAULTS", "make_config"]
 

@@ -8,9 +8,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from cubdata import atomic_write_bytes, encode_image, load_rgb
+from runkit.files import atomic_write_bytes
+from cubdata import encode_image, load_rgb
 
-from .groups import slug
+from analysis.hspace.groups import slug
 
 __all__ = ["GridEntry", "to_uint8", "grid_dir", "read_grid_item", "write_grid_item", "load_grid"]
 

@@ -150,7 +150,7 @@ def make_alphas(levels: int = 4, scale: float = 0.5, alphas: Sequence[float] | N
 
 
 class PerturbationEdit:
-    """The h-space edit used during generation: a callable h -> h' for ``diffloss.hooks.hspace_hook``.
+    """The h-space edit used during generation: a callable h -> h' for ``diffloss.prior.hspace.hspace_hook``.
 
     ``alpha`` [B] holds each sample's strength (0 for the unperturbed ones); ``active`` is switched on by the
     sampler at the steps with t >= t_edit. In ``batch-svd`` mode the direction is recomputed at every edited

@@ -179,7 +179,7 @@ def save_figure(fig, stem: str | Path, formats: Sequence[str] = ("png", "pdf"), 
     """Save ``fig`` as ``stem.png`` and ``stem.pdf`` (atomically); returns the paths."""
     import io
 
-    from cubdata import atomic_write_bytes
+    from runkit.files import atomic_write_bytes
 
     stem = Path(stem)
     paths = []

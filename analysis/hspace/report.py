@@ -9,13 +9,13 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Mapping, Sequence
 
-from cubdata import atomic_write_text, read_csv
-from cubdata import write_csv as _write_csv
+from runkit.files import atomic_write_text, read_csv
+from runkit.files import write_csv as _write_csv
 
-from .stats import group_tests, summarize_distances
+from analysis.hspace.stats import group_tests, summarize_distances
 
 if TYPE_CHECKING:
-    from .study import HSpaceResult
+    from analysis.hspace.study import HSpaceResult
 
 __all__ = ["write_csv", "read_distances", "write_study_outputs", "RECORD_FIELDS", "DISTANCE_COLUMNS",
            "WILCOXON_COLUMNS", "MANN_WHITNEY_COLUMNS", "TEST_FILES"]
@@ -77,7 +77,7 @@ def write_figures(result: "HSpaceResult", out: Path) -> dict[str, Path]:
     """histograms, histogram_overlay and (when the result holds grid images) grid, each as PNG and PDF."""
     import matplotlib.pyplot as plt  # headless: matplotlib falls back to Agg by itself
 
-    from . import plots
+    from analysis.hspace import plots
 
     alphas = result.config.alphas
     paths = {}

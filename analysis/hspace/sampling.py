@@ -1,15 +1,15 @@
 """DDIM over guided-diffusion for the h-space study: reach x_t0 from an image (seeded ``q_sample`` or DDIM
 inversion) and generate back with the h-space edit switched on at the steps with t >= t_edit.
 
-The schedule and the spaced diffusion are `diffloss.sampling`'s (re-exported here)."""
+The schedule and the spaced diffusion are `diffloss.prior.sampling`'s (re-exported here)."""
 from __future__ import annotations
 
 import torch
 from torch import nn
 
-from diffloss.sampling import ddim_schedule, keep_global_rng, spaced_diffusion
+from diffloss.prior.sampling import ddim_schedule, keep_global_rng, spaced_diffusion
 
-from .perturbation import PerturbationEdit
+from analysis.hspace.perturbation import PerturbationEdit
 
 __all__ = ["ddim_schedule", "spaced_diffusion", "ddim_invert", "start_latent", "ddim_generate", "START_MODES"]
 
@@ -53,11 +53,11 @@ def ddim_generate(model: nn.Module, spaced, x_t: torch.Tensor, alpha: torch.Tens
 
     ``x_t`` [B, 3, S, S]; ``alpha`` [B] the per-sample h-space perturbation strengths (None or 0: none),
     applied at the steps whose original timestep is >= ``t_edit``. ``hook`` is the h-space hook factory
-    (default ``diffloss.hooks.hspace_hook``). ``edit``: a `PerturbationEdit` to use instead of building one from
+    (default ``diffloss.prior.hspace.hspace_hook``). ``edit``: a `PerturbationEdit` to use instead of building one from
     ``alpha`` and ``svd_mode`` (read its ``dh_norm`` / ``dh_rel`` afterwards). One UNet evaluation per timestep;
     returns [-1, 1] NCHW."""
     if hook is None:
-        from diffloss.hooks import hspace_hook as hook
+        from diffloss.prior.hspace import hspace_hook as hook
     B = x_t.shape[0]
     if edit is not None:
         if alpha is not None:

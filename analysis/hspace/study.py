@@ -1,5 +1,5 @@
 """The study itself: for every image of every group, steps 1-5 of the protocol (see `analysis.hspace`), batched,
-resumable (a `cubdata.manifest.Manifest` in out/manifest.json) and dealt out over torchrun's processes."""
+resumable (a `runkit.manifest.Manifest` in out/manifest.json) and dealt out over torchrun's processes."""
 from __future__ import annotations
 
 import json
@@ -14,16 +14,16 @@ import torch
 from torch import nn
 
 from cubdata import load_pil_rgb
-from cubdata.distributed import distributed, gather_checked, on_rank0, shard
-from cubdata.manifest import Manifest
+from runkit.distributed import distributed, gather_checked, on_rank0, shard
+from runkit.manifest import Manifest
 
-from .config import HSpaceConfig
-from .features import feature_distance_metrics
-from .grid import GridEntry, grid_dir, read_grid_item, to_uint8, write_grid_item
-from .groups import ImageItem, image_seed, list_group_images, load_image_tensor, select_images
-from .perturbation import PerturbationEdit
-from .report import RECORD_FIELDS
-from .sampling import ddim_generate, ddim_schedule, spaced_diffusion, start_latent
+from analysis.hspace.config import HSpaceConfig
+from analysis.hspace.features import feature_distance_metrics
+from analysis.hspace.grid import GridEntry, grid_dir, read_grid_item, to_uint8, write_grid_item
+from analysis.hspace.groups import ImageItem, image_seed, list_group_images, load_image_tensor, select_images
+from analysis.hspace.perturbation import PerturbationEdit
+from analysis.hspace.report import RECORD_FIELDS
+from analysis.hspace.sampling import ddim_generate, ddim_schedule, spaced_diffusion, start_latent
 
 log = logging.getLogger(__name__)
 

@@ -25,12 +25,12 @@ from __future__ import annotations
 
 from cubdata import IMAGE_SUFFIXES
 
-from .cli import build_parser, main
-from .evaluate import HIGHER_IS_BETTER, METRICS, evaluate_quality, parse_metrics
-from .files import check_decodable, find_images, match_images
-from .metrics import psnr, ssim
-from .pretrained import FID_WEIGHTS, FID_WEIGHTS_URL, LPIPS_NETS, fid_weights_file, load_fid, load_lpips, lpips_backbone_file
-from .report import format_markdown, method_labels, summary_rows, write_report
+from analysis.quality.cli import build_parser, main
+from analysis.quality.evaluate import HIGHER_IS_BETTER, METRICS, evaluate_quality, parse_metrics
+from analysis.quality.files import check_decodable, find_images, match_images
+from analysis.quality.metrics import psnr, ssim
+from analysis.quality.pretrained import FID_WEIGHTS, FID_WEIGHTS_URL, LPIPS_NETS, fid_weights_file, load_fid, load_lpips, lpips_backbone_file
+from analysis.quality.report import format_markdown, method_labels, summary_rows, write_report
 
 _parse_metrics = parse_metrics  # the old private name
 

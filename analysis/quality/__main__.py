@@ -1,3 +1,3 @@
-from .cli import main
+from analysis.quality.cli import main
 
 raise SystemExit(main())

@@ -3,19 +3,19 @@ from __future__ import annotations
 
 import argparse
 
-from cubdata.cli import ArgumentParser, resolve_device_name
-from cubdata.errors import EXPECTED_ERRORS, run_cli
+from runkit.cli import ArgumentParser, resolve_device_name
+from runkit.errors import EXPECTED_ERRORS, run_cli
 
-from .evaluate import METRICS, evaluate_quality, parse_metrics
-from .files import check_decodable, match_images
-from .pretrained import FID_WEIGHTS, LPIPS_NETS
-from .report import format_markdown, method_labels, summary_rows, write_report
+from analysis.quality.evaluate import METRICS, evaluate_quality, parse_metrics
+from analysis.quality.files import check_decodable, match_images
+from analysis.quality.pretrained import FID_WEIGHTS, LPIPS_NETS
+from analysis.quality.report import format_markdown, method_labels, summary_rows, write_report
 
 __all__ = ["build_parser", "main"]
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from . import __doc__ as description  # the package docstring: what --help shows
+    from analysis.quality import __doc__ as description  # the package docstring: what --help shows
 
     p = ArgumentParser(prog="python -m analysis.quality", description=description)
     p.add_argument("--pred", nargs="+", required=True, help="folder(s) / CUB root(s) of restored images, one per method")

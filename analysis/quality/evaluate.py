@@ -10,9 +10,9 @@ from tqdm.auto import tqdm
 
 from cubdata import load_rgb
 
-from .files import check_decodable, match_images
-from .metrics import psnr, ssim
-from .pretrained import load_fid, load_lpips
+from analysis.quality.files import check_decodable, match_images
+from analysis.quality.metrics import psnr, ssim
+from analysis.quality.pretrained import load_fid, load_lpips
 
 log = logging.getLogger(__name__)
 

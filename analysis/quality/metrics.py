@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import torch
 
-from diffloss.metrics import psnr as _psnr
+from restoration.metrics import psnr as _psnr
 
 __all__ = ["psnr", "ssim", "check_pair"]
 
@@ -22,7 +22,7 @@ def check_pair(pred: torch.Tensor, target: torch.Tensor) -> None:
 
 
 def psnr(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Per-image PSNR in dB of ``[0, 1] NCHW float`` batches (`diffloss.metrics.psnr`, after the range check)."""
+    """Per-image PSNR in dB of ``[0, 1] NCHW float`` batches (`restoration.metrics.psnr`, after the range check)."""
     check_pair(pred, target)
     return _psnr(pred, target)
 

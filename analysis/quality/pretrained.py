@@ -6,7 +6,7 @@ from pathlib import Path
 
 import torch
 
-from cubdata import load_torch_file, unwrap_state_dict
+from runkit.files import load_torch_file, unwrap_state_dict
 
 __all__ = ["LPIPS_NETS", "FID_WEIGHTS", "FID_WEIGHTS_URL", "lpips_backbone_file", "load_lpips", "fid_weights_file",
            "load_fid"]

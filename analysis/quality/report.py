@@ -5,9 +5,9 @@ import math
 import os
 from pathlib import Path
 
-from cubdata import atomic_write_text, write_csv
+from runkit.files import atomic_write_text, write_csv
 
-from .evaluate import HIGHER_IS_BETTER, parse_metrics
+from analysis.quality.evaluate import HIGHER_IS_BETTER, parse_metrics
 
 __all__ = ["summary_rows", "format_markdown", "write_report", "method_labels"]
 

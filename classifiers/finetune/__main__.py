@@ -1,0 +1,3 @@
+from classifiers.finetune.cli import main
+
+raise SystemExit(main())

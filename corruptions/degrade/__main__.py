@@ -1,0 +1,5 @@
+import sys
+
+from corruptions.degrade.cli import main
+
+sys.exit(main())

@@ -1,0 +1,3 @@
+from diffloss.prior.train.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,236 @@
+"""The prior-training loop: guided-diffusion's hybrid ``training_losses`` with AdamW, linear warm-up, gradient
+clipping and an EMA of the weights; resumable (``train_state.pt``) and the same under torchrun.
+
+`run_training` is called by ``diffloss.prior.train.train_prior`` inside ``runkit.distributed`` with a
+validated `PriorTrainConfig`; see that module for the outputs.
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from runkit.files import atomic_save_torch, atomic_write_text, write_csv
+from runkit.distributed import barrier
+
+from runkit.runtime import count_parameters
+from diffloss.prior.configs import prior_kwargs
+from diffloss.prior.train.data import CropDataset, StepBatches, step_draws, training_images
+from diffloss.prior.loading import build_trainable_prior
+from diffloss.prior.train.outputs import LOG_COLUMNS, export_prior, read_prior_log, write_loss_plot, write_samples
+
+if TYPE_CHECKING:
+    from diffloss.prior.train import PriorTrainConfig
+
+log = logging.getLogger(__name__)
+
+__all__ = ["STATE_FORMAT", "RESULT_FIELDS", "run_training", "load_train_state", "lr_at", "ema_update"]
+
+STATE_FORMAT = "diffloss-prior-train/1"
+#: config fields that change the trained weights (a resume must match them); the rest are run plumbing.
+#: ``steps`` is not among them: the schedule is constant after warm-up, so a finished run can be extended.
+RESULT_FIELDS = ("data", "config", "batch_size", "lr", "weight_decay", "warmup_steps", "grad_clip",
+                 "ema_rate", "seed", "min_scale", "flip")
+
+
+@torch.no_grad()
+def ema_update(ema: nn.Module, model: nn.Module, rate: float) -> None:
+    """``ema = rate * ema + (1 - rate) * model``, parameter by parameter, in place."""
+    for pe, pm in zip(ema.parameters(), model.parameters()):
+        pe.lerp_(pm.detach(), 1.0 - rate)
+
+
+def lr_at(cfg: PriorTrainConfig, step: int) -> float:
+    """The learning rate of ``step``: linear warm-up over ``cfg.warmup_steps``, then constant."""
+    if cfg.warmup_steps and step < cfg.warmup_steps:
+        return cfg.lr * (step + 1) / cfg.warmup_steps
+    return cfg.lr
+
+
+def load_train_state(cfg: PriorTrainConfig, run_dir: Path) -> dict | None:
+    """The ``train_state.pt`` to resume from (None: a fresh run). ValueError when ``run_dir`` holds a run and
+    ``cfg.resume`` is off, when the file is not ours, or when it was made with other `RESULT_FIELDS`."""
+    path = run_dir / "train_state.pt"
+    if not path.is_file():
+        if (run_dir / "done.json").is_file() and not cfg.resume:
+            raise ValueError(f"{run_dir} holds a finished prior run; choose another --out")
+        return None
+    if not cfg.resume:
+        raise ValueError(f"{run_dir} already holds train_state.pt; pass --resume to continue that run or choose another --out")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001 - any unreadable file gets the same one-line answer
+        raise ValueError(f"{path} is not a prior training state of this toolkit ({type(err).__name__}); "
+                         "delete it or choose another --out") from None
+    if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
+        raise ValueError(f"{path} is not a prior training state of this toolkit (expected format {STATE_FORMAT!r})")
+    now = dataclasses.asdict(cfg)
+    diff = [f"{k}: saved {state['config'].get(k)!r} vs now {now[k]!r}" for k in RESULT_FIELDS
+            if state["config"].get(k) != now[k]]
+    if diff:
+        raise ValueError(f"cannot resume {path}: the run was made with other settings: " + "; ".join(diff))
+    return state
+
+
+@dataclass
+class _PriorRun:
+    """Everything one rank's training run holds."""
+
+    cfg: PriorTrainConfig
+    rank: int
+    world: int
+    device: torch.device
+    run_dir: Path
+    paths: list[Path]
+    kwargs: dict[str, Any]
+    model: nn.Module
+    diffusion: Any
+    ema: nn.Module
+    opt: torch.optim.Optimizer
+    start: int = 0
+    rows: list[dict[str, float]] = field(default_factory=list)
+
+    @property
+    def size(self) -> int:
+        return int(self.kwargs["image_size"])
+
+
+def _prepare(cfg: PriorTrainConfig, rank: int, world: int, device: torch.device) -> _PriorRun:
+    """Check, build the model, EMA and optimiser, restore a resumed state; rank 0 writes ``config.json``."""
+    if cfg.batch_size % world:
+        raise ValueError(f"--batch-size {cfg.batch_size} is the global batch; it must be divisible by the "
+                         f"{world} torchrun processes")
+    run_dir = Path(cfg.out)
+    paths = training_images(cfg.data)  # fails before anything is written
+    state = load_train_state(cfg, run_dir)
+    kwargs = prior_kwargs(cfg.config)
+    model, diffusion = build_trainable_prior(kwargs, seed=cfg.seed)
+    model.to(device)
+    ema = copy.deepcopy(model).requires_grad_(False)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    run = _PriorRun(cfg, rank, world, device, run_dir, paths, kwargs, model, diffusion, ema, opt)
+    if state is not None:
+        model.load_state_dict(state["model"])
+        ema.load_state_dict(state["ema"])
+        opt.load_state_dict(state["optimizer"])
+        run.start = int(state["step"])
+        if (run_dir / "log.csv").is_file():
+            run.rows = [r for r in read_prior_log(run_dir / "log.csv") if r["step"] <= run.start]
+        log.info("resuming %s at step %d of %d", run_dir, run.start, cfg.steps)
+    if rank == 0:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(run_dir / "config.json", json.dumps(dataclasses.asdict(cfg), indent=2) + "\n")
+        log.info("training prior %s (%s parameters, %d px) on %d images from %s", cfg.config,
+                 f"{count_parameters(model):,}", run.size, len(paths), cfg.data or "mini-CUB")
+    return run
+
+
+def _save(run: _PriorRun, step: int) -> None:
+    """Rank 0: ``train_state.pt``, ``prior.pt`` (the EMA), ``log.csv`` and the loss plot, all atomic."""
+    if run.rank != 0:
+        return
+    cfg = run.cfg
+    atomic_save_torch({"format": STATE_FORMAT, "config": dataclasses.asdict(cfg), "kwargs": run.kwargs,
+                       "step": step, "world_size": run.world, "model": run.model.state_dict(),
+                       "ema": run.ema.state_dict(), "optimizer": run.opt.state_dict()}, run.run_dir / "train_state.pt")
+    meta = {"data": cfg.data or "mini-CUB train split", "images": len(run.paths), "seed": cfg.seed,
+            "batch_size": cfg.batch_size, "lr": cfg.lr, "ema_rate": cfg.ema_rate}
+    export_prior(run.ema, run.kwargs, run.run_dir / "prior.pt", config_name=cfg.config, step=step, meta=meta,
+                 dtype=cfg.export_dtype)
+    write_csv(run.run_dir / "log.csv", run.rows, LOG_COLUMNS, float_format=".6g")
+    if run.rows:
+        write_loss_plot(run.run_dir, run.rows)
+
+
+def _optimise(run: _PriorRun, net: nn.Module, crops: torch.Tensor, step: int) -> tuple[torch.Tensor, float]:
+    """One optimiser step of ``step`` on this rank's crops; ``(loss, mse, vb)`` averaged over ranks, and the lr."""
+    cfg, device = run.cfg, run.device
+    d = step_draws(cfg.seed, step, cfg.batch_size, len(run.paths), int(run.diffusion.num_timesteps), run.size)
+    mine = torch.arange(cfg.batch_size)[run.rank::run.world]  # the sampler gave this rank the same slots
+    t = d["t"][mine].to(device)
+    noise = d["noise"][mine].to(device)
+    x = crops.to(device)
+    lr = lr_at(cfg, step)
+    for group in run.opt.param_groups:
+        group["lr"] = lr
+    losses = run.diffusion.training_losses(net, x, t, noise=noise)
+    loss = losses["loss"].mean()
+    run.opt.zero_grad(set_to_none=True)
+    loss.backward()
+    if cfg.grad_clip > 0:
+        nn.utils.clip_grad_norm_(run.model.parameters(), cfg.grad_clip)
+    run.opt.step()
+    ema_update(run.ema, run.model, min(cfg.ema_rate, (1 + step) / (10 + step)))
+    vals = torch.stack([loss.detach(), losses["mse"].mean().detach(), losses["vb"].mean().detach()])
+    if run.world > 1:
+        import torch.distributed as dist
+
+        dist.all_reduce(vals)
+        vals /= run.world
+    return vals, lr
+
+
+def _loader(run: _PriorRun) -> torch.utils.data.DataLoader:
+    cfg = run.cfg
+    return torch.utils.data.DataLoader(
+        CropDataset(run.paths, run.size, cfg.min_scale, cfg.flip),
+        batch_sampler=StepBatches(cfg, len(run.paths), int(run.diffusion.num_timesteps), run.size, run.start,
+                                  run.rank, run.world),
+        num_workers=cfg.workers, pin_memory=run.device.type == "cuda", persistent_workers=False)
+
+
+def _wrap_ddp(run: _PriorRun) -> nn.Module:
+    if run.world == 1:
+        return run.model
+    from torch.nn.parallel import DistributedDataParallel as DDP
+
+    return DDP(run.model, device_ids=[run.device.index] if run.device.type == "cuda" else None)
+
+
+def run_training(cfg: PriorTrainConfig, rank: int, world: int, device: torch.device) -> Path:
+    """Train (or resume) the run of ``cfg`` on this rank; returns the run folder."""
+    run = _prepare(cfg, rank, world, device)
+    net = _wrap_ddp(run)
+    elapsed0 = run.rows[-1]["seconds"] if run.rows else 0.0
+    t0 = time.perf_counter()
+    bar = tqdm(total=cfg.steps, initial=run.start, desc=f"prior {run.run_dir.name}",
+               disable=not cfg.progress or rank != 0, dynamic_ncols=True)
+    step = run.start
+    for crops in _loader(run):
+        vals, lr = _optimise(run, net, crops, step)
+        step += 1
+        run.rows.append({"step": step, "loss": float(vals[0]), "mse": float(vals[1]), "vb": float(vals[2]), "lr": lr,
+                         "seconds": elapsed0 + time.perf_counter() - t0})
+        bar.update(1)
+        bar.set_postfix(loss=f"{run.rows[-1]['loss']:.4f}")
+        final = step == cfg.steps
+        if final or (cfg.ckpt_every and step % cfg.ckpt_every == 0):
+            _save(run, step)
+        if rank == 0 and (final or (cfg.sample_every and step % cfg.sample_every == 0)):
+            write_samples(run.ema, run.diffusion, cfg, run.size, device, run.run_dir / "samples" / f"step_{step:07d}.png")
+        barrier(world)
+    bar.close()
+    if rank == 0:
+        _finish(run, step)
+    barrier(world)
+    return run.run_dir
+
+
+def _finish(run: _PriorRun, step: int) -> None:
+    """Rank 0 at the end: save a run that had nothing left to do, and write ``done.json``."""
+    if run.start == run.cfg.steps:
+        _save(run, step)
+    rows = run.rows
+    atomic_write_text(run.run_dir / "done.json", json.dumps(
+        {"config": dataclasses.asdict(run.cfg), "step": run.cfg.steps, "images": len(run.paths),
+         "num_parameters": count_parameters(run.model), "seconds": rows[-1]["seconds"] if rows else 0.0,
+         "final_loss": rows[-1]["loss"] if rows else None}, indent=2) + "\n")

@@ -1,0 +1,3 @@
+from restoration.train.cli import main
+
+raise SystemExit(main())
