@@ -1,7 +1,7 @@
 """What the diffusion prior "sees": per-timestep DiffLoss terms of degraded and restored sets against clean.
 
     python -m analysis.naturalness --quick                        # mini-CUB, the built-in prior, demo sets
-    python -m analysis.naturalness --clean data/CUB_200_2011 --prior ckpt/256x256_diffusion_uncond.pt \\
+    python -m analysis.naturalness --cub-root data/CUB_200_2011 --prior ckpt/256x256_diffusion_uncond.pt \\
         --set fog=data/cub-degraded/fog/3 --set "w/o DiffLoss/fog=data/restored/fog-wo" \\
         --set "w/ DiffLoss/fog=data/restored/fog-w" --images 200 --out runs/naturalness
 
@@ -20,7 +20,7 @@ light) images are easier to denoise than clean ones, so their ``denoise`` is low
 Outputs in ``--out``: ``naturalness.csv`` (one row per set, metric and t: mean, std, n), ``naturalness.md``
 and ``naturalness.png`` (one panel per metric, error against t on a log scale, one line per set with a 95%
 band). Images are resized and centre-cropped to the prior's size. Works with any guided-diffusion prior
-(``--prior`` builtin, a prior.pt or 256x256_diffusion_uncond.pt), on a GPU with ``--device cuda``.
+(``--prior`` builtin, a prior.safetensors or 256x256_diffusion_uncond.pt), on a GPU with ``--device cuda``.
 """
 from __future__ import annotations
 
@@ -39,7 +39,11 @@ from tqdm.auto import tqdm
 
 from runkit.files import atomic_write_bytes, atomic_write_text, write_csv
 from cubdata import load_square_tensor, read_cub
+from runkit.checks import nonnegative_int, positive_int
+from runkit.cli import parse_set
 from runkit.errors import run_cli
+from runkit.options import RunOptions, add_config_arguments, config_from_args, option
+from diffloss.prior.spec import PriorOptions
 from diffloss.criterion import diffuse, model_timesteps, prior_prediction
 from diffloss.prior.hspace import hspace_hook
 
@@ -226,35 +230,49 @@ def write_outputs(rows: Sequence[Mapping], out: str | Path, title: str = "") -> 
 # --------------------------------------------------------------------------------------------------
 # CLI
 # --------------------------------------------------------------------------------------------------
-def _parse_set(text: str) -> tuple[str, str]:
-    name, sep, path = text.rpartition("=")
-    if not sep or not name.strip() or not path.strip():
-        raise ValueError(f"--set must be NAME=CUB_ROOT, got {text!r}")
-    return name.strip(), path.strip()
+@dataclass(kw_only=True)
+class NaturalnessConfig(RunOptions, PriorOptions):
+    """The options of ``python -m analysis.naturalness``."""
+
+    quick: bool = option(False, help="mini-CUB with the Table 2 demo's degraded and restored sets (built and "
+                                     "cached on first use)")
+    cub_root: str | None = option(None, help="the clean CUB root (its test split)")
+    set: list[str] = option(repeat=True, metavar="LABEL=CUB_ROOT",
+                            help="a degraded or restored copy of the clean test split; repeat")
+    timesteps: str = option(",".join(map(str, DEFAULT_TIMESTEPS)), help="comma-separated timesteps")
+    images: int = option(0, check=nonnegative_int, help="first N test images (0: all)")
+    batch_size: int = option(16, check=positive_int, help="images per UNet call")
+    seed: int = option(0, check=nonnegative_int, help="seed of the noise")
+    out: str = option("runs/naturalness", help="output folder")
+
+    def check(self) -> None:
+        steps = self.timestep_list()
+        if not steps or any(not 0 <= t < 1000 for t in steps):
+            raise ValueError(f"--timesteps must be comma-separated integers in 0..999, got {self.timesteps!r}")
+        if self.quick and (self.cub_root or self.set):
+            raise ValueError("--quick builds its own sets; leave out --cub-root and --set")
+        if not self.quick and (not self.cub_root or not self.set):
+            raise ValueError("give --cub-root CUB_ROOT and at least one --set LABEL=CUB_ROOT (or run --quick)")
+
+    def timestep_list(self) -> list[int]:
+        try:
+            return [int(v) for v in self.timesteps.split(",") if v.strip()]
+        except ValueError:
+            raise ValueError(f"--timesteps must be comma-separated integers, got {self.timesteps!r}") from None
+
+    def sets(self) -> dict[str, str]:
+        pairs = [parse_set(t) for t in self.set]
+        for label, roots in pairs:
+            if len(roots) != 1:
+                raise ValueError(f"--set {label}: one root per set")
+        return {label: roots[0] for label, roots in pairs}
 
 
 def build_parser() -> argparse.ArgumentParser:
     from runkit.cli import ArgumentParser
 
     p = ArgumentParser(prog="python -m analysis.naturalness", description=__doc__)
-    p.add_argument("--quick", action="store_true",
-                   help="mini-CUB with the Table 2 demo's degraded and restored sets (built and cached on first use)")
-    p.add_argument("--clean", default=None, help="the clean CUB root (its test split)")
-    p.add_argument("--set", action="append", default=[], metavar="NAME=CUB_ROOT",
-                   help="a degraded or restored copy of the clean test split; repeat")
-    p.add_argument("--prior", default="builtin",
-                   help="builtin, random, a prior.pt of diffloss.prior.train, or 256x256_diffusion_uncond.pt")
-    p.add_argument("--prior-config", default=None, help="config of a bare guided-diffusion state dict (default adm256-uncond)")
-    p.add_argument("--timesteps", default=",".join(map(str, DEFAULT_TIMESTEPS)),
-                   help="comma-separated timesteps")
-    p.add_argument("--images", type=int, default=0, help="first N test images (0: all)")
-    p.add_argument("--batch-size", type=int, default=16, help="images per UNet call")
-    p.add_argument("--seed", type=int, default=0, help="seed of the noise")
-    p.add_argument("--device", default="auto", help="auto (cuda if available, else cpu), cpu, cuda, cuda:1 ...")
-    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's choice)")
-    p.add_argument("--out", default="runs/naturalness", help="output folder")
-    p.add_argument("--no-progress", action="store_true", help="hide progress bars")
-    return p
+    return add_config_arguments(p, NaturalnessConfig, skip=("overwrite",))
 
 
 def _quick_sets(progress: bool) -> tuple[Path, dict[str, Path]]:
@@ -269,39 +287,32 @@ def _quick_sets(progress: bool) -> tuple[Path, dict[str, Path]]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = config_from_args(NaturalnessConfig, build_parser().parse_args(argv))
     return run_cli(lambda: _main(args), threads=args.threads, out=args.out)
 
 
-def _main(args) -> int:
+def _main(args: NaturalnessConfig) -> int:
     from classifiers.predict import resolve_device
-    from diffloss.prior import load_prior
+    from diffloss.prior import load_prior, resolve_prior
 
-    timesteps = [int(v) for v in args.timesteps.split(",") if v.strip()]
-    if args.batch_size < 1:
-        raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
-    sets = dict(_parse_set(s) for s in args.set)
-    if args.quick:
-        if args.clean or sets:
-            raise ValueError("--quick builds its own sets; leave out --clean and --set")
-    elif not args.clean or not sets:
-        raise ValueError("give --clean CUB_ROOT and at least one --set NAME=CUB_ROOT (or run --quick)")
-    for name, root in [("--clean", args.clean)] + list(sets.items()):
+    args.validate()
+    timesteps = args.timestep_list()
+    sets = args.sets()
+    for name, root in [("--cub-root", args.cub_root)] + list(sets.items()):
         if root and not Path(root).exists():
             raise FileNotFoundError(f"{name}: {root} does not exist (expected a CUB root)")
     out = Path(args.out)  # created only when there is something to write: a refusal leaves nothing behind
     device = resolve_device(args.device)
-    model, diffusion = load_prior(args.prior, config=args.prior_config, device=str(device))
+    spec = resolve_prior(args.prior, args.prior_config)
+    model, diffusion = load_prior(spec, device=str(device))
     if args.quick:
-        clean, sets = _quick_sets(not args.no_progress)
+        clean, sets = _quick_sets(args.progress)
     else:
-        clean = Path(args.clean)
+        clean = Path(args.cub_root)
     rows = measure_naturalness(model, diffusion, clean, sets, timesteps, images=args.images or None,
                                batch_size=args.batch_size, seed=args.seed, device=device,
-                               progress=not args.no_progress)
-    info = model.prior_info
-    title = (f"prior {info['config']} ({Path(info['path']).name if info['path'] else 'random weights'}), "
-             f"{len({r['image_id'] for r in rows})} test images of {clean.name}")
+                               progress=args.progress)
+    title = f"prior {spec.label}, {len({r['image_id'] for r in rows})} test images of {clean.name}"
     out.mkdir(parents=True, exist_ok=True)
     paths = write_outputs(rows, out, title)
     print(title)

@@ -1,7 +1,7 @@
 """Time and memory of one DiffLoss training step against one plain UNet forward.
 
     python benchmarks/diffloss_step.py                                  # CPU: tiny prior, batch 8, fp32
-    python benchmarks/diffloss_step.py --config adm256-uncond --batch 1 --steps 1 --warmup 0  # CPU, full size
+    python benchmarks/diffloss_step.py --prior-config adm256-uncond --batch-size 1 --steps 1 --warmup 0  # CPU, full size
     python benchmarks/diffloss_step.py --device cuda                    # GPU: adm256-uncond, batch 4, bf16
     python benchmarks/diffloss_step.py --device cuda --checkpointing torch --channels-last --compile
 
@@ -14,8 +14,8 @@ one input-gradient backward for the restored ones, so the goal is a ratio of at 
 Memory: ``peak GiB`` is the peak of allocated tensor memory, weights included (CUDA:
 ``torch.cuda.max_memory_allocated``; CPU: weights + inputs + the peak of the allocations the profiler
 records during the first timed run); ``x mem`` compares the memory allocated on top of the weights.
-Weights are random (``load_adm(checkpoint=None)``) unless ``--prior PATH`` is given: timing does not
-depend on them.
+Weights are random (``--prior random``, this benchmark's default) unless ``--prior`` names trained ones: timing
+does not depend on them.
 """
 from __future__ import annotations
 
@@ -35,7 +35,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 
 from runkit.runtime import torch_threads  # noqa: E402
 from diffloss.criterion import AUTOCAST_DTYPES, DiffLoss  # noqa: E402
-from diffloss.prior import CHECKPOINT_IMPLS, PRIOR_CONFIGS, load_adm, prior_spec_config  # noqa: E402
+from diffloss.prior import CHECKPOINT_IMPLS, PriorOptions, load_prior, resolve_prior  # noqa: E402
+from runkit.cli import ArgumentParser  # noqa: E402
+from runkit.options import add_config_arguments  # noqa: E402
 from runkit.runtime import count_parameters
 
 GIB = 1024 ** 3
@@ -104,7 +106,7 @@ def _measure(fn: Callable[[], Any], device: torch.device, warmup: int, repeats: 
 
 
 def benchmark_step(
-    config: str = "tiny",
+    config: str | None = None,
     device: str = "cpu",
     batch: int = 8,
     size: int | None = None,
@@ -115,15 +117,14 @@ def benchmark_step(
     batch_branches: tuple[bool, ...] = (True, False),
     repeats: int = 5,
     warmup: int = 2,
-    prior: str | None = None,
+    prior: str = "random",
     seed: int = 0,
 ) -> dict[str, Any]:
     """Run the measurements; returns a dict (``setup`` and one entry per measured variant)."""
     dev = torch.device(device)
-    # a checkpoint carries its config when it is a prior.pt of diffloss.prior.train; a bare state dict is read as ``config``
-    prior, config, _ = prior_spec_config(prior, config)
-    model, diffusion = load_adm(prior, config=config, device=dev, init_seed=seed)
-    config = model.prior_info["config"]
+    spec = resolve_prior(prior, config)  # a prior.safetensors brings its own config; config=None: the defaults
+    model, diffusion = load_prior(spec, device=dev, init_seed=seed)
+    config = spec.config_name
     size = size or model.image_size
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     amp_dtype = AUTOCAST_DTYPES[dtype]
@@ -172,14 +173,12 @@ def _fmt_gib(v: float | None) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = ArgumentParser(prog="python benchmarks/diffloss_step.py", description=__doc__)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
                    help="torch device to run on")
-    p.add_argument("--config", choices=sorted(PRIOR_CONFIGS), default=None,
-                   help="prior config (default: adm256-uncond on CUDA, tiny on CPU)")
-    p.add_argument("--prior", default=None,
-                   help="optional checkpoint: a path, or builtin (the trained mini-CUB prior); random weights without it")
-    p.add_argument("--batch", type=int, default=None, help="batch size (default: 4 on CUDA, 8 on CPU)")
+    # timing does not depend on the weights: random ones by default, of adm256-uncond on CUDA, tiny on CPU
+    add_config_arguments(p, PriorOptions, defaults={"prior": "random"})
+    p.add_argument("--batch-size", type=int, default=None, help="batch size (default: 4 on CUDA, 8 on CPU)")
     p.add_argument("--size", type=int, default=None, help="image size (default: the config's image_size)")
     p.add_argument("--dtype", choices=sorted(AUTOCAST_DTYPES), default=None,
                    help="autocast dtype of the UNet calls, fp32 = no autocast (default: bf16 on CUDA, fp32 on CPU)")
@@ -207,8 +206,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if cuda:
         torch.backends.cudnn.benchmark = True
-    config = args.config or ("adm256-uncond" if cuda else "tiny")
-    batch = args.batch or (4 if cuda else 8)
+    config = args.prior_config or ("adm256-uncond" if cuda and args.prior == "random" else None)
+    batch = args.batch_size or (4 if cuda else 8)
     dtype = args.dtype or ("bf16" if cuda else "fp32")
     modes = {"on": (True,), "off": (False,), "both": (True, False)}[args.batch_branches]
     with torch_threads(args.threads):

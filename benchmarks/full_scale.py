@@ -2,7 +2,7 @@
 study, ResNet50 scoring and prior training, written to ``results.json`` and ``results.md``.
 
     python benchmarks/full_scale.py --out runs/full-scale                     # GPU (H200): goal at most 8 minutes
-    python benchmarks/full_scale.py --device cpu --config tiny --out /tmp/fs  # CPU smoke run: about 30 s
+    python benchmarks/full_scale.py --device cpu --prior-config tiny --out /tmp/fs  # CPU smoke run: about 30 s
 
 Sections (``--sections``, in this order; each prints a line per finished measurement and rewrites both
 result files atomically, so a run stopped at its time limit keeps what it finished):
@@ -22,10 +22,11 @@ result files atomically, so a run stopped at its time limit keeps what it finish
             against the bare forward on the same batches prepared on the device: images/s and loop/forward.
   prior     `diffloss.prior.train.train_prior` with ``adm128``: steps/s (first step excluded), peak GiB.
 
-``--config tiny`` (or tiny64) selects the small scale: tiny priors, 3 training steps, resnet-mini at 64 px on
+``--prior-config tiny`` (or tiny64) selects the small scale: tiny priors, 3 training steps, resnet-mini at 64 px on
 16 images, 6 DDIM steps at 64 px ResNet features, and torch.compile with the ``eager`` backend (the same
 dynamo capture without inductor's minutes of code generation), so the test suite runs every code path.
-Weights are random (timing does not depend on them) unless ``--prior PATH`` is given. Peak memory is
+Weights are random (``--prior random``, this benchmark's default: timing does not depend on them) of
+``--prior-config`` (default ``adm256-uncond``) unless ``--prior`` names trained ones. Peak memory is
 ``torch.cuda.max_memory_allocated`` (reset per setting, weights included); on CPU it is reported as null.
 Training runs write into a scratch folder (``--scratch``, default a temporary one, deleted at the end);
 ``--out`` receives only results.json and results.md.
@@ -58,7 +59,9 @@ sys.path.insert(0, str(REPO))  # run from a checkout without installing
 from runkit.files import atomic_write_text  # noqa: E402
 from cubdata import mini_cub_root
 from runkit.runtime import torch_threads  # noqa: E402
-from diffloss.prior import PRIOR_CONFIGS, prior_spec_config  # noqa: E402
+from diffloss.prior import PriorOptions, PriorSpec, resolve_prior  # noqa: E402
+from runkit.cli import ArgumentParser  # noqa: E402
+from runkit.options import add_config_arguments  # noqa: E402
 
 GIB = 1024 ** 3
 SECTIONS = ("diffloss", "train", "hspace", "classify", "prior")
@@ -168,10 +171,11 @@ def _r(v: float | None, nd: int = 4) -> float | None:
     return None if v is None or not math.isfinite(v) else round(float(v), nd)
 
 
-def _prior_file_args(prior: str | None, config: str) -> tuple[str, str | None, int]:
-    """``(--prior value, config to pass or None for a self-describing file, prior image size)``."""
-    path, config, kwargs = prior_spec_config(prior, config)
-    return ("random" if path is None else str(path)), config, int(kwargs["image_size"])
+def _prior_args(prior: str, config: str | None) -> tuple[PriorSpec, str, str | None]:
+    """The prior resolved once, and the ``(--prior, --prior-config)`` that give the sections the same prior (the
+    built-in one as its path: the h-space section runs in paper mode)."""
+    spec = resolve_prior(prior, config)
+    return spec, ("random" if spec.path is None else str(spec.path)), config
 
 
 # --------------------------------------------------------------------------------------------------
@@ -180,16 +184,16 @@ def _prior_file_args(prior: str | None, config: str) -> tuple[str, str | None, i
 class DiffLossBench:
     """One prior and fixed inputs; measures DiffLoss settings against the plain no-grad UNet forward."""
 
-    def __init__(self, run: Run, device: torch.device, scale: Scale, prior: str, config: str | None, seed: int):
+    def __init__(self, run: Run, device: torch.device, scale: Scale, spec: PriorSpec, seed: int):
         from diffloss.prior import load_prior
 
         self.run, self.device, self.scale, self.seed = run, device, scale, seed
-        self.model, self.diffusion = load_prior(prior, config=config, device=str(device), init_seed=seed)
+        self.model, self.diffusion = load_prior(spec, device=str(device), init_seed=seed)
         self.size = int(self.model.image_size)
         self.fwd: dict[tuple[int, str], float] = {}
         self.errors: list[str] = []
         sec = run.section("diffloss")
-        sec["prior_config"] = self.model.prior_info["config"]
+        sec["prior_config"] = spec.config_name
         sec["image_size"] = self.size
         if not sec["notes"]:
             sec["notes"] += [
@@ -311,36 +315,38 @@ def _steady_steps_per_s(seconds: list[float]) -> float:
 
 def bench_train(run: Run, device: torch.device, scale: Scale, prior: str, config: str | None, size: int,
                 scratch: Path, seed: int) -> None:
-    from restoration.train import TrainConfig, read_log, train_restoration
+    from restoration.train import TrainConfig, train_restoration
+    from runkit.rundir import read_table
 
     dtype = "bf16"  # the paper's setting on a 24 GB card (--autocast bf16)
     cfg = TrainConfig(out=str(scratch / "train"), pairs="synthetic:lowlight:3", net="iat", diffloss=True, prior=prior,
-                      prior_config=config, steps=scale.train_steps, batch=scale.train_batch, crop=size, seed=seed,
+                      prior_config=config, steps=scale.train_steps, batch_size=scale.train_batch, crop=size, seed=seed,
                       val_images=0, ckpt_every=0, device=str(device), progress=False, plot=False, autocast=dtype)
     _reset_peak(device)
     t0 = time.perf_counter()
     run_dir = train_restoration(cfg)
     wall = time.perf_counter() - t0
-    seconds = [r["seconds"] for r in read_log(run_dir / "log.csv")]
+    seconds = [r["seconds"] for r in read_table(run_dir / "log.csv")]
     sps = _steady_steps_per_s(seconds)
     peak = _peak_gib(device)
-    run.add("train", {"net": "iat", "pairs": cfg.pairs, "batch": cfg.batch, "crop": cfg.crop, "dtype": dtype,
-                      "steps": len(seconds), "steps_per_s": _r(sps, 4), "images_per_s": _r(sps * cfg.batch, 3),
+    run.add("train", {"net": "iat", "pairs": cfg.pairs, "batch": cfg.batch_size, "crop": cfg.crop, "dtype": dtype,
+                      "steps": len(seconds), "steps_per_s": _r(sps, 4), "images_per_s": _r(sps * cfg.batch_size, 3),
                       "peak_gib": _r(peak), "wall_s": _r(wall, 2)})
-    run.say(f"train: IAT + DiffLoss b{cfg.batch} crop {cfg.crop}: {sps:.3f} steps/s"
+    run.say(f"train: IAT + DiffLoss b{cfg.batch_size} crop {cfg.crop}: {sps:.3f} steps/s"
             + ("" if peak is None else f", {peak:.2f} GiB") + f" ({wall:.1f} s with set-up)")
 
 
 def bench_prior(run: Run, device: torch.device, scale: Scale, scratch: Path, seed: int) -> None:
-    from diffloss.prior.train import read_prior_log, train_prior
+    from diffloss.prior.train import train_prior
+    from runkit.rundir import read_table
 
     _reset_peak(device)
     t0 = time.perf_counter()
-    run_dir = train_prior(out=str(scratch / "prior"), config=scale.prior_config, steps=scale.prior_steps,
+    run_dir = train_prior(out=str(scratch / "prior"), prior_config=scale.prior_config, steps=scale.prior_steps,
                           batch_size=scale.prior_batch, sample_every=0, ckpt_every=0, sample_images=1, sample_steps=2,
                           progress=False, device=str(device), seed=seed)
     wall = time.perf_counter() - t0
-    seconds = [r["seconds"] for r in read_prior_log(run_dir / "log.csv")]
+    seconds = [r["seconds"] for r in read_table(run_dir / "log.csv")]
     done = json.loads((run_dir / "done.json").read_text())
     sps = _steady_steps_per_s(seconds)
     peak = _peak_gib(device)
@@ -361,7 +367,7 @@ def bench_hspace(run: Run, device: torch.device, scale: Scale, prior: str, confi
     n = scale.hspace_images
     prior_flags = ["--prior", prior] + (["--prior-config", config] if config is not None else [])
     cmd = [sys.executable, "-m", "analysis.hspace", "--out", str(scratch / "hspace"), *prior_flags,
-           "--weights", "none", "--group", f"clean={mini_root}", "--images-per-group", str(n),
+           "--weights", "none", "--set", f"clean={mini_root}", "--images-per-group", str(n),
            "--device", str(device), "--no-progress", *scale.hspace_flags]
     if device.type == "cuda":
         torch.cuda.empty_cache()  # the study runs in another process on the same GPU
@@ -497,17 +503,15 @@ def _parse_sections(text: str) -> tuple[str, ...]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = ArgumentParser(prog="python benchmarks/full_scale.py", description=__doc__)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="torch device")
-    p.add_argument("--config", choices=sorted(PRIOR_CONFIGS), default="adm256-uncond",
-                   help="prior config of the DiffLoss, train and hspace sections (tiny/tiny64: small scale)")
-    p.add_argument("--prior", default=None,
-                   help="prior checkpoint (a path, or 'builtin'); random weights of --config without it")
+    # timing does not depend on the weights: random ones by default (of adm256-uncond unless --prior-config)
+    add_config_arguments(p, PriorOptions, defaults={"prior": "random"})
     p.add_argument("--out", default="runs/full-scale", help="folder for results.json and results.md (new or empty)")
     p.add_argument("--sections", type=_parse_sections, default=",".join(SECTIONS),
                    help="comma-separated sections to run, of " + ",".join(SECTIONS))
     p.add_argument("--scale", choices=("auto", "full", "small"), default="auto",
-                   help="sizes of every section; auto: small for --config tiny/tiny64, else full")
+                   help="sizes of every section; auto: small for a tiny/tiny64 prior, else full")
     p.add_argument("--budget-s", type=float, default=480.0,
                    help=f"time goal in seconds: the torch.compile setting runs only if {COMPILE_RESERVE_S} s of it are left")
     p.add_argument("--scratch", default=None,
@@ -541,7 +545,8 @@ def main(argv: list[str] | None = None) -> int:
     problem = _check_args(args)
     if problem is None:
         try:
-            prior = _prior_file_args(args.prior, args.config)
+            config = args.prior_config or ("adm256-uncond" if args.prior == "random" else None)
+            prior = _prior_args(args.prior, config)
             mini_root = mini_cub_root()
         except (FileNotFoundError, ValueError) as err:
             problem = str(err)
@@ -552,25 +557,26 @@ def main(argv: list[str] | None = None) -> int:
         return _run(args, torch.device(args.device), prior, mini_root, t0)
 
 
-def _run(args: argparse.Namespace, device: torch.device, prior_args: tuple[str, str | None, int], mini_root: Path,
-         t0: float) -> int:
+def _run(args: argparse.Namespace, device: torch.device, prior_args: tuple[PriorSpec, str, str | None],
+         mini_root: Path, t0: float) -> int:
     """Every section of ``args.sections``, then the compile setting; 1 when a section failed."""
-    prior, prior_config, size = prior_args
+    spec, prior, prior_config = prior_args
+    size = int(spec.kwargs["image_size"])
     out = Path(args.out)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
     out.mkdir(parents=True, exist_ok=True)
-    scale_name = args.scale if args.scale != "auto" else ("small" if args.config in SMALL_CONFIGS else "full")
+    scale_name = args.scale if args.scale != "auto" else ("small" if spec.config_name in SMALL_CONFIGS else "full")
     scale = SCALES[scale_name]
     setup = {"device": str(device), "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
-             "torch": torch.__version__, "config": args.config, "prior": args.prior or "random", "prior_size": size,
+             "torch": torch.__version__, "config": spec.config_name, "prior": args.prior, "prior_size": size,
              "scale": scale_name, "scale_settings": dataclasses.asdict(scale), "sections": list(args.sections),
              "threads": torch.get_num_threads(), "cudnn_benchmark": device.type == "cuda", "seed": args.seed,
              "budget_s": args.budget_s, "elapsed_s": 0.0}
     run = Run(out, setup, args.budget_s, t0)
     scratch = Path(args.scratch) if args.scratch else Path(tempfile.mkdtemp(prefix="full-scale-"))
     run.say(f"full-scale benchmark on {setup['gpu'] or device}: sections {','.join(args.sections)}, scale {scale_name}, "
-            f"prior {setup['prior']} ({args.config}, {size} px); results in {out}")
+            f"prior {setup['prior']} ({spec.config_name}, {size} px); results in {out}")
     failed = []
 
     def attempt(name: str, fn: Callable[[], Any], finish: bool = True) -> bool:
@@ -593,8 +599,8 @@ def _run(args: argparse.Namespace, device: torch.device, prior_args: tuple[str, 
     try:
         for name in args.sections:
             if name == "diffloss":
-                ok = attempt(name, lambda: benches.append(DiffLossBench(run, device, scale, prior, prior_config,
-                                                                        args.seed)), finish=False)
+                ok = attempt(name, lambda: benches.append(DiffLossBench(run, device, scale, spec, args.seed)),
+                             finish=False)
                 if ok and attempt(name, benches[0].eager_settings, finish=False):
                     benches[0].model.to("cpu")  # parked, so it does not count in the other sections' peaks
                     run.section(name)["status"] = "running (compile last)"

@@ -1,7 +1,7 @@
 """Evidence that a prior is trained: denoising error, DDIM reconstruction PSNR and the semantic check.
 
     python benchmarks/prior_evidence.py                       # the built-in prior on mini-CUB's test split
-    python benchmarks/prior_evidence.py --prior runs/prior-mini64/prior.pt --out runs/prior-evidence
+    python benchmarks/prior_evidence.py --prior runs/prior-mini64 --out runs/prior-evidence
 
 On mini-CUB's held-out clean test images (resized and centre-cropped to the prior's size), for the trained
 prior and for an untrained one of the same architecture (same draws):
@@ -31,10 +31,11 @@ from classifiers import eval_transform, load_classifier
 from analysis.demo.classifiers import demo_classifiers
 from runkit.files import atomic_write_bytes, atomic_write_text
 from cubdata import load_square_tensor, mini_cub_root, read_cub
-from runkit.cli import HelpFormatter
+from runkit.cli import ArgumentParser
 from runkit.runtime import torch_threads
 from restoration.metrics import psnr
-from diffloss.prior import load_adm, load_prior
+from diffloss.prior import PriorOptions, load_prior, resolve_prior
+from runkit.options import add_config_arguments
 from diffloss.prior.sampling import ddim_reconstruct
 
 
@@ -96,8 +97,8 @@ def reconstruction_figure(rows, title: str = "") -> bytes:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
-    p.add_argument("--prior", default="builtin", help="the prior: builtin or a prior.pt / run folder")
+    p = ArgumentParser(prog="python benchmarks/prior_evidence.py", description=__doc__)
+    add_config_arguments(p, PriorOptions)
     p.add_argument("--out", default="runs/prior-evidence", help="output folder")
     p.add_argument("--images", type=int, default=0, help="use the first N test images (0: all)")
     p.add_argument("--t0", type=int, default=500, help="reconstruction start timestep")
@@ -112,9 +113,9 @@ def evidence(args: argparse.Namespace) -> tuple[dict, dict[str, torch.Tensor], t
     """``(result, {"trained"|"untrained": reconstructions}, inputs, labels)``: every measurement of the module
     docstring for the prior ``args.prior`` and an untrained one of its architecture; images ``[0, 1] NCHW``."""
     t_start = time.perf_counter()
-    trained, diffusion = load_prior(args.prior)
-    info = trained.prior_info
-    untrained, _ = load_adm(None, config=info["kwargs"], init_seed=args.seed)
+    spec = resolve_prior(args.prior, args.prior_config)
+    trained, diffusion = load_prior(spec)
+    untrained, _ = load_prior(resolve_prior("random", spec.kwargs), init_seed=args.seed)
     size = int(trained.image_size)
     index = read_cub(mini_cub_root())
     records = index.split("test")
@@ -124,7 +125,8 @@ def evidence(args: argparse.Namespace) -> tuple[dict, dict[str, torch.Tensor], t
     labels = np.array([r.class_id - 1 for r in records])
     x0 = x01 * 2 - 1
 
-    result = {"prior": info["path"], "config": info["config"], "train_step": info.get("step"), "images": len(records),
+    result = {"prior": None if spec.path is None else str(spec.path), "config": spec.config_name,
+              "train_step": spec.step, "images": len(records),
               "size": size, "t0": args.t0, "ddim_steps": args.ddim_steps, "draws": args.draws, "seed": args.seed}
     ckpts = demo_classifiers(progress=False)
     result["classifiers_on_inputs"] = {a: float((classify(x01, c) == labels).mean() * 100) for a, c in ckpts.items()}

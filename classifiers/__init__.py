@@ -11,15 +11,17 @@
 * ``"vgg-mini"``, ``"resnet-mini"``: small members of the same families (3x3 conv stacks + max-pool + FC
   head; basic residual blocks + global pool + linear head), for the built-in mini benchmark. They have no
   pretrained weights and train from scratch on CPU in seconds.
-* User code plugs in as ``"pkg.module:factory"`` with the signature ``factory(num_classes, weights) ->
-  nn.Module`` mapping ``[B, 3, H, W]`` normalised images to ``[B, num_classes]`` logits.
+* User code registers the same way (``@CLASSIFIERS.register("name", head=..., img_size=...)``) or plugs in
+  as ``"pkg.module:factory"``: either way a factory ``() -> nn.Module`` building the network with its
+  original head, which `build_classifier` replaces with a ``num_classes``-way one (a plug-in's head: its
+  last ``nn.Linear``).
 
 Every model takes ImageNet-normalised ``float NCHW`` input (see `eval_transform`) and returns logits.
 A fine-tuned checkpoint (written by `classifiers.finetune`) records the architecture, the class names, the
 preprocessing, the protocol it was trained and measured on (whole images, or box crops as in URIE's CUB-C:
 `eval_protocol`, `protocol_transform`) and the clean test top-1; `load_classifier` rebuilds the model from it.
 
-Modules: `registry` (`CLASSIFIERS`, `ClassifierArch`, `get_arch`), `models` (the registered networks),
+Modules: `registry` (`CLASSIFIERS`, `ClassifierArch`), `models` (the registered networks),
 `weights` (ImageNet enums, weight files, strict loading), `build` (backbone + new head), `preprocess`
 (transforms and protocols), `checkpoint` (`load_classifier`), `predict` (batched inference), `finetune` (CLI).
 """
@@ -30,7 +32,6 @@ from classifiers.preprocess import (
     IMAGENET_MEAN,
     IMAGENET_STD,
     URIE_BBOX_SIZE,
-    WHOLE_IMAGE,
     default_preprocess,
     describe_protocol,
     eval_protocol,
@@ -40,7 +41,7 @@ from classifiers.preprocess import (
     protocol_transform,
     train_transform,
 )
-from classifiers.registry import CLASSIFIERS, ClassifierArch, get_arch
+from classifiers.registry import CLASSIFIERS, ClassifierArch
 from classifiers.weights import imagenet_weights_file, load_strict, read_weights_file
 
 __all__ = [
@@ -56,12 +57,10 @@ __all__ = [
     "checkpoint_protocol",
     "classifier_head",
     "URIE_BBOX_SIZE",
-    "WHOLE_IMAGE",
     "default_preprocess",
     "describe_protocol",
     "eval_protocol",
     "eval_transform",
-    "get_arch",
     "imagenet_weights_file",
     "load_classifier",
     "load_strict",

@@ -17,7 +17,7 @@ from torch import nn
 from runkit.files import load_torch_file
 
 from classifiers.build import build_classifier
-from classifiers.preprocess import WHOLE_IMAGE, eval_protocol
+from classifiers.preprocess import eval_protocol
 from classifiers.weights import load_strict
 
 log = logging.getLogger(__name__)
@@ -41,11 +41,8 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
 
 
 def checkpoint_protocol(ckpt: dict[str, Any], path: str | os.PathLike) -> dict[str, Any]:
-    """The protocol a checkpoint was trained and measured on (`eval_protocol`'s dict); whole images for
-    checkpoints written before protocols were recorded."""
+    """The protocol a checkpoint was trained and measured on (`eval_protocol`'s dict)."""
     raw = ckpt.get("protocol")
-    if raw is None:
-        return dict(WHOLE_IMAGE)
     if not isinstance(raw, dict) or "bbox_crop" not in raw:
         raise ValueError(f"checkpoint {path}: 'protocol' must be a mapping with bbox_crop and bbox_size, found {raw!r}")
     return eval_protocol(bool(raw["bbox_crop"]), raw.get("bbox_size"))
@@ -53,19 +50,22 @@ def checkpoint_protocol(ckpt: dict[str, Any], path: str | os.PathLike) -> dict[s
 
 def load_classifier(ckpt_path: str | os.PathLike, device: str | torch.device = "cpu", *,
                     expect_arch: str | None = None) -> tuple[nn.Module, dict[str, Any]]:
-    """Rebuild a fine-tuned classifier from a `classifiers.finetune` checkpoint.
+    """Rebuild a fine-tuned classifier from a `classifiers.finetune` run folder or its ``classifier.pt``.
 
     Returns ``(model, info)``: the model in eval mode with ``requires_grad_(False)`` on ``device``; ``info``
     holds ``arch``, ``num_classes``, ``class_names`` (index = 0-based label), ``preprocess`` (``img_size``,
     ``resize``, ``mean``, ``std``, ``interpolation``), ``protocol`` (what it was trained and measured on,
-    `eval_protocol`'s dict; checkpoints without one: whole images), ``clean_test_top1`` (percent or None),
+    `eval_protocol`'s dict), ``clean_test_top1`` (percent or None),
     ``epoch``, ``complete`` and ``path``. ``expect_arch`` (e.g. the name a user gave) must match the recorded arch.
     """
     path = Path(ckpt_path)
+    if path.is_dir():
+        path = path / "classifier.pt"  # a python -m classifiers.finetune run folder
     if not path.is_file():
         raise FileNotFoundError(
             f"classifier checkpoint {path} not found; train one with "
-            "`python -m classifiers.finetune --arch resnet50 --cub-root CUB_200_2011 --out CKPT`"
+            "`python -m classifiers.finetune --arch resnet50 --cub-root CUB_200_2011 --out runs/resnet50` and pass "
+            "the run folder (or its classifier.pt)"
         )
     ckpt = read_checkpoint(path)
     arch = ckpt["arch"]

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from typing import Any, Sequence
 
-from classifiers.registry import get_arch
+from classifiers.registry import CLASSIFIERS
 
-__all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "URIE_BBOX_SIZE", "WHOLE_IMAGE", "default_preprocess", "eval_transform",
+__all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "URIE_BBOX_SIZE", "default_preprocess", "eval_transform",
            "train_transform", "parse_bbox_size", "eval_protocol", "protocol_preprocess", "protocol_transform",
            "describe_protocol"]
 
@@ -20,18 +20,16 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 #: URIE's CUB-C protocol (Son et al. 2020): crop to the box, resize to 256x256, centre-crop 227.
 URIE_BBOX_SIZE = (256, 227)
-#: The protocol of checkpoints that record none (written before protocols were recorded): whole images.
-WHOLE_IMAGE = {"bbox_crop": False, "bbox_size": None}
 
 
 def default_preprocess(arch: str, img_size: int | None = None) -> dict[str, Any]:
     """The test-time preprocessing recorded in checkpoints: resize the shorter side to ``resize``
     (= ``img_size / 0.875``, e.g. 512 for 448, 256 for 224), centre-crop ``img_size``, ImageNet mean/std."""
-    entry = get_arch(arch)
-    size = int(img_size or (entry.img_size if entry else 224))
+    entry = CLASSIFIERS[arch]
+    size = int(img_size or entry.img_size)
     if size < 16:
         raise ValueError(f"img_size must be >= 16, got {size}")
-    resize = entry.resize if (entry is not None and size == entry.img_size) else int(round(size / 0.875))
+    resize = entry.resize if size == entry.img_size else int(round(size / 0.875))
     return {"img_size": size, "resize": resize, "mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD),
             "interpolation": "bilinear"}
 

@@ -11,7 +11,7 @@ from torch import nn
 
 from runkit.files import load_torch_file, unwrap_state_dict
 
-from classifiers.registry import ClassifierArch, get_arch
+from classifiers.registry import CLASSIFIERS, ClassifierArch
 
 log = logging.getLogger(__name__)
 
@@ -28,8 +28,8 @@ def _weights_enum(entry: ClassifierArch):
 def imagenet_weights_file(arch: str) -> Path:
     """Where torchvision's ImageNet weights of ``arch`` live in the torch hub cache
     (``$TORCH_HOME/hub/checkpoints/<file>``; e.g. ``resnet50-0676ba61.pth``)."""
-    entry = get_arch(arch)
-    if entry is None or entry.imagenet is None:
+    entry = CLASSIFIERS[arch]
+    if entry.imagenet is None:
         raise ValueError(f"architecture {arch!r} has no ImageNet weights; use weights='none' or a path")
     url = _weights_enum(entry).url
     return Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(url)

@@ -35,7 +35,7 @@ from corruptions.registry import (
 )
 
 #: Modules of this package that are tools, not corruption definitions (never imported here).
-_TOOL_MODULES = frozenset({"build", "preview", "registry"})
+_TOOL_MODULES = frozenset({"degrade", "preview", "registry"})
 
 
 def _register_builtins() -> None:
@@ -47,14 +47,6 @@ def _register_builtins() -> None:
 
 
 _register_builtins()
-
-from corruptions.fog import fog  # noqa: E402  (re-exported names of the built-ins, as before)
-from corruptions.lowlight import lowlight  # noqa: E402
-from corruptions.rain import rain  # noqa: E402
-from corruptions.fog import FOG_TABLE  # noqa: E402,F401  (the old module's names stay importable from here)
-from corruptions.lowlight import LOWLIGHT_TABLE  # noqa: E402,F401
-from corruptions.rain import RAIN_TABLE  # noqa: E402,F401
-from corruptions.registry import CorruptionFn  # noqa: E402,F401
 
 __all__ = [
     "CORRUPTIONS",
@@ -73,7 +65,4 @@ __all__ = [
     "check_image",
     "check_severity",
     "check_rng",
-    "fog",
-    "rain",
-    "lowlight",
 ]

@@ -10,21 +10,24 @@ from __future__ import annotations
 import argparse
 import io
 import logging
-import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from cubdata import ImageDecodeError, load_rgb, mini_cub_root, read_cub
 from runkit.files import atomic_write_bytes
-from runkit.errors import EXPECTED_ERRORS, one_line, run_cli
+from runkit.errors import EXPECTED_ERRORS, run_cli
+from runkit.options import RunOptions, add_config_arguments, config_from_args, option
+from runkit.checks import positive_int
 
 from corruptions import corrupt, get_corruption, get_corruption_names, image_rng
 from corruptions._checks import check_image, check_severity
 
 log = logging.getLogger(__name__)
 
-__all__ = ["corruption_grid", "plot_corruption_grid", "psnr", "default_preview_image", "build_parser", "main"]
+__all__ = ["PreviewConfig", "corruption_grid", "plot_corruption_grid", "psnr", "default_preview_image", "build_parser",
+           "main"]
 
 
 def psnr(a: np.ndarray, b: np.ndarray) -> float:
@@ -78,56 +81,59 @@ def default_preview_image() -> Path:
     return idx.image_path(idx.split("test")[0])
 
 
+@dataclass(kw_only=True)
+class PreviewConfig(RunOptions):
+    """The preview's options: one image, the corruptions and severities of the grid, the figure file."""
+
+    image: str | None = option(None, flag="image", nargs="?", help="image file (default: a mini-benchmark test image)")
+    out: str = option("corruptions-preview.png", help="output figure (.png, .pdf, .jpg ...)")
+    corruptions: str = option("fog,rain,lowlight", help="comma-separated names of registered corruptions or "
+                                                        "pkg.module:function")
+    severities: str = option("1,2,3,4,5", help="comma-separated severities, each in 1..5")
+    seed: int = option(0, help="seed of the per-cell generators")
+    dpi: int = option(120, check=positive_int, help="resolution of the saved figure")
+
+    def check(self) -> None:
+        self.grid()
+
+    def grid(self) -> tuple[list[str], list[int]]:
+        """The corruption names and severities; ValueError naming the bad one."""
+        names = [n.strip() for n in self.corruptions.split(",") if n.strip()]
+        if not names:
+            raise ValueError(f"--corruptions names no corruption; valid: {', '.join(get_corruption_names())}")
+        for n in names:
+            get_corruption(n)  # an unknown name raises, listing the valid ones
+        sevs = []
+        for s in self.severities.split(","):
+            try:
+                sevs.append(check_severity(int(s)))
+            except ValueError:
+                raise ValueError(f"--severities must be comma-separated integers in 1..5, got {self.severities!r}") from None
+        return names, sevs
+
+
 def build_parser() -> argparse.ArgumentParser:
     from runkit.cli import ArgumentParser
 
-    names = get_corruption_names()
-    p = ArgumentParser(
-        prog="python -m corruptions.preview",
-        description=__doc__,
-    )
-    p.add_argument("image", nargs="?", default=None, help="image file (default: a mini-benchmark test image)")
-    p.add_argument("--out", default="corruptions-preview.png", help="output figure (.png, .pdf, .jpg ...)")
-    p.add_argument("--corruptions", default=",".join(names), help=f"comma-separated names from {{{','.join(names)}}}")
-    p.add_argument("--severities", default="1,2,3,4,5", help="comma-separated severities, each in 1..5")
-    p.add_argument("--seed", type=int, default=0, help="seed of the per-cell generators")
-    p.add_argument("--dpi", type=int, default=120, help="resolution of the saved figure")
-    return p
+    p = ArgumentParser(prog="python -m corruptions.preview", description=__doc__)
+    # the default is read from the registry when the parser is built: corruptions registered since count
+    return add_config_arguments(p, PreviewConfig, defaults={"corruptions": ",".join(get_corruption_names())},
+                                skip=("device", "threads", "overwrite", "progress"))
 
 
 #: The advice added to a decode error's line.
 _HINTS = {ImageDecodeError: "; pass a readable image file (JPEG, PNG, ...)"}
 
 
-def _grid_args(args: argparse.Namespace) -> tuple[list[str], list[int]]:
-    """The corruption names and severities of ``--corruptions``/``--severities``; ValueError naming the bad one."""
-    names = [n.strip() for n in args.corruptions.split(",") if n.strip()]
-    if not names:
-        raise ValueError(f"--corruptions names no corruption; valid: {', '.join(get_corruption_names())}")
-    for n in names:
-        get_corruption(n)  # an unknown name raises, listing the valid ones
-    sevs = []
-    for s in args.severities.split(","):
-        try:
-            sevs.append(check_severity(int(s)))
-        except ValueError:
-            raise ValueError(f"--severities must be comma-separated integers in 1..5, got {args.severities!r}") from None
-    return names, sevs
-
-
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    try:
-        names, sevs = _grid_args(args)
-    except (ValueError, TypeError) as err:
-        print(f"error: {one_line(err)}", file=sys.stderr)
-        raise SystemExit(2)  # a bad argument exits as argparse does, but in one line
+    cfg = config_from_args(PreviewConfig, build_parser().parse_args(argv))
     # CubLayoutError (no default image) is a ValueError
-    return run_cli(lambda: _main(args, names, sevs), errors=(*EXPECTED_ERRORS, TypeError), hints=_HINTS, out=args.out,
+    return run_cli(lambda: _main(cfg.validate()), errors=(*EXPECTED_ERRORS, TypeError), hints=_HINTS, out=cfg.out,
                    out_kind="file")
 
 
-def _main(args: argparse.Namespace, names: list[str], sevs: list[int]) -> int:
+def _main(args: PreviewConfig) -> int:
+    names, sevs = args.grid()
     path = Path(args.image) if args.image else default_preview_image()
     if not path.is_file():
         raise FileNotFoundError(f"image file not found: {path}; pass an existing image (or none for a mini-benchmark image)")

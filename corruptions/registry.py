@@ -78,7 +78,7 @@ def _plugin_entry(spec: str, obj: Any) -> Corruption:
 class CorruptionRegistry(Registry[Corruption]):
     """`runkit.registry.Registry` of `Corruption` entries. Names with a pinned id come first, in id order
     (the built-ins: fog, rain, lowlight), then the others in registration order. ``registry[name]`` is the
-    bare function, as in imagecorruptions' name -> function dict."""
+    `Corruption` entry, a function ``(image, severity, rng)`` that checks its input and output."""
 
     def __init__(self) -> None:
         super().__init__("corruption", plugin=_plugin_entry)
@@ -102,25 +102,6 @@ class CorruptionRegistry(Registry[Corruption]):
         order = sorted(self._entries.items(), key=lambda kv: (not kv[1].pinned, kv[1].id if kv[1].pinned else 0))
         self._entries = dict(order)  # sorted() is stable: unpinned ones keep their registration order
         return entry
-
-    def get(self, name: str) -> Corruption:
-        """The entry called ``name`` (or ``"pkg.module:function"`` imported); ValueError listing the names."""
-        if not isinstance(name, str):
-            raise TypeError(f"corruption name must be a str, got {type(name).__name__}")
-        try:
-            return super().get(name)
-        except KeyError:
-            raise ValueError(f"unknown corruption {name!r}; valid names: {', '.join(self)} "
-                             "(or 'pkg.module:function')") from None
-
-    def __getitem__(self, name: str) -> CorruptionFn:
-        return self.get(name).fn
-
-    def __setitem__(self, name: str, fn: CorruptionFn) -> None:  # as on the name -> function dict it replaces
-        self.add(name, self.wrap(name, fn), replace=True)
-
-    def values(self) -> list[CorruptionFn]:
-        return [entry.fn for entry in self._entries.values()]
 
 
 class _RegistryView(Mapping):
@@ -208,8 +189,8 @@ def corrupt(image: np.ndarray, corruption_name: str, severity: int,
     """Apply ``corruption_name`` at ``severity`` (1..5) to ``image`` (``uint8 HxWx3``) -> ``uint8 HxWx3``.
 
     ``rng``: a ``numpy.random.Generator``, an int seed (``np.random.default_rng(seed)``), or ``None`` for fresh
-    OS entropy (not reproducible). Raises ValueError for unknown names (listing the valid ones) or bad
-    severities/shapes, TypeError for wrong types.
+    OS entropy (not reproducible). Raises `runkit.registry.UnknownNameError` (a ValueError) for unknown names
+    (listing the valid ones), ValueError for bad severities/shapes, TypeError for wrong types.
     """
     entry = corruption_entry(corruption_name)
     check_image(image)

@@ -1,7 +1,7 @@
 """DiffLoss: a frozen diffusion prior (guided-diffusion ADM) as a training criterion for restoration.
 
-    from diffloss import load_adm, DiffLoss
-    model, diffusion = load_adm("256x256_diffusion_uncond.pt", device="cuda")   # or load_prior("builtin")
+    from diffloss import load_prior, DiffLoss
+    model, diffusion = load_prior("256x256_diffusion_uncond.pt", device="cuda")   # or load_prior("builtin")
     criterion = DiffLoss(model, diffusion, gamma=1e-3, lam=1e-2)
     out = criterion(restored, clean)        # [0, 1] NCHW float; out.total, out.pixel, out.nat, out.sem, out.t
 
@@ -20,9 +20,9 @@ _LAZY = {
     "PRIOR_CONFIGS": "prior",
     "PRIOR_CHECKPOINTS": "prior",
     "PriorCheckpointMismatch": "prior",
-    "load_adm": "prior",
     "load_prior": "prior",
-    "builtin_prior_path": "prior",
+    "resolve_prior": "prior",
+    "PriorSpec": "prior",
     "BUILTIN_PRIOR_FILE": "prior",
     "randomize_zero_init_": "prior",
     "count_prior_parameters": "prior",

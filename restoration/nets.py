@@ -1,6 +1,6 @@
 """Restoration networks: a registry of small image-to-image nets mapping ``[0, 1] NCHW float`` to the same.
 
-``NETS`` (alias ``RESTORATION_NETS``), a `runkit.registry.Registry` of name -> factory(**kw) -> nn.Module,
+``NETS``, a `runkit.registry.Registry` of name -> factory(**kw) -> nn.Module,
 filled where each network is defined (``@NETS.register("name")``):
 
 - ``small-unet``  a compact UNet (two stride-2 levels, skip connections, residual output); the default
@@ -32,7 +32,6 @@ log = logging.getLogger(__name__)
 
 __all__ = [
     "NETS",
-    "RESTORATION_NETS",
     "DEFAULT_NET",
     "SmallUNet",
     "IAT",
@@ -53,10 +52,8 @@ def _plugin_factory(spec: str, factory):
     return factory
 
 
-#: name -> factory(**kwargs) -> nn.Module; ``get("pkg.module:factory")`` imports a plugin factory.
+#: name -> factory(**kwargs) -> nn.Module; ``NETS["pkg.module:factory"]`` imports a plugin factory.
 NETS: Registry = Registry("restoration net", plugin=_plugin_factory)
-#: The old name of `NETS` (the same registry).
-RESTORATION_NETS = NETS
 
 
 def clamp01_ste(x: torch.Tensor) -> torch.Tensor:
@@ -313,11 +310,7 @@ def build_net(name_or_spec: str, **kwargs) -> nn.Module:
     """
     if not isinstance(name_or_spec, str) or not name_or_spec:
         raise TypeError(f"network must be a registry name or 'pkg.module:factory' string, got {name_or_spec!r}")
-    try:
-        factory = NETS.get(name_or_spec)
-    except KeyError as err:  # an unknown name: the message lists the valid ones
-        raise ValueError(err.args[0]) from None
-    net = factory(**kwargs)
+    net = NETS[name_or_spec](**kwargs)  # an unknown name: UnknownNameError listing the valid ones
     if not isinstance(net, nn.Module):
         raise TypeError(f"network factory {name_or_spec!r} returned {type(net).__name__}, expected an nn.Module")
     return net

@@ -1,6 +1,6 @@
 """Restore every image of a CUB-layout root with a trained restoration network.
 
-    python -m restoration.restore --ckpt runs/ll3-on/ckpt.pt --in degraded/lowlight/3 --out restored/ll3-on
+    python -m restoration.restore --ckpt runs/ll3-on/ckpt.pt --cub-root degraded/lowlight/3 --out restored/ll3-on
 
 Each image is restored at full resolution (padded to the multiple the network needs, then cropped back);
 images of equal size are batched. The output is a valid CUB root (`cubdata.read_cub` accepts it) listing
@@ -9,7 +9,7 @@ lossless PNG by default (``images/<class>/<stem>.png``, and ``images.txt`` names
 written atomically; ``restore_manifest.json`` (a `runkit.manifest.Manifest`) records what is done with each
 output's SHA-256, so an interrupted run resumes where it stopped and redoes any output that is missing or
 damaged, and a manifest made with another checkpoint is refused instead of silently mixing two networks (a
-manifest of an older format is ignored with a warning: everything is redone). An ``--out`` folder that
+manifest of another format is ignored with a warning: everything is redone). An ``--out`` folder that
 holds anything but such a manifest's run (an existing CUB root, any other file) is refused before any work
 unless ``--overwrite`` is given; an empty or absent folder is fine.
 
@@ -26,6 +26,7 @@ import logging
 import os
 import time
 from collections import defaultdict
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -41,12 +42,15 @@ from runkit.manifest import Manifest
 from cubdata.paths import OUTPUT_FORMATS as FORMATS
 from cubdata.paths import output_rel_path
 
+from runkit.checks import positive_int
+from runkit.options import RunOptions, add_config_arguments, config_from_args, option
+
 from restoration.checkpoint import checkpoint_path, load_checkpoint
 from restoration.nets import pad_multiple_of, restore_tensor
 
 log = logging.getLogger(__name__)
 
-__all__ = ["restore_cub_root", "restore_array", "output_rel_path", "MANIFEST", "build_parser", "main"]
+__all__ = ["RestoreConfig", "restore_cub_root", "restore_array", "output_rel_path", "MANIFEST", "build_parser", "main"]
 
 MANIFEST = "restore_manifest.json"
 MANIFEST_FORMAT = "diffloss-restore/2"
@@ -83,19 +87,12 @@ def _check_out_folder(out_root: Path, overwrite: bool) -> None:
         )
 
 
-def _legacy_manifest(doc: dict) -> dict | None:
-    """The untagged manifest of releases before ``diffloss-restore/2`` (identity at the top level)."""
-    if "format" in doc or not isinstance(doc.get("done"), dict):
-        return None
-    return {"settings": {k: v for k, v in doc.items() if k not in ("done", "complete")}, "done": doc["done"]}
-
-
 def _open_manifest(out_root: Path, identity: dict, overwrite: bool) -> Manifest:
     """The manifest of ``out_root`` for a run of ``identity`` (ckpt digest, input root, split, format): the
     earlier run's when its settings match, else a new one. One made with other settings is refused unless
-    ``overwrite``; an unreadable one or one of an older format is ignored with a warning (all is redone)."""
+    ``overwrite``; an unreadable one or one of another format is ignored with a warning (all is redone)."""
     path = out_root / MANIFEST
-    old = Manifest.read(path, MANIFEST_FORMAT, _legacy_manifest)
+    old = Manifest.read(path, MANIFEST_FORMAT)
     saved = old.get("settings") if old is not None and isinstance(old.get("settings"), dict) else None
     mismatch = [f"{k}: {saved.get(k)!r} vs {v!r}" for k, v in identity.items() if saved.get(k) != v] if saved else []
     if mismatch and not overwrite:
@@ -105,8 +102,7 @@ def _open_manifest(out_root: Path, identity: dict, overwrite: bool) -> Manifest:
         )
     if saved is None or mismatch:
         return Manifest(path, MANIFEST_FORMAT, identity, entries_key="done")
-    return Manifest.open(path, MANIFEST_FORMAT, identity, pinned=tuple(identity), entries_key="done",
-                         legacy=_legacy_manifest)
+    return Manifest.open(path, MANIFEST_FORMAT, identity, pinned=tuple(identity), entries_key="done")
 
 
 def _part_path(out_root: Path, rank: int) -> Path:
@@ -221,7 +217,7 @@ def restore_cub_root(
     ckpt_path = checkpoint_path(ckpt)
     in_root, out_root = Path(in_root), Path(out_root)
     if in_root.resolve() == out_root.resolve():
-        raise ValueError(f"--out must differ from --in (both {in_root}); restoring in place would destroy the input")
+        raise ValueError(f"--out must differ from --cub-root (both {in_root}); restoring in place would destroy the input")
     with distributed(str(device)) as (rank, world, dev):
         return _restore(ckpt_path, in_root, out_root, dev, int(batch_size), split, fmt, quality, overwrite,
                         progress, rank, world)
@@ -324,23 +320,30 @@ def _restore(ckpt_path: Path, in_root: Path, out_root: Path, device: torch.devic
 # --------------------------------------------------------------------------------------------------
 # CLI
 # --------------------------------------------------------------------------------------------------
+@dataclass(kw_only=True)
+class RestoreConfig(RunOptions):
+    """The options of ``python -m restoration.restore`` (the arguments of `restore_cub_root`)."""
+
+    ckpt: str = option(required=True, help="ckpt.pt of python -m restoration.train (or its run folder)")
+    cub_root: str = option(required=True, help="the CUB root to restore (e.g. a degraded variant)")
+    out: str = option(required=True, help="output CUB root")
+    split: str = option("test", choices=("test", "train", "all"), help="which images to restore")
+    batch_size: int = option(8, check=positive_int, help="images per forward pass (images of equal size only)")
+    format: str = option("png", choices=FORMATS, help="output image format")
+    quality: int = option(95, help="JPEG quality 1..100 (with --format jpeg)")
+    overwrite: bool = option(False, help="write into an --out folder that holds other files, or redo one made "
+                                         "with other settings")
+
+    def check(self) -> None:
+        if self.format == "jpeg" and not (positive_int("--quality", self.quality) and self.quality <= 100):
+            raise ValueError(f"--quality must be an integer in 1..100, got {self.quality!r}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from runkit.cli import ArgumentParser
 
     p = ArgumentParser(prog="python -m restoration.restore", description=__doc__)
-    p.add_argument("--ckpt", required=True, help="ckpt.pt of python -m restoration.train (or its run folder)")
-    p.add_argument("--in", dest="in_root", required=True, help="CUB-layout root to restore (e.g. a degraded variant)")
-    p.add_argument("--out", required=True, help="output CUB root")
-    p.add_argument("--split", choices=("test", "train", "all"), default="test", help="which images to restore")
-    p.add_argument("--device", default="auto", help="auto (cuda if available, else cpu), cpu, cuda, cuda:1 ...")
-    p.add_argument("--batch-size", type=int, default=8, help="images per forward pass (images of equal size only)")
-    p.add_argument("--format", choices=FORMATS, default="png", help="output image format")
-    p.add_argument("--quality", type=int, default=95, help="JPEG quality (with --format jpeg)")
-    p.add_argument("--overwrite", action="store_true",
-                   help="write into an --out folder that holds other files, or redo one made with other settings")
-    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's choice)")
-    p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
-    return p
+    return add_config_arguments(p, RestoreConfig, skip=("seed",))
 
 
 def _report(s: dict) -> None:
@@ -351,11 +354,11 @@ def _report(s: dict) -> None:
 def main(argv=None) -> int:
     from runkit.cli import resolve_device_name
 
-    args = build_parser().parse_args(argv)
+    cfg = config_from_args(RestoreConfig, build_parser().parse_args(argv))
     return run_cli(lambda: restore_cub_root(
-        args.ckpt, args.in_root, args.out, device=resolve_device_name(args.device), batch_size=args.batch_size,
-        split=args.split, fmt=args.format, quality=args.quality, overwrite=args.overwrite,
-        progress=not args.no_progress), threads=args.threads, report=_report)
+        cfg.validate().ckpt, cfg.cub_root, cfg.out, device=resolve_device_name(cfg.device), batch_size=cfg.batch_size,
+        split=cfg.split, fmt=cfg.format, quality=cfg.quality, overwrite=cfg.overwrite,
+        progress=cfg.progress), threads=cfg.threads, report=_report)
 
 
 if __name__ == "__main__":

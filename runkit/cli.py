@@ -1,21 +1,18 @@
-"""Plumbing shared by every command-line tool of the toolkit: the help formatter and the flag defaults that
-must mean the same thing in every CLI (``--device auto``, ``--workers``).
+"""The command line every tool of the toolkit shares: argparse with one-line errors and ``--config`` replay,
+the help formatter, ``--device auto``, ``--set LABEL=ROOT[,ROOT...]`` and the ``--out`` check made before any
+work. The options themselves come from config dataclasses (`runkit.options`).
 
 Imports none of the toolkit's other packages; torch is imported only when a device is resolved.
 """
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import os
 import re
-import types
 import typing
-from typing import Any, Callable, Iterable, Mapping
+from typing import Any, Sequence
 
-__all__ = ["HelpFormatter", "ArgumentParser", "check_out", "resolve_device_name", "default_workers", "option",
-           "add_config_arguments",
-           "config_from_args"]
+__all__ = ["HelpFormatter", "ArgumentParser", "check_out", "resolve_device_name", "parse_set"]
 
 
 class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
@@ -58,120 +55,14 @@ def resolve_device_name(device: str) -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-def default_workers(cap: int = 2) -> int:
-    """DataLoader workers by default: ``min(cap, usable CPUs)``, so torch never warns about more workers than
-    CPUs (it compares against the process's CPU affinity)."""
-    try:
-        cpus = len(os.sched_getaffinity(0))
-    except AttributeError:  # macOS, Windows
-        cpus = os.cpu_count() or 1
-    return max(0, min(cap, cpus))
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# CLIs generated from config dataclasses: a new option is one field with its help text
-# ---------------------------------------------------------------------------------------------------------------
-def option(default: Any = dataclasses.MISSING, *, help: str, flag: str | None = None, aliases: Iterable[str] = (),
-           choices: Iterable[Any] | None = None, parse: Callable[[str], Any] | None = None, metavar: str | None = None,
-           negative: str | None = None, negative_help: str | None = None, cli_default: Any = dataclasses.MISSING, required: bool = False,
-           default_factory: Any = dataclasses.MISSING, **field_kwargs: Any) -> Any:
-    """A dataclass field that is also a command-line option (`add_config_arguments`).
-
-    - ``flag``: the option's name (default ``--field-name``); ``aliases``: older spellings, accepted but
-      hidden from ``--help``;
-    - ``parse``: converts the command-line string (default: the field's type: int, float or str);
-      ``choices`` restricts the string; ``cli_default``: the default as typed on the command line, when it
-      differs from the field's (e.g. ``"off"`` for a bool read by ``parse``); with ``choices``, ``parse``
-      is applied by `config_from_args` (argparse checks the typed string against the choices);
-    - a bool field without ``parse`` is a switch: ``--flag`` sets True when its default is False;
-      with default True the switch is ``negative`` (default ``--no-field-name``), sets False, and its
-      help reads "disable: <help>" unless ``negative_help`` is given;
-    - ``required``: the CLI requires it even if the dataclass has no default for other callers.
-    """
-    meta = {"help": help, "flag": flag, "aliases": tuple(aliases), "choices": None if choices is None else tuple(choices),
-            "parse": parse, "metavar": metavar, "negative": negative, "negative_help": negative_help, "cli_default": cli_default, "required": required}
-    return dataclasses.field(default=default, default_factory=default_factory, metadata={"cli": meta}, **field_kwargs)
-
-
-def _scalar_type(hint: Any) -> Any:
-    """int / float / str behind ``X`` or ``X | None``; None for anything else."""
-    if hint in (int, float, str):
-        return hint
-    args = [a for a in typing.get_args(hint) if a is not type(None)]
-    if typing.get_origin(hint) in (typing.Union, types.UnionType) and len(args) == 1 and args[0] in (int, float, str):
-        return args[0]
-    return None
-
-
-def add_config_arguments(parser: argparse.ArgumentParser, config_cls: type, *, skip: Iterable[str] = (),
-                         defaults: Mapping[str, Any] | None = None) -> argparse.ArgumentParser:
-    """Add one option per `option` field of the dataclass ``config_cls`` (in field order), each storing into
-    ``dest=field name``; ``defaults`` overrides field defaults for this CLI, ``skip`` leaves fields out."""
-    hints = typing.get_type_hints(config_cls)
-    skip, defaults = set(skip), dict(defaults or {})
-    for f in dataclasses.fields(config_cls):
-        meta = f.metadata.get("cli")
-        if meta is None or f.name in skip:
-            continue
-        flag = meta["flag"] or "--" + f.name.replace("_", "-")
-        if f.name in defaults:
-            default = defaults[f.name]
-        elif meta["cli_default"] is not dataclasses.MISSING:
-            default = meta["cli_default"]
-        elif f.default is not dataclasses.MISSING:
-            default = f.default
-        elif f.default_factory is not dataclasses.MISSING:
-            default = f.default_factory()
-        else:
-            default = None
-        kw: dict[str, Any] = {"dest": f.name, "help": meta["help"]}
-        if hints.get(f.name) is bool and meta["parse"] is None:
-            if default:
-                flag = meta["negative"] or "--no-" + f.name.replace("_", "-")
-                kw.update(action="store_false", default=True, help=meta["negative_help"] or f"disable: {meta['help']}")
-            else:
-                kw.update(action="store_true", default=False)
-        else:
-            conv = meta["parse"] or _scalar_type(hints.get(f.name))
-            if conv is None:
-                raise TypeError(f"{config_cls.__name__}.{f.name}: give option(parse=...) for type {hints.get(f.name)}")
-            if meta["choices"] is not None:
-                kw["choices"] = meta["choices"]
-                conv = str if meta["parse"] is not None else conv  # parse runs in config_from_args
-            else:
-                kw["metavar"] = flag.lstrip("-").replace("-", "_").upper()
-            kw.update(type=conv, default=default)
-            if meta["metavar"]:
-                kw["metavar"] = meta["metavar"]
-            if meta["required"] or (default is None and f.default is dataclasses.MISSING
-                                    and f.default_factory is dataclasses.MISSING):
-                kw["required"] = True
-                kw.pop("default")
-        parser.add_argument(flag, **kw)
-        for alias in meta["aliases"]:
-            alias_kw = {k: v for k, v in kw.items() if k not in ("help", "required")}
-            parser.add_argument(alias, **dict(alias_kw, default=argparse.SUPPRESS, help=argparse.SUPPRESS))
-    return parser
-
-
-def config_from_args(config_cls: type, args: argparse.Namespace, **overrides: Any) -> Any:
-    """The ``config_cls`` instance from parsed ``args``: every field the namespace holds, then ``overrides``."""
-    fields = {f.name: f for f in dataclasses.fields(config_cls) if f.init}
-    values = {k: v for k, v in vars(args).items() if k in fields}
-    for name, value in values.items():
-        meta = fields[name].metadata.get("cli")
-        if meta and meta["parse"] is not None and meta["choices"] is not None and isinstance(value, str):
-            values[name] = meta["parse"](value)
-    values.update(overrides)
-    return config_cls(**values)
-
-
 # ---------------------------------------------------------------------------------------------------------------
 # one line for every mistake on the command line, and --out checked before any work
 # ---------------------------------------------------------------------------------------------------------------
 class ArgumentParser(argparse.ArgumentParser):
-    """argparse with the toolkit's `HelpFormatter` and one-line errors: ``error: <what>; see --help`` on stderr,
-    exit code 2 (argparse's own prints the whole usage block first)."""
+    """argparse with the toolkit's `HelpFormatter`, one-line errors (``error: <what> (see PROG --help)`` on
+    stderr, exit code 2; argparse's own prints the whole usage block first) and ``--config FILE``: the
+    file's settings become the defaults (options it supplies are no longer required), and the flags typed
+    on the command line override them."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         kwargs.setdefault("formatter_class", HelpFormatter)
@@ -179,6 +70,55 @@ class ArgumentParser(argparse.ArgumentParser):
 
     def error(self, message: str) -> typing.NoReturn:
         self.exit(2, f"error: {message} (see {self.prog} --help)\n")
+
+    def parse_known_args(self, args: Sequence[str] | None = None, namespace: argparse.Namespace | None = None):
+        args = list(args) if args is not None else None
+        path = _config_file_arg(args)
+        if path is not None and any(a.dest == "config_file" for a in self._actions):
+            self._apply_settings_file(path)
+        return super().parse_known_args(args, namespace)
+
+    def _apply_settings_file(self, path: str) -> None:
+        from runkit.options import read_settings_file
+
+        try:
+            settings, command = read_settings_file(path)
+        except (ValueError, FileNotFoundError) as err:
+            self.error(str(err))
+        if command is not None and command != self.prog.removeprefix("python -m "):
+            self.error(f"--config {path} holds a run of {command}, not of {self.prog}")
+        dests = {a.dest: a for a in self._actions if a.dest not in ("help", "config_file")}
+        unknown = sorted(set(settings) - set(dests))
+        if unknown and command is None:
+            self.error(f"--config {path}: unknown option(s) {', '.join(unknown)}")
+        for name, value in settings.items():
+            if name in dests:
+                dests[name].required = False
+                self.set_defaults(**{name: value})
+
+
+def _config_file_arg(args: Sequence[str] | None) -> str | None:
+    """The value of ``--config FILE`` / ``--config=FILE`` in ``args`` (sys.argv when None)."""
+    import sys
+
+    args = sys.argv[1:] if args is None else args
+    for i, a in enumerate(args):
+        if a == "--config" and i + 1 < len(args):
+            return args[i + 1]
+        if a.startswith("--config="):
+            return a.split("=", 1)[1]
+    return None
+
+
+def parse_set(text: str, flag: str = "--set") -> tuple[str, list[str]]:
+    """``"LABEL=ROOT[,ROOT...]"`` -> ``(label, [roots])``: one labelled set of images and, with commas, its
+    replicates (one root per restorer seed). The label is split at the *last* ``=``, so it may hold ``=``
+    only if a root is given; it may hold ``/`` (``"w/ DiffLoss/fog"``)."""
+    label, sep, roots = str(text).rpartition("=")
+    paths = [r.strip() for r in roots.split(",")]
+    if not sep or not label.strip() or not all(paths):
+        raise ValueError(f"{flag} {text!r}: expected LABEL=ROOT or LABEL=ROOT1,ROOT2,... (one root per seed)")
+    return label.strip(), paths
 
 
 def check_out(path: str | os.PathLike, kind: str = "folder", flag: str = "--out") -> None:

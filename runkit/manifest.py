@@ -14,7 +14,7 @@ import logging
 import os
 import time
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 from runkit.files import atomic_write_text, sha256_file
 
@@ -49,12 +49,8 @@ class Manifest:
 
     # ------------------------------------------------------------------ reading
     @staticmethod
-    def read(path: str | os.PathLike, fmt: str | None = None,
-             legacy: Callable[[dict[str, Any]], dict[str, Any] | None] | None = None) -> dict[str, Any] | None:
-        """The document at ``path`` (None when absent, unreadable, not an object or of another format).
-
-        ``legacy(doc)`` converts a document of an older layout written by the same tool into this one (or
-        returns None), so folders of an earlier release keep resuming, and keep refusing other settings."""
+    def read(path: str | os.PathLike, fmt: str | None = None) -> dict[str, Any] | None:
+        """The document at ``path`` (None when absent, unreadable, not an object or of another format)."""
         path = Path(path)
         if not path.is_file():
             return None
@@ -63,10 +59,6 @@ class Manifest:
         except (OSError, ValueError) as err:
             log.warning("ignoring unreadable manifest %s (%s)", path, err)
             return None
-        if isinstance(doc, dict) and fmt is not None and doc.get("format") != fmt and legacy is not None:
-            doc = legacy(doc)
-            if isinstance(doc, dict):
-                doc = dict(doc, format=fmt)
         if not isinstance(doc, dict) or (fmt is not None and doc.get("format") != fmt):
             log.warning("ignoring manifest %s of another format (expected %s)", path, fmt)
             return None
@@ -75,10 +67,9 @@ class Manifest:
     @classmethod
     def open(cls, path: str | os.PathLike, fmt: str, settings: Mapping[str, Any], *,
              pinned: Sequence[str] | None = None, entries_key: str = "entries",
-             min_interval: float = 0.5, legacy: Callable[[dict[str, Any]], dict[str, Any] | None] | None = None,
-             ) -> "Manifest":
+             min_interval: float = 0.5) -> "Manifest":
         m = cls(path, fmt, settings, entries_key=entries_key, min_interval=min_interval)
-        doc = cls.read(m.path, fmt, legacy)
+        doc = cls.read(m.path, fmt)
         if doc is None:
             m.reason = "no manifest" if not m.path.exists() else "unreadable or of another format"
             return m

@@ -22,11 +22,11 @@ from corruptions.degrade import (
     MANIFEST_FORMAT,
     MANIFEST_NAME,
     BuildConfigError,
-    _severity_list,
     build_degraded_cub,
     main,
     variant_root,
 )
+from corruptions.degrade.settings import severity_list
 
 CORR = ("fog", "rain", "lowlight")
 SEVS = (1, 3)
@@ -235,11 +235,11 @@ def test_other_settings_into_same_out_are_refused(small_root, reference, tmp_pat
 def test_severity_list_type():
     import argparse
 
-    assert _severity_list("1,2,3") == (1, 2, 3)
-    assert _severity_list(" 5 ") == (5,)
+    assert severity_list("1,2,3") == (1, 2, 3)
+    assert severity_list(" 5 ") == (5,)
     for bad, msg in (("0", "severity must be in 1..5, got 0"), ("1,6", "got 6"), ("1,x", "integers in 1..5")):
         with pytest.raises(argparse.ArgumentTypeError, match=msg):
-            _severity_list(bad)
+            severity_list(bad)
 
 
 @pytest.mark.parametrize(
@@ -247,14 +247,16 @@ def test_severity_list_type():
     [
         (["--corruptions", "fog,snow"], "unknown corruption 'snow'; valid names: fog, rain, lowlight"),
         (["--severities", "1,6"], "severity must be in 1..5, got 6"),
-        (["--workers", "0"], "expected an integer >= 1"),
+        (["--workers", "0"], "--workers must be a positive integer, got 0"),
         (["--split", "val"], "invalid choice: 'val'"),
     ],
 )
 def test_cli_rejects_bad_arguments(argv, message, capsys):
-    with pytest.raises(SystemExit) as exc:
-        main(argv + ["--out", "unused-never-written"])
-    assert exc.value.code == 2
+    try:
+        code = main(argv + ["--out", "unused-never-written"])
+    except SystemExit as exc:  # argparse's own refusals
+        code = exc.code
+    assert code == 2
     assert message in capsys.readouterr().err
     assert not Path("unused-never-written").exists()
 
@@ -273,11 +275,11 @@ def test_library_argument_errors(small_root, tmp_path):
         build_degraded_cub(small_root, tmp_path, ("haze",))
     with pytest.raises(ValueError, match="severity must be in 1..5, got 0"):
         build_degraded_cub(small_root, tmp_path, severities=(0,))
-    with pytest.raises(ValueError, match="split must be"):
+    with pytest.raises(ValueError, match="--split must be"):
         build_degraded_cub(small_root, tmp_path, split="val")
-    with pytest.raises(ValueError, match="workers must be an integer >= 1"):
+    with pytest.raises(ValueError, match="--workers must be a positive integer"):
         build_degraded_cub(small_root, tmp_path, workers=0)
-    with pytest.raises(ValueError, match="fmt must be 'jpeg' or 'png'"):
+    with pytest.raises(ValueError, match="--format must be 'jpeg' or 'png'"):
         build_degraded_cub(small_root, tmp_path, fmt="webp")
     assert not any(tmp_path.iterdir())
 
@@ -292,7 +294,7 @@ def test_preview_cli_writes_a_figure(small_root, tmp_path, capsys):
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and load_rgb(out).shape[1] > 100
     assert "2 severities" in capsys.readouterr().out
     with pytest.raises(SystemExit):
-        preview_main([str(src), "--out", str(out), "--corruptions", "snow"])
+        raise SystemExit(preview_main([str(src), "--out", str(out), "--corruptions", "snow"]))
 
 
 def test_worker_exception_propagates_with_image_named(small_root, tmp_path, monkeypatch):
@@ -345,24 +347,24 @@ def test_a_corruption_registered_at_run_time_is_built_by_default_also_by_workers
         sys.modules.pop("user_corr", None)
 
 
-def test_a_manifest_of_the_old_layout_resumes_and_still_refuses_other_settings(small_root, reference, tmp_path):
-    """A folder built by an earlier release (``degraded-cub-manifest/1``: settings at the top level) is still
-    recognised: the same settings resume it (nothing rebuilt, manifest rewritten in the new layout), other
-    settings are refused as before."""
+def test_a_manifest_of_another_format_is_ignored_and_its_variant_rebuilt(small_root, reference, tmp_path, caplog):
+    """A variant whose manifest.json is not ``degraded-cub-manifest/2`` (here the ``/1`` layout, settings at the
+    top level) is not resumed: it is rebuilt, to the same bytes, with a manifest in the current format."""
     ref_out, _ = reference
-    out = tmp_path / "old"
+    out = tmp_path / "other"
     shutil.copytree(ref_out, out)
     path = variant_root(out, "rain", 3) / MANIFEST_NAME
     new = json.loads(path.read_text())
     old = {"format": "degraded-cub-manifest/1", **new["settings"], "complete": True, "counts": new["counts"],
            "images": new["images"]}
     path.write_text(json.dumps(old))
-    with pytest.raises(BuildConfigError, match="seed: 0 there, 1 now"):
-        build_degraded_cub(small_root, out, ("rain",), (3,), seed=1, progress=False)
-    summary = build_degraded_cub(small_root, out, ("rain",), (3,), progress=False)
-    assert summary["written"] == 0 and summary["skipped"] == 4 and summary["failed"] == 0
+    with caplog.at_level("WARNING", logger="runkit.manifest"):
+        summary = build_degraded_cub(small_root, out, ("rain",), (3,), progress=False)
+    assert "of another format" in caplog.text
+    assert summary["written"] == 4 and summary["skipped"] == 0 and summary["failed"] == 0
     assert json.loads(path.read_text())["format"] == MANIFEST_FORMAT
     assert tree_bytes(out) == tree_bytes(ref_out)
+
 
 FAULTS_SCRIPT = """
 import resource, sys

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 import os
 
 import pytest
@@ -21,8 +22,10 @@ from classifiers import (
 )
 from classifiers.finetune import FinetuneConfig, build_parser, finetune
 from classifiers.finetune import main as finetune_main
+from runkit.rundir import read_table
 from classifiers.predict import evaluate_top1
 from cubdata import CubDataset, read_cub
+from runkit.registry import UnknownNameError
 
 
 
@@ -37,7 +40,7 @@ def _no_network(monkeypatch):
 
 # ---------------------------------------------------------------------------------------------- registry
 def test_unknown_arch_lists_valid_names():
-    with pytest.raises(ValueError) as e:
+    with pytest.raises(UnknownNameError) as e:
         build_classifier("resnet51", 10)
     for name in CLASSIFIERS:
         assert name in str(e.value)
@@ -58,17 +61,23 @@ def test_mini_nets_forward_any_size(arch):
         assert model(torch.rand(2, 3, size, size)).shape == (2, 10)
 
 
-def test_user_factory_spec(tmp_path, monkeypatch):
+def test_user_factory_spec_is_built_like_a_registered_arch(tmp_path, monkeypatch):
     (tmp_path / "my_nets.py").write_text(
         "from classifiers import ResNetMini\n"
-        "def tiny(num_classes, weights):\n"
-        "    assert weights == 'none'\n"
-        "    return ResNetMini(num_classes, widths=(8, 8, 8, 8))\n"
+        "def tiny():\n"
+        "    return ResNetMini(1000, widths=(8, 8, 8, 8))\n"
     )
     monkeypatch.syspath_prepend(str(tmp_path))
     model = build_classifier("my_nets:tiny", 7)
-    assert model(torch.rand(1, 3, 32, 32)).shape == (1, 7)
-    with pytest.raises(ValueError, match="no attribute"):
+    assert model(torch.rand(1, 3, 32, 32)).shape == (1, 7) and model.fc.out_features == 7  # head: the last Linear
+    assert classifiers.classifier_head(model, "my_nets:tiny")[0] == "fc"
+    assert default_preprocess("my_nets:tiny") == default_preprocess("resnet-mini", 224)  # the entry's defaults
+    path = tmp_path / "w.pth"  # --weights PATH: a state dict of the factory's network, as for registered archs
+    torch.save(build_backbone("my_nets:tiny", "none").state_dict(), path)
+    assert torch.equal(build_classifier("my_nets:tiny", 7, path).stem[0].weight, torch.load(path)["stem.0.weight"])
+    with pytest.raises(ValueError, match="no ImageNet-pretrained weights"):
+        build_classifier("my_nets:tiny", 7, "imagenet")
+    with pytest.raises(UnknownNameError, match="no attribute"):
         build_classifier("my_nets:nope", 7)
 
 
@@ -86,10 +95,10 @@ def test_one_decorator_registers_an_architecture_everywhere():
         with pytest.raises(ValueError, match="already registered"):
             CLASSIFIERS.register("narrow-test", family="resnet", head="fc", img_size=32, resize=36)(narrow)
     finally:
-        del CLASSIFIERS["narrow-test"]
+        CLASSIFIERS.remove("narrow-test")
     assert "narrow-test" not in CLASSIFIERS and CLASSIFIERS.get("narrow-test", None) is None
-    with pytest.raises(SystemExit):
-        build_parser().parse_args(["--arch", "narrow-test", "--cub-root", "x", "--out", "y"])
+    assert finetune_main(["--arch", "narrow-test", "--cub-root", "x", "--out", "y"]) == 2  # refused before any work
+    assert not Path("y").exists()
 
 
 def test_default_preprocess_and_eval_transform():
@@ -117,20 +126,24 @@ def test_imagenet_weights_offline_error(arch, fname, tmp_path, monkeypatch):
 
 def test_imagenet_weights_read_from_hub_cache(tmp_path, monkeypatch):
     # same file-name logic as the real resnet50, with a small network standing in for the 100 MB one
-    small = dataclasses.replace(CLASSIFIERS["resnet50"], build_imagenet_head=lambda: classifiers.ResNetMini(1000))
-    monkeypatch.setitem(CLASSIFIERS, "resnet50", small)
-    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
-    _no_network(monkeypatch)
-    ref = classifiers.ResNetMini(1000)
-    path = tmp_path / "hub" / "checkpoints" / "resnet50-0676ba61.pth"
-    path.parent.mkdir(parents=True)
-    torch.save(ref.state_dict(), path)
-    got = build_backbone("resnet50", "imagenet")
-    for k, v in ref.state_dict().items():
-        assert torch.equal(got.state_dict()[k], v), k
-    # and with a new head for fine-tuning: body weights kept, head replaced
-    clf = build_classifier("resnet50", 10, "imagenet")
-    assert torch.equal(clf.layers[0].conv1.weight, ref.layers[0].conv1.weight) and clf.fc.out_features == 10
+    real = CLASSIFIERS["resnet50"]
+    CLASSIFIERS.add("resnet50", dataclasses.replace(real, build_imagenet_head=lambda: classifiers.ResNetMini(1000)),
+                    replace=True)
+    try:
+        monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+        _no_network(monkeypatch)
+        ref = classifiers.ResNetMini(1000)
+        path = tmp_path / "hub" / "checkpoints" / "resnet50-0676ba61.pth"
+        path.parent.mkdir(parents=True)
+        torch.save(ref.state_dict(), path)
+        got = build_backbone("resnet50", "imagenet")
+        for k, v in ref.state_dict().items():
+            assert torch.equal(got.state_dict()[k], v), k
+        # and with a new head for fine-tuning: body weights kept, head replaced
+        clf = build_classifier("resnet50", 10, "imagenet")
+        assert torch.equal(clf.layers[0].conv1.weight, ref.layers[0].conv1.weight) and clf.fc.out_features == 10
+    finally:
+        CLASSIFIERS.add("resnet50", real, replace=True)
 
 
 def test_weights_path_roundtrip_wrong_arch_and_missing(tmp_path):
@@ -165,14 +178,14 @@ def test_tiny_finetune_clearly_above_chance(tiny_ckpts, mini_root):
 
 def _tiny_config(mini_root, out, **kw):
     base = dict(arch="resnet-mini", cub_root=str(mini_root), out=str(out), weights="none", img_size=32, epochs=3,
-                batch_size=16, lr=0.05, workers=0, progress=False, threads=1)
+                batch_size=16, lr=0.05, loader_workers=0, progress=False, threads=1)
     base.update(kw)
     return FinetuneConfig(**base)
 
 
 def test_resume_equals_uninterrupted_and_global_rng_untouched(mini_root, tmp_path):
     rng_before = torch.get_rng_state()
-    straight = finetune(_tiny_config(mini_root, tmp_path / "a.pt"))
+    straight = finetune(_tiny_config(mini_root, tmp_path / "a"))
     assert torch.equal(torch.get_rng_state(), rng_before)
 
     class Stop(Exception):
@@ -183,23 +196,24 @@ def test_resume_equals_uninterrupted_and_global_rng_untouched(mini_root, tmp_pat
             raise Stop
 
     with pytest.raises(Stop):
-        finetune(_tiny_config(mini_root, tmp_path / "b.pt"), on_epoch_end=stop_after_two)
-    partial = torch.load(tmp_path / "b.pt", weights_only=True)
+        finetune(_tiny_config(mini_root, tmp_path / "b"), on_epoch_end=stop_after_two)
+    partial = torch.load(tmp_path / "b" / "classifier.pt", weights_only=True)
     assert partial["epoch"] == 2 and not partial["complete"] and partial["clean_test_top1"] is None
-    with pytest.raises(FileExistsError, match="--resume"):
-        finetune(_tiny_config(mini_root, tmp_path / "b.pt"))
-    with pytest.raises(ValueError, match="settings differ"):
-        finetune(_tiny_config(mini_root, tmp_path / "b.pt", lr=0.01, resume=True))
-    resumed = finetune(_tiny_config(mini_root, tmp_path / "b.pt", resume=True))
-    a = torch.load(tmp_path / "a.pt", weights_only=True)
-    b = torch.load(tmp_path / "b.pt", weights_only=True)
+    with pytest.raises(ValueError, match="other settings .*lr: 0.05 there, 0.01 now"):
+        finetune(_tiny_config(mini_root, tmp_path / "b", lr=0.01))
+    resumed = finetune(_tiny_config(mini_root, tmp_path / "b"))  # the same command again resumes
+    a = torch.load(tmp_path / "a" / "classifier.pt", weights_only=True)
+    b = torch.load(tmp_path / "b" / "classifier.pt", weights_only=True)
     assert b["complete"] and b["epoch"] == 3
     for k in a["state_dict"]:
         assert torch.equal(a["state_dict"][k], b["state_dict"][k]), k
     assert resumed["clean_test_top1"] == straight["clean_test_top1"]
+    assert [r["epoch"] for r in read_table(tmp_path / "b" / "log.csv")] == [1, 2, 3]
     # a finished run is reused, not retrained
-    again = finetune(_tiny_config(mini_root, tmp_path / "b.pt", resume=True))
+    again = finetune(_tiny_config(mini_root, tmp_path / "b"))
     assert again["skipped"] and again["clean_test_top1"] == straight["clean_test_top1"]
+    # --overwrite starts again
+    assert not finetune(_tiny_config(mini_root, tmp_path / "b", lr=0.01, overwrite=True))["skipped"]
 
 
 def test_load_classifier_errors(tiny_ckpts, tmp_path):
@@ -221,7 +235,7 @@ def test_load_classifier_errors(tiny_ckpts, tmp_path):
 def test_finetune_cli_clear_errors(mini_root, tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch-home"))
     _no_network(monkeypatch)
-    out = str(tmp_path / "x.pt")
+    out = str(tmp_path / "x")
     assert finetune_main(["--arch", "resnet50", "--cub-root", str(mini_root), "--out", out]) == 2
     err = capsys.readouterr().err
     assert "resnet50-0676ba61.pth" in err and "--weights PATH" in err
@@ -229,8 +243,8 @@ def test_finetune_cli_clear_errors(mini_root, tmp_path, monkeypatch, capsys):
                           "--weights", str(tmp_path / "missing.pth")]) == 2
     assert "missing.pth" in capsys.readouterr().err
     assert not os.path.exists(out)
-    with pytest.raises(SystemExit):
-        build_parser().parse_args(["--arch", "resnet51", "--cub-root", "x", "--out", "y"])
+    assert finetune_main(["--arch", "resnet51", "--cub-root", "x", "--out", out]) == 2
+    assert "unknown classifier 'resnet51'" in capsys.readouterr().err and not os.path.exists(out)
     args = build_parser().parse_args(["--arch", "pkg.mod:factory", "--cub-root", "x", "--out", "y"])
     assert args.arch == "pkg.mod:factory"
 
@@ -246,9 +260,9 @@ def _hand_top1(model, dataset) -> tuple[int, int]:
 
 
 def test_finetune_cli_trains_and_records_the_hand_counted_top1(mini_root, tmp_path, capsys):
-    out = tmp_path / "cli.pt"
+    out = tmp_path / "cli"
     rc = finetune_main(["--arch", "vgg-mini", "--cub-root", str(mini_root), "--out", str(out), "--weights", "none",
-                        "--img-size", "32", "--epochs", "1", "--workers", "0", "--no-progress", "--threads", "1"])
+                        "--img-size", "32", "--epochs", "1", "--loader-workers", "0", "--no-progress", "--threads", "1"])
     printed = capsys.readouterr().out
     assert rc == 0
     model, info = load_classifier(out)
@@ -290,15 +304,15 @@ def test_torchrun_ddp_two_processes_cpu(mini_root, tmp_path):
     import subprocess
     import sys
 
-    out = tmp_path / "ddp.pt"
+    out = tmp_path / "ddp"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
            "-m", "classifiers.finetune", "--arch", "resnet-mini", "--cub-root", str(mini_root), "--out", str(out),
-           "--weights", "none", "--img-size", "32", "--epochs", "2", "--batch-size", "8", "--workers", "0",
+           "--weights", "none", "--img-size", "32", "--epochs", "2", "--batch-size", "8", "--loader-workers", "0",
            "--no-progress", "--threads", "1"]
     res = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=os.getcwd())
     assert res.returncode == 0, res.stderr[-3000:]
     assert "DDP x2" in res.stderr and res.stdout.count("clean test top-1") == 1
-    ckpt = torch.load(out, weights_only=True)
+    ckpt = torch.load(out / "classifier.pt", weights_only=True)
     assert ckpt["complete"] and ckpt["epoch"] == 2 and ckpt["clean_test_top1"] is not None
     assert [h["epoch"] for h in ckpt["history"]] == [1, 2]
 
@@ -346,10 +360,10 @@ def test_finetune_bbox_crop_trains_on_boxes_and_records_protocol(tmp_path, monke
     # patched where the training loop looks them up
     monkeypatch.setattr(loop, "train_transform", recording_train_transform)
     monkeypatch.setattr(loop, "evaluate_top1", recording_evaluate)
-    out = tmp_path / "bbox.pt"
+    out = tmp_path / "bbox"
     assert cf.main(["--arch", "resnet-mini", "--cub-root", str(tmp_path / "cub"), "--out", str(out), "--weights", "none",
                     "--img-size", "32", "--bbox-crop", "--bbox-size", "36,32", "--epochs", "1", "--batch-size", "16",
-                    "--workers", "0", "--no-progress", "--threads", "1"]) == 0
+                    "--loader-workers", "0", "--no-progress", "--threads", "1"]) == 0
     assert "clean test top-1" in capsys.readouterr().out
     # training saw every train image once, cropped to its box (before the random resized crop)
     assert sorted(seen) == box_sizes
@@ -360,20 +374,22 @@ def test_finetune_bbox_crop_trains_on_boxes_and_records_protocol(tmp_path, monke
     pp = dict(default_preprocess("resnet-mini", 32), resize=36)
     for i, r in enumerate(test):
         assert torch.allclose(ds[i][0], _box_then_square(index.image_path(r), r.bbox, 36, 32, pp), atol=1e-6)
-    ckpt = torch.load(out, weights_only=True)
+    ckpt = torch.load(out / "classifier.pt", weights_only=True)
     assert ckpt["protocol"] == {"bbox_crop": True, "bbox_size": [36, 32]}
     assert ckpt["preprocess"]["img_size"] == 32 and ckpt["preprocess"]["resize"] == 36
     _, info = load_classifier(out)
     assert info["protocol"] == {"bbox_crop": True, "bbox_size": [36, 32]}
 
 
-def test_whole_image_protocol_recorded_and_old_checkpoints_default_to_it(tiny_ckpts, tmp_path):
+def test_whole_image_protocol_recorded_and_a_checkpoint_without_one_refused(tiny_ckpts, tmp_path):
     ckpt = torch.load(tiny_ckpts["resnet-mini"], weights_only=True)
     assert ckpt["protocol"] == {"bbox_crop": False, "bbox_size": None}
-    del ckpt["protocol"]  # a checkpoint written before the protocol was recorded
-    torch.save(ckpt, tmp_path / "old.pt")
-    _, info = load_classifier(tmp_path / "old.pt")
+    _, info = load_classifier(tiny_ckpts["resnet-mini"])
     assert info["protocol"] == {"bbox_crop": False, "bbox_size": None}
+    del ckpt["protocol"]
+    torch.save(ckpt, tmp_path / "no-protocol.pt")
+    with pytest.raises(ValueError, match="'protocol' must be a mapping with bbox_crop and bbox_size, found None"):
+        load_classifier(tmp_path / "no-protocol.pt")
 
 
 def test_finetune_bbox_config_checks_and_flags(mini_root, tmp_path):
@@ -385,9 +401,9 @@ def test_finetune_bbox_config_checks_and_flags(mini_root, tmp_path):
     _tiny_config(mini_root, tmp_path / "x.pt", bbox_crop=True, bbox_size=(36, 32)).validate()
     _tiny_config(mini_root, tmp_path / "x.pt", bbox_crop=True, bbox_size=None).validate()  # own sizes
     _tiny_config(mini_root, tmp_path / "x.pt", img_size=None, bbox_crop=True).validate()  # URIE's 256,227
-    # whole-image runs keep the training key they had before the protocol existed (cached checkpoints stay valid)
-    assert not {"bbox_crop", "bbox_size"} & set(_tiny_config(mini_root, tmp_path / "x.pt").training_key())
-    assert _tiny_config(mini_root, tmp_path / "x.pt", bbox_crop=True, bbox_size=(36, 32)).training_key()["bbox_size"] == (36, 32)
+    # the box sizes count for resuming only when boxes are cropped
+    assert "bbox_size" not in _tiny_config(mini_root, tmp_path / "x").result_settings()
+    assert _tiny_config(mini_root, tmp_path / "x", bbox_crop=True, bbox_size=(36, 32)).result_settings()["bbox_size"] == [36, 32]
     args = build_parser().parse_args(["--arch", "resnet-mini", "--cub-root", "x", "--out", "y"])
     assert args.bbox_crop is False and tuple(args.bbox_size) == URIE_BBOX_SIZE == (256, 227)
     args = build_parser().parse_args(["--arch", "resnet-mini", "--cub-root", "x", "--out", "y", "--bbox-crop",

@@ -148,11 +148,11 @@ def variants(mini_root, tmp_path_factory):
 
 def _argv(tiny_ckpts, mini_root, variants, out):
     return ["--classifier", f"vgg-mini={tiny_ckpts['vgg-mini']}", "--classifier", f"resnet-mini={tiny_ckpts['resnet-mini']}",
-            "--clean", str(mini_root),
+            "--cub-root", str(mini_root),
             "--set", f"degraded/gray={variants['gray']}", "--set", f"w/o DiffLoss/gray={variants['half']}",
             "--set", f"w/ DiffLoss/gray={variants['copy']}", "--set", f"degraded/dark={variants['dark']}",
             "--set", f"w/ DiffLoss/dark={variants['copy']}",
-            "--out", str(out), "--workers", "0", "--batch-size", "16", "--no-progress", "--n-boot", "500"]
+            "--out", str(out), "--loader-workers", "0", "--batch-size", "16", "--no-progress", "--n-boot", "500"]
 
 
 @pytest.fixture(scope="module")
@@ -262,18 +262,18 @@ def test_from_predictions_remakes_identical_tables(table_run, tmp_path, capsys):
 def test_spec_file_yaml_and_json(tiny_ckpts, mini_root, variants, tmp_path):
     import yaml
 
-    spec = {"clean": str(mini_root),
+    spec = {"cub_root": str(mini_root),
             "classifiers": {"vgg-mini": str(tiny_ckpts["vgg-mini"])},
             "sets": {"degraded": {"gray": str(variants["gray"])}, "w/ DiffLoss/gray": str(variants["copy"])}}
     (tmp_path / "spec.yaml").write_text(yaml.safe_dump(spec))
     (tmp_path / "spec.json").write_text(json.dumps(spec))
-    common = ["--workers", "0", "--no-progress", "--n-boot", "200"]
+    common = ["--loader-workers", "0", "--no-progress", "--n-boot", "200"]
     assert main(["--spec", str(tmp_path / "spec.yaml"), "--out", str(tmp_path / "y")] + common) == 0
     assert main(["--spec", str(tmp_path / "spec.json"), "--out", str(tmp_path / "j")] + common) == 0
     assert (tmp_path / "y" / "table.csv").read_bytes() == (tmp_path / "j" / "table.csv").read_bytes()
     rows = load_table(tmp_path / "y")
     assert [(r["config"], r["degradation"]) for r in rows] == [("clean", "clean"), ("degraded", "gray"), ("w/ DiffLoss", "gray")]
-    (tmp_path / "bad.yaml").write_text("clean: x\nclasifiers: {}\n")
+    (tmp_path / "bad.yaml").write_text("cub_root: x\nclasifiers: {}\n")
     assert main(["--spec", str(tmp_path / "bad.yaml")]) == 2
 
 
@@ -295,8 +295,8 @@ def test_set_not_matching_clean_test_split(tiny_ckpts, mini_root, tmp_path, caps
     (renamed / "images" / first.rel_path).rename(renamed / "images" / new_rel)
     text = (renamed / "images.txt").read_text().replace(first.rel_path, new_rel)
     (renamed / "images.txt").write_text(text)
-    argv = ["--classifier", f"vgg-mini={tiny_ckpts['vgg-mini']}", "--clean", str(mini_root),
-            "--set", f"degraded/x={renamed}", "--out", str(tmp_path / "o"), "--workers", "0", "--no-progress"]
+    argv = ["--classifier", f"vgg-mini={tiny_ckpts['vgg-mini']}", "--cub-root", str(mini_root),
+            "--set", f"degraded/x={renamed}", "--out", str(tmp_path / "o"), "--loader-workers", "0", "--no-progress"]
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert "another file name" in err and f"id {first.image_id}" in err and "degraded/x" in err
@@ -304,13 +304,13 @@ def test_set_not_matching_clean_test_split(tiny_ckpts, mini_root, tmp_path, caps
 
 
 def test_bad_classifier_inputs(tiny_ckpts, mini_root, tmp_path, capsys):
-    base = ["--clean", str(mini_root), "--out", str(tmp_path / "o"), "--workers", "0", "--no-progress"]
+    base = ["--cub-root", str(mini_root), "--out", str(tmp_path / "o"), "--loader-workers", "0", "--no-progress"]
     # a checkpoint of the wrong architecture under an architecture's name
     assert main(["--classifier", f"vgg-mini={tiny_ckpts['resnet-mini']}"] + base) == 2
     assert "holds a 'resnet-mini' classifier, but 'vgg-mini' was expected" in capsys.readouterr().err
     assert main(["--classifier", f"resnet50={tmp_path / 'missing.pt'}"] + base) == 2
     assert "missing.pt" in capsys.readouterr().err
-    assert main(["--set", "degraded/fog=x", "--clean", str(mini_root)]) == 2
+    assert main(["--set", "degraded/fog=x", "--cub-root", str(mini_root)]) == 2
     assert "--classifier" in capsys.readouterr().err
     with pytest.raises(ValueError, match="reserved"):
         Table2Spec(str(mini_root), {"a": "b"}, [SetSpec("clean", "fog", "x")]).validate()
@@ -358,15 +358,15 @@ def test_bbox_crop(tiny_ckpts, mini_root, variants, tmp_path, monkeypatch):
     # 'classifier': the checkpoint's own sizes; the CLI flag, the spec key and the table note
     seen.clear()
     out = tmp_path / "o"
-    assert main(["--classifier", f"resnet-mini={tiny_ckpts['resnet-mini']}", "--clean", str(mini_root), "--bbox-crop",
-                 "--bbox-size", "classifier", "--allow-protocol-mismatch", "--out", str(out), "--workers", "0",
+    assert main(["--classifier", f"resnet-mini={tiny_ckpts['resnet-mini']}", "--cub-root", str(mini_root), "--bbox-crop",
+                 "--bbox-size", "classifier", "--allow-protocol-mismatch", "--out", str(out), "--loader-workers", "0",
                  "--no-progress", "--n-boot", "50"]) == 0
     assert set(seen) == {(55, 48, True)} and "each classifier's own sizes" in (out / "table.md").read_text()
     assert ac.parse_bbox_size("300, 256") == (300, 256) and ac.parse_bbox_size([256, 227]) == (256, 227)
     for bad in ("256", "227,256", "a,b"):
         with pytest.raises(ValueError, match="RESIZE"):
             ac.parse_bbox_size(bad)
-    (tmp_path / "s.yaml").write_text(f"clean: {mini_root}\nclassifiers: {{r: {tiny_ckpts['resnet-mini']}}}\n"
+    (tmp_path / "s.yaml").write_text(f"cub_root: {mini_root}\nclassifiers: {{r: {tiny_ckpts['resnet-mini']}}}\n"
                                      "bbox_crop: true\nbbox_size: [300, 256]\n")
     spec2, _ = ac.load_spec(tmp_path / "s.yaml")
     assert spec2.bbox_crop and spec2.bbox_size == (300, 256)
@@ -379,7 +379,7 @@ def bbox_ckpt(mini_root, tmp_path_factory):
 
     out = tmp_path_factory.mktemp("bbox-ckpt") / "resnet-mini-bbox.pt"
     finetune(FinetuneConfig(arch="resnet-mini", cub_root=str(mini_root), out=str(out), weights="none", img_size=32,
-                            bbox_crop=True, bbox_size=(36, 32), epochs=1, batch_size=16, lr=0.05, workers=0,
+                            bbox_crop=True, bbox_size=(36, 32), epochs=1, batch_size=16, lr=0.05, loader_workers=0,
                             progress=False, threads=1))
     return out
 
@@ -392,7 +392,7 @@ def _one_error_line(capsys) -> str:
 
 def test_protocol_mismatch_refused_both_ways(tiny_ckpts, bbox_ckpt, mini_root, tmp_path, capsys):
     whole = tiny_ckpts["resnet-mini"]
-    base = ["--clean", str(mini_root), "--out", str(tmp_path / "o"), "--workers", "0", "--no-progress", "--n-boot", "50"]
+    base = ["--cub-root", str(mini_root), "--out", str(tmp_path / "o"), "--loader-workers", "0", "--no-progress", "--n-boot", "50"]
     # --bbox-crop on a whole-image checkpoint
     assert main(["--classifier", f"resnet-mini={whole}", "--bbox-crop"] + base) == 2
     err = _one_error_line(capsys)
@@ -409,15 +409,15 @@ def test_protocol_mismatch_refused_both_ways(tiny_ckpts, bbox_ckpt, mini_root, t
     assert "box -> 256x256 -> centre crop 227" in err and "--bbox-size 36,32" in err
     assert not (tmp_path / "o").exists()  # refused before anything was scored or written
     # a spec file's bbox_crop is the same request
-    (tmp_path / "s.yaml").write_text(f"clean: {mini_root}\nclassifiers: {{r: {whole}}}\nbbox_crop: true\n")
-    assert main(["--spec", str(tmp_path / "s.yaml"), "--out", str(tmp_path / "o"), "--workers", "0", "--no-progress"]) == 2
+    (tmp_path / "s.yaml").write_text(f"cub_root: {mini_root}\nclassifiers: {{r: {whole}}}\nbbox_crop: true\n")
+    assert main(["--spec", str(tmp_path / "s.yaml"), "--out", str(tmp_path / "o"), "--loader-workers", "0", "--no-progress"]) == 2
     assert "--allow-protocol-mismatch" in _one_error_line(capsys)
 
 
 def test_protocol_match_accepted_and_scores_like_finetune(bbox_ckpt, tiny_ckpts, mini_root, tmp_path, capsys):
     from classifiers import load_classifier
 
-    common = ["--clean", str(mini_root), "--workers", "0", "--no-progress", "--n-boot", "50"]
+    common = ["--cub-root", str(mini_root), "--loader-workers", "0", "--no-progress", "--n-boot", "50"]
     for i, size in enumerate(("36,32", "classifier")):  # the recorded sizes, given or taken from the checkpoint
         out = tmp_path / f"box{i}"
         assert main(["--classifier", f"resnet-mini={bbox_ckpt}", "--bbox-crop", "--bbox-size", size,
@@ -435,7 +435,7 @@ def test_protocol_match_accepted_and_scores_like_finetune(bbox_ckpt, tiny_ckpts,
 def test_allow_protocol_mismatch_downgrades_to_warning(tiny_ckpts, bbox_ckpt, mini_root, tmp_path, caplog, capsys):
     import logging
 
-    common = ["--clean", str(mini_root), "--workers", "0", "--no-progress", "--n-boot", "50", "--allow-protocol-mismatch"]
+    common = ["--cub-root", str(mini_root), "--loader-workers", "0", "--no-progress", "--n-boot", "50", "--allow-protocol-mismatch"]
     with caplog.at_level(logging.WARNING, logger="analysis.classify"):
         assert main(["--classifier", f"resnet-mini={tiny_ckpts['resnet-mini']}", "--bbox-crop",
                      "--out", str(tmp_path / "a")] + common) == 0
@@ -482,7 +482,7 @@ def test_p_adjust_none_and_bootstrap_seed(table_run, tmp_path, capsys):
     shutil.copytree(table_run / "predictions", tmp_path / "src" / "predictions")
     out = tmp_path / "none"
     assert main(["--from-predictions", str(tmp_path / "src"), "--out", str(out), "--n-boot", "300",
-                 "--p-adjust", "none", "--bootstrap-seed", "7"]) == 0
+                 "--p-adjust", "none", "--seed", "7"]) == 0
     tests = load_mcnemar(out)
     assert all(t["p_adjusted"] == t["p_value"] and t["p_adjust"] == "none" for t in tests)
     md = (out / "table.md").read_text()
@@ -504,11 +504,16 @@ def test_p_adjust_none_and_bootstrap_seed(table_run, tmp_path, capsys):
     capsys.readouterr()
 
 
-def test_legacy_mcnemar_csv_still_loads(tmp_path):
-    legacy = ["config_a", "config_b", "degradation", "classifier", "n", "b", "c", "p_value"]
-    (tmp_path / "mcnemar.csv").write_text(",".join(legacy) + "\ndegraded,w/ DiffLoss,fog,vgg,10,1,5,0.21875\n")
+def test_mcnemar_csv_reads_back_and_other_columns_are_refused(tmp_path):
+    header = ",".join(MCNEMAR_COLUMNS)
+    (tmp_path / "mcnemar.csv").write_text(header + "\ndegraded,w/ DiffLoss,fog,vgg,10,1,5,0.21875,0.4375,holm\n")
     assert load_mcnemar(tmp_path) == [{"config_a": "degraded", "config_b": "w/ DiffLoss", "degradation": "fog",
-                                       "classifier": "vgg", "n": 10, "b": 1, "c": 5, "p_value": 0.21875}]
+                                       "classifier": "vgg", "n": 10, "b": 1, "c": 5, "p_value": 0.21875,
+                                       "p_adjusted": 0.4375, "p_adjust": "holm"}]
+    old = ["config_a", "config_b", "degradation", "classifier", "n", "b", "c", "p_value"]  # no p_adjusted
+    (tmp_path / "mcnemar.csv").write_text(",".join(old) + "\ndegraded,w/ DiffLoss,fog,vgg,10,1,5,0.21875\n")
+    with pytest.raises(ValueError, match="expected columns"):
+        load_mcnemar(tmp_path)
 
 
 def _forbid_work(monkeypatch):
@@ -525,8 +530,8 @@ def _forbid_work(monkeypatch):
 
 
 @pytest.mark.parametrize("flags, message", [
-    (["--n-boot", "0"], "--n-boot must be >= 1"),
-    (["--n-boot", "-5"], "--n-boot must be >= 1"),
+    (["--n-boot", "0"], "--n-boot must be a positive integer"),
+    (["--n-boot", "-5"], "--n-boot must be a positive integer"),
     (["--confidence", "95"], "--confidence must be in (0, 1), got 95; for 95% pass --confidence 0.95"),
     (["--confidence", "0"], "--confidence must be in (0, 1)"),
     (["--confidence", "1"], "--confidence must be in (0, 1)"),
@@ -534,7 +539,7 @@ def _forbid_work(monkeypatch):
 @pytest.mark.parametrize("mode", ["score", "from-predictions", "demo"])
 def test_bad_bootstrap_arguments_refused_before_work(flags, message, mode, tmp_path, monkeypatch, capsys):
     _forbid_work(monkeypatch)
-    base = {"score": ["--classifier", "a=x.pt", "--clean", "c"], "from-predictions": ["--from-predictions", "p"],
+    base = {"score": ["--classifier", "a=x.pt", "--cub-root", "c"], "from-predictions": ["--from-predictions", "p"],
             "demo": []}[mode]
     assert main(base + flags + ["--out", str(tmp_path / "o")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
@@ -547,7 +552,7 @@ def test_unwritable_out_refused_before_scoring(mode, tmp_path, monkeypatch, caps
     _forbid_work(monkeypatch)
     blocker = tmp_path / "a-file"
     blocker.write_text("not a folder")
-    base = {"score": ["--classifier", "a=x.pt", "--clean", "c"], "from-predictions": ["--from-predictions", "p"],
+    base = {"score": ["--classifier", "a=x.pt", "--cub-root", "c"], "from-predictions": ["--from-predictions", "p"],
             "demo": []}[mode]
     for out in (blocker / "table2", blocker):
         assert main(base + ["--out", str(out)]) == 2
@@ -556,18 +561,13 @@ def test_unwritable_out_refused_before_scoring(mode, tmp_path, monkeypatch, caps
     assert blocker.read_text() == "not a folder"
 
 
-def test_old_import_paths_still_work():
-    """analysis.classify became a package: every name of the old module's __all__ (and the demo's output
-    folder) is still importable from it, and ScoringDataset is the classifiers' own."""
+def test_package_names_resolve():
+    """analysis.classify gathers the public names of its modules: every name of its __all__ resolves, and
+    ScoringDataset is the classifiers' own."""
     from classifiers.scoring_data import ScoringDataset
 
-    old_all = ["CLEAN", "TABLE_COLUMNS", "MCNEMAR_COLUMNS", "PREDICTION_COLUMNS", "URIE_BBOX_SIZE", "SetSpec",
-               "Table2Spec", "Predictions", "ScoringDataset", "parse_set_arg", "parse_bbox_size", "check_protocol",
-               "parse_classifier_arg", "load_spec", "check_same_test_split", "score_table2", "summarize",
-               "format_markdown", "format_latex", "write_outputs", "load_table", "load_mcnemar", "load_predictions",
-               "run_table2", "build_parser", "main", "check_out_writable", "P_ADJUST_METHODS"]
-    assert [n for n in old_all + ["DEMO_OUT", "DEFAULT_OUT"] if not hasattr(ac, n)] == []
-    assert set(old_all) <= set(ac.__all__) and ac.ScoringDataset is ScoringDataset
+    assert [n for n in ac.__all__ if not hasattr(ac, n)] == []
+    assert ac.ScoringDataset is ScoringDataset
     assert (ac.DEFAULT_OUT, ac.DEMO_OUT) == ("runs/table2", "runs/demo-table2")
 
 

@@ -51,10 +51,10 @@ def test_quality_cli(case, roots, tmp_path, capsys):
 
     r = {k: str(v) for k, v in roots.items()}
     argv, needle = {
-        "missing-pred": (["--pred", r["missing"], "--gt", r["good"]], "no-such-folder"),
-        "missing-gt": (["--pred", r["good"], "--gt", r["missing"]], "no-such-folder"),
-        "decode": (["--pred", r["bad"], "--gt", r["good"]], "cannot decode"),
-        "garbage-lpips-weights": (["--pred", r["good"], "--gt", r["good"], "--metrics", "psnr,lpips",
+        "missing-pred": (["--set", r["missing"], "--cub-root", r["good"]], "no-such-folder"),
+        "missing-gt": (["--set", r["good"], "--cub-root", r["missing"]], "no-such-folder"),
+        "decode": (["--set", r["bad"], "--cub-root", r["good"]], "cannot decode"),
+        "garbage-lpips-weights": (["--set", r["good"], "--cub-root", r["good"], "--metrics", "psnr,lpips",
                                    "--lpips-weights", r["junk"]], "garbage.pt"),
     }[case]
     rc = _call(quality.main, argv + ["--out", str(tmp_path / "q"), "--no-progress"])
@@ -87,9 +87,9 @@ def test_hspace_cli(case, roots, tmp_path, capsys):
 
     r = {k: str(v) for k, v in roots.items()}
     argv, needle = {
-        "missing-group": (["--prior", "random", "--group", f"clean={r['missing']}"], "no-such-folder"),
-        "decode": (["--prior", "random", "--group", f"clean={r['bad']}"], "cannot decode"),
-        "garbage-prior": (["--prior", r["junk"], "--group", f"clean={r['good']}"], "garbage.pt"),
+        "missing-group": (["--prior", "random", "--set", f"clean={r['missing']}"], "no-such-folder"),
+        "decode": (["--prior", "random", "--set", f"clean={r['bad']}"], "cannot decode"),
+        "garbage-prior": (["--prior", r["junk"], "--set", f"clean={r['good']}"], "garbage.pt"),
     }[case]
     rc = _call(hspace.main, argv + ["--weights", "none", "--feature-size", "32", "--steps", "2",
                                     "--out", str(tmp_path / "h"), "--no-progress"])
@@ -144,13 +144,14 @@ def _forbid(monkeypatch, target: str) -> None:
 
 OUT_KIND_CASES = {
     # command: (module with main, extra argv, the out kind that is wrong, the work that must not start)
-    "restoration.train": ("restoration.train", [], "file", "restoration.train.train_restoration"),
-    "diffloss.prior.train": ("diffloss.prior.train", ["--config", "tiny"], "file", "diffloss.prior.train.train_prior"),
+    "restoration.train": ("restoration.train", [], "file", "restoration.train.cli.train_restoration"),
+    "diffloss.prior.train": ("diffloss.prior.train", ["--prior-config", "tiny"], "file",
+                             "diffloss.prior.train.cli.train_prior"),
     "analysis.naturalness": ("analysis.naturalness", ["--quick"], "file", "analysis.naturalness._main"),
-    "analysis.quality": ("analysis.quality", ["--pred", "{good}", "--gt", "{good}"], "file", "analysis.quality.cli.run"),
+    "analysis.quality": ("analysis.quality", ["--set", "{good}", "--cub-root", "{good}"], "file", "analysis.quality.cli.run"),
     "analysis.hspace": ("analysis.hspace", ["--quick"], "file", "analysis.hspace.cli.run"),
-    "classifiers.finetune": ("classifiers.finetune", ["--arch", "vgg-mini", "--cub-root", "{good}"], "folder",
-                             "classifiers.finetune.finetune"),
+    "classifiers.finetune": ("classifiers.finetune", ["--arch", "vgg-mini", "--cub-root", "{good}"], "file",
+                             "classifiers.finetune.cli.finetune"),
     "corruptions.preview": ("corruptions.preview", [], "folder", "corruptions.preview._main"),
 }
 

@@ -1,6 +1,7 @@
 """The command-line tools speak one language: ``--help`` prints the module docstring's example commands as
-written and each default once; ``--batch-size``, ``--device auto``, ``--threads`` and ``--workers`` mean the same
-in every CLI, and old spellings still parse. Each test walks every CLI and lists the ones that break the rule."""
+written, each default once, and the shared option groups under their own headings; ``--batch-size``,
+``--device auto``, ``--threads``, ``--loader-workers``, ``--cub-root``, ``--set`` and ``--config`` mean the same in
+every CLI, and no old spelling is left. Each test walks every CLI and lists the ones that break the rule."""
 from __future__ import annotations
 
 import argparse
@@ -16,9 +17,9 @@ CLIS = ("corruptions.degrade", "corruptions.preview", "restoration.train", "diff
 REQUIRED = {
     "restoration.train": ["--out", "run"],
     "diffloss.prior.train": ["--out", "run"],
-    "restoration.restore": ["--ckpt", "ckpt.pt", "--in", "degraded", "--out", "restored"],
-    "classifiers.finetune": ["--arch", "resnet50", "--cub-root", "cub", "--out", "ckpt.pt"],
-    "analysis.quality": ["--pred", "restored", "--gt", "clean"],
+    "restoration.restore": ["--ckpt", "ckpt.pt", "--cub-root", "degraded", "--out", "restored"],
+    "classifiers.finetune": ["--arch", "resnet50", "--cub-root", "cub", "--out", "run"],
+    "analysis.quality": ["--set", "restored", "--cub-root", "clean"],
 }
 # the CLIs that run torch models: each takes --threads (0: torch's choice) and --device (default auto)
 TORCH_CLIS = ("restoration.train", "diffloss.prior.train", "restoration.restore", "classifiers.finetune",
@@ -27,7 +28,13 @@ TORCH_CLIS = ("restoration.train", "diffloss.prior.train", "restoration.restore"
 BATCH_DEST = {"restoration.train": "batch_size", "diffloss.prior.train": "batch_size", "restoration.restore": "batch_size",
               "classifiers.finetune": "batch_size", "analysis.classify": "batch_size",
               "analysis.hspace": "batch_images", "analysis.naturalness": "batch_size"}
-OLD_BATCH_SPELLINGS = {"restoration.train": "--batch", "analysis.hspace": "--batch-images"}
+#: Spellings of earlier releases, and of concepts that now have one name: none may be an option any more.
+RETIRED_FLAGS = ("--batch", "--batch-images", "--bootstrap-seed", "--clean", "--gt", "--pred", "--names", "--in",
+                 "--data", "--group", "--resume", "--no-restored")
+#: The commands whose input is a CUB root (--cub-root), and those that take labelled sets (--set LABEL=ROOT).
+CUB_ROOT_CLIS = ("corruptions.degrade", "restoration.restore", "diffloss.prior.train", "classifiers.finetune",
+                 "analysis.classify", "analysis.quality", "analysis.naturalness")
+SET_CLIS = ("analysis.classify", "analysis.quality", "analysis.hspace", "analysis.naturalness")
 
 
 def _module(name: str):
@@ -91,22 +98,31 @@ def test_help_shows_each_default_once():
     assert not problems, "\n".join(problems)
 
 
-def test_batch_size_is_the_batch_flag_and_old_spellings_still_parse():
-    problems = []
-    for name, dest in BATCH_DEST.items():
-        if getattr(_parse(name, "--batch-size", "3"), dest) != 3:
-            problems.append(f"{name}: --batch-size 3 does not set {dest}")
-        old = OLD_BATCH_SPELLINGS.get(name)
-        if old is not None:
-            if getattr(_parse(name, old, "5"), dest) != 5:
-                problems.append(f"{name}: the old spelling {old} does not set {dest}")
-            parser = _parser(name)
-            shown = parser.format_usage() + "\n".join(_option_blocks(parser.format_help()).values())
-            if re.search(re.escape(old) + r"(?![\w-])", shown):
-                problems.append(f"{name}: the old spelling {old} is still listed among the options")
+def test_batch_size_is_the_batch_flag():
+    problems = [f"{name}: --batch-size 3 does not set {dest}" for name, dest in BATCH_DEST.items()
+                if getattr(_parse(name, "--batch-size", "3"), dest) != 3]
     assert not problems, "\n".join(problems)
     assert _parse("restoration.train").batch_size == 4  # the default is set once, by --batch-size
     assert _parse("analysis.hspace").batch_images is None  # None: the config's (or --quick's) default
+
+
+def test_one_spelling_per_concept_and_the_shared_groups():
+    problems = []
+    for name in CLIS:
+        parser = _parser(name)
+        opts = parser._option_string_actions
+        problems += [f"{name}: retired flag {f}" for f in RETIRED_FLAGS if f in opts]
+        if name in CUB_ROOT_CLIS and "--cub-root" not in opts:
+            problems.append(f"{name}: its input root is not --cub-root")
+        if name in SET_CLIS and "--set" not in opts:
+            problems.append(f"{name}: no --set LABEL=ROOT")
+        if "--workers" in opts and name != "corruptions.degrade":
+            problems.append(f"{name}: --workers (processes) where DataLoader workers are --loader-workers")
+        if "--config" not in opts:
+            problems.append(f"{name}: no --config FILE")
+        if "run options:" not in parser.format_help():
+            problems.append(f"{name}: --help has no 'run options' group")
+    assert not problems, "\n".join(problems)
 
 
 def test_device_defaults_to_auto_and_threads_zero_is_torchs_choice():
@@ -127,7 +143,7 @@ def test_device_defaults_to_auto_and_threads_zero_is_torchs_choice():
 
 
 def test_workers_default_does_not_exceed_the_usable_cpus():
-    from runkit.cli import default_workers
+    from runkit.options import default_workers
 
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     assert 0 <= default_workers() <= min(2, cpus)
@@ -136,8 +152,8 @@ def test_workers_default_does_not_exceed_the_usable_cpus():
         if name == "corruptions.degrade":  # its workers are processes of its own pool, 1 = this process
             continue
         opts = _parser(name)._option_string_actions
-        if "--workers" in opts and opts["--workers"].default > cpus:
-            problems.append(f"{name}: --workers defaults to {opts['--workers'].default} on {cpus} CPU(s)")
+        if "--loader-workers" in opts and opts["--loader-workers"].default > cpus:
+            problems.append(f"{name}: --loader-workers defaults to {opts['--loader-workers'].default} on {cpus} CPU(s)")
     assert not problems, "\n".join(problems)
 
 

@@ -24,6 +24,7 @@ from corruptions import (
 from corruptions.fog import FOG_TABLE, fog, seeded_global_numpy
 from corruptions.lowlight import LOWLIGHT_TABLE, linear_to_srgb, lowlight, srgb_to_linear
 from corruptions.rain import RAIN_TABLE, rain, rain_streak_kernel
+from runkit.registry import UnknownNameError
 
 NAMES = ("fog", "rain", "lowlight")
 
@@ -45,7 +46,7 @@ def mini_images(mini_root):
 def test_registry_names_ids_and_tables():
     assert get_corruption_names() == list(NAMES)
     assert list(CORRUPTIONS) == list(NAMES)
-    assert all(CORRUPTIONS[n].__name__ == n for n in NAMES)
+    assert all(CORRUPTIONS[n].name == n == CORRUPTIONS[n].fn.__name__ for n in NAMES)
     assert CORRUPTION_IDS == {"fog": 1, "rain": 2, "lowlight": 3}  # part of every seed: never renumber
     for n in NAMES:
         assert len(SEVERITY_TABLES[n]) == 5
@@ -221,9 +222,9 @@ def test_image_rng_depends_on_all_four_keys_only():
 # ------------------------------------------------------------------------------------------- errors
 def test_unknown_corruption_lists_valid_names():
     img = np.zeros((8, 8, 3), np.uint8)
-    with pytest.raises(ValueError, match="unknown corruption 'snow'; valid names: fog, rain, lowlight"):
+    with pytest.raises(UnknownNameError, match="unknown corruption 'snow'; valid names: fog, rain, lowlight"):
         corrupt(img, "snow", 1, rng=0)
-    with pytest.raises(ValueError, match="cannot import corruption"):
+    with pytest.raises(UnknownNameError, match="cannot import corruption"):
         get_corruption("no_such_module_xyz:fn")
 
 

@@ -16,7 +16,7 @@ import warnings
 import pytest
 import torch
 
-from diffloss import DiffLoss, DiffLossOutput, PRIOR_CONFIGS, hspace_hook, load_adm, randomize_zero_init_
+from diffloss import DiffLoss, DiffLossOutput, PRIOR_CONFIGS, hspace_hook, load_prior, randomize_zero_init_
 from diffloss.criterion import T_WEIGHTINGS, diffloss_terms, model_timesteps, timestep_weight_table
 from diffloss.prior import (
     PRIOR_CHECKPOINTS,
@@ -27,6 +27,7 @@ from diffloss.prior import (
     freeze_,
     guided_diffusion_checkpoint_gives_input_grads,
     prior_kwargs,
+    resolve_prior,
     set_activation_checkpointing,
     zero_initialised_layers,
 )
@@ -43,7 +44,7 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 @pytest.fixture(scope="module")
 def prior():
-    return load_adm(config="tiny", init_seed=0)
+    return load_prior("random", init_seed=0)  # random weights of the tiny config
 
 
 @pytest.fixture(scope="module")
@@ -89,7 +90,7 @@ def _reference_terms(model, diffusion, restored, clean, t, noise, target):
 def test_adm256_has_the_papers_552814086_parameters_and_shapes():
     assert PRIOR_CHECKPOINTS["adm256-uncond"].num_parameters == 552_814_086
     assert count_prior_parameters("adm256-uncond") == 552_814_086
-    model, diffusion = load_adm(config="adm256-uncond", device="meta")  # shapes only, no memory
+    model, diffusion = load_prior(resolve_prior("random", "adm256-uncond"), device="meta")  # shapes only, no memory
     assert count_parameters(model) == 552_814_086 and diffusion.num_timesteps == 1000
     x = torch.empty(1, 3, 256, 256, device="meta")
     with hspace_hook(model) as hs:
@@ -102,7 +103,7 @@ def test_adm256_has_the_papers_552814086_parameters_and_shapes():
 def test_adm256_real_build_is_frozen_with_552814086_parameters():
     """The full-size random prior on CPU (~9 s, ~2.7 GB): the meta-device test above counts the same
     parameters without the memory."""
-    model, diffusion = load_adm(config="adm256-uncond", init_seed=0)
+    model, diffusion = load_prior(resolve_prior("random", "adm256-uncond"), init_seed=0)
     assert count_parameters(model) == 552_814_086 and model.image_size == 256
     assert not model.training and not any(p.requires_grad for p in model.parameters())
     assert model.out[-1].weight.abs().sum() > 0  # the zero-initialised head was re-drawn
@@ -141,8 +142,8 @@ def test_random_prior_is_frozen_seeded_and_leaves_global_rng_alone(prior, caplog
     assert not model.training, "train() must keep the frozen prior in eval mode"
     state = torch.get_rng_state()
     with caplog.at_level(logging.WARNING, logger="diffloss.prior"):
-        again, _ = load_adm(config="tiny", init_seed=0)
-        other, _ = load_adm(config="tiny", init_seed=1)
+        again, _ = load_prior("random", init_seed=0)
+        other, _ = load_prior("random", init_seed=1)
     assert torch.equal(state, torch.get_rng_state())
     assert "untrained prior" in caplog.text
     sd, sd_again, sd_other = model.state_dict(), again.state_dict(), other.state_dict()
@@ -175,7 +176,7 @@ def test_checkpoint_roundtrip_and_common_wrappers(prior, tmp_path):
     for name, obj in [("plain.pt", sd), ("wrapped.pt", {"state_dict": sd}),
                       ("ddp.pt", {f"module.{k}": v for k, v in sd.items()})]:
         torch.save(obj, tmp_path / name)
-        loaded, diffusion = load_adm(tmp_path / name, config="tiny")
+        loaded, diffusion = load_prior(resolve_prior(tmp_path / name, "tiny"))
         assert diffusion.num_timesteps == 1000
         assert not loaded.training and not any(p.requires_grad for p in loaded.parameters())
         assert all(torch.equal(v, loaded.state_dict()[k]) for k, v in sd.items())
@@ -183,7 +184,7 @@ def test_checkpoint_roundtrip_and_common_wrappers(prior, tmp_path):
 
 def test_missing_checkpoint_names_the_file_and_where_to_get_it(tmp_path):
     with pytest.raises(FileNotFoundError) as err:
-        load_adm(tmp_path / "nope.pt", config="adm256-uncond")
+        load_prior(tmp_path / "nope.pt")  # a bare state dict is read as adm256-uncond
     msg = str(err.value)
     assert "256x256_diffusion_uncond.pt" in msg and "2.1 GB" in msg and "--prior" in msg
     assert "https://openaipublic.blob.core.windows.net/diffusion/jul-2021/256x256_diffusion_uncond.pt" in msg
@@ -191,17 +192,17 @@ def test_missing_checkpoint_names_the_file_and_where_to_get_it(tmp_path):
 
 
 def test_mismatched_checkpoint_names_keys_and_likely_flags(tmp_path):
-    wrong, _ = load_adm(config=dict(PRIOR_CONFIGS["tiny"], learn_sigma=False, class_cond=True))
+    wrong, _ = load_prior(resolve_prior("random", dict(PRIOR_CONFIGS["tiny"], learn_sigma=False, class_cond=True)))
     torch.save(wrong.state_dict(), tmp_path / "wrong.pt")
     with pytest.raises(PriorCheckpointMismatch) as err:
-        load_adm(tmp_path / "wrong.pt", config="tiny")
+        load_prior(resolve_prior(tmp_path / "wrong.pt", "tiny"))
     msg = str(err.value)
     assert isinstance(err.value, ValueError)
     assert "label_emb.weight" in msg and "out.2.weight" in msg
     assert "learn_sigma=False" in msg and "class_cond=True" in msg
     torch.save({"weights": [1, 2]}, tmp_path / "junk.pt")
     with pytest.raises(ValueError, match="state dict"):
-        load_adm(tmp_path / "junk.pt", config="tiny")
+        load_prior(resolve_prior(tmp_path / "junk.pt", "tiny"))
 
 
 def test_reduced_precision_torso_keeps_float32_output(prior, batch):
@@ -210,12 +211,12 @@ def test_reduced_precision_torso_keeps_float32_output(prior, batch):
     with torch.no_grad():
         ref = model(x, batch[2])
         for dtype, tol in ((torch.float16, 0.05), (torch.bfloat16, 0.3)):
-            low, _ = load_adm(config="tiny", dtype=dtype)
+            low, _ = load_prior("random", dtype=dtype)
             out = low(x, batch[2])
             assert out.dtype == torch.float32 and low.dtype == dtype
             assert (out - ref).abs().max() < tol
     with pytest.raises(ValueError, match="float32"):
-        load_adm(config="tiny", dtype=torch.float64)
+        load_prior("random", dtype=torch.float64)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -691,7 +692,8 @@ def test_prior_configs_are_one_base_plus_their_differences():
                {k: ADM_BASE[k] for k in ("class_cond", "learn_sigma", "diffusion_steps", "noise_schedule",
                                          "resblock_updown", "use_scale_shift_norm")}
     # the numbers a released or built-in checkpoint depends on
-    assert count_prior_parameters("tiny64") == count_parameters(load_adm(config="tiny64", device="meta")[0])
+    meta_tiny64, _ = load_prior(resolve_prior("random", "tiny64"), device="meta")
+    assert count_prior_parameters("tiny64") == count_parameters(meta_tiny64)
     assert prior_kwargs("tiny")["channel_mult"] == "1,1,2" and prior_kwargs("tiny64")["channel_mult"] == "1,1,2,2"
     assert prior_kwargs("adm256-uncond")["channel_mult"] == ""  # guided-diffusion derives it from image_size
 

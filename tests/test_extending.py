@@ -69,12 +69,12 @@ def test_readme_plugins_run_through_build_train_restore_finetune_and_table2(read
     assert {p.name for p in degraded.iterdir() if p.is_dir()} == {"fog", "rain", "lowlight", "invert"}
 
     run = train_restoration(out=str(tmp_path / "net"), net="tiny-conv", pairs="synthetic:invert:1", steps=3,
-                            batch=2, crop=32, val_images=0, diffloss=False, plot=False, progress=False)
+                            batch_size=2, crop=32, val_images=0, diffloss=False, plot=False, progress=False)
     restored = tmp_path / "restored"
     restore_cub_root(run / "ckpt.pt", degraded / "invert" / "1", restored, device="cpu", progress=False)
 
     clf = finetune(FinetuneConfig(arch="tiny-cnn", cub_root=str(mini_root), out=str(tmp_path / "tiny-cnn.pt"),
-                                  weights="none", epochs=1, batch_size=16, workers=0, device="cpu", amp=False,
+                                  weights="none", epochs=1, batch_size=16, loader_workers=0, device="cpu", amp=False,
                                   progress=False))
     row = dataclasses.replace(readme_plugins.ROW, root=str(restored))
     spec = Table2Spec(str(mini_root), {"tiny-cnn": clf["ckpt"]},

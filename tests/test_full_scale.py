@@ -41,7 +41,7 @@ def full_scale():
 
 def test_small_scale_cpu_run_writes_every_section(full_scale, tmp_path, capsys):
     out = tmp_path / "fs"
-    assert full_scale.main(["--device", "cpu", "--config", "tiny", "--out", str(out)]) == 0
+    assert full_scale.main(["--device", "cpu", "--prior-config", "tiny", "--out", str(out)]) == 0
     printed = capsys.readouterr().out
     res = json.loads((out / "results.json").read_text())
     assert res["setup"]["scale"] == "small" and res["setup"]["device"] == "cpu"
@@ -81,7 +81,7 @@ def test_small_scale_cpu_run_writes_every_section(full_scale, tmp_path, capsys):
 
 def test_refuses_a_used_out_folder_and_unknown_sections(full_scale, tmp_path, capsys):
     (tmp_path / "keep.txt").write_text("someone's file")
-    assert full_scale.main(["--device", "cpu", "--config", "tiny", "--out", str(tmp_path)]) == 2
+    assert full_scale.main(["--device", "cpu", "--prior-config", "tiny", "--out", str(tmp_path)]) == 2
     assert "--overwrite" in capsys.readouterr().err
     assert (tmp_path / "keep.txt").read_text() == "someone's file"
     with pytest.raises(SystemExit):

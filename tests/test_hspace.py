@@ -11,6 +11,8 @@ import pytest
 import torch
 
 from analysis import hspace as H
+from analysis.hspace.cli import config_from_args
+from analysis.hspace.report import DISTANCE_COLUMNS
 
 
 # ------------------------------------------------------------------------------------------------ fixtures
@@ -19,9 +21,9 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 @pytest.fixture(scope="module")
 def tiny_prior():
-    from diffloss import load_adm
+    from diffloss import load_prior
 
-    return load_adm(None, config="tiny", init_seed=0)
+    return load_prior("random", init_seed=0)  # the tiny config
 
 
 @pytest.fixture(scope="module")
@@ -109,7 +111,7 @@ def test_perturb_validation():
         H.perturb_principal(np.zeros((1, 2, 2, 2)), 1.0)
 
 
-def test_batch_pca_direction_and_perturbation():
+def test_batch_svd_direction_and_perturbation():
     h = _h(4, (5, 8, 2, 2))
     v, sd = H.batch_principal_direction(h)
     X = h.reshape(5, -1).double()
@@ -286,8 +288,10 @@ def _rows():
     for g, vals in (("clean", [4.0, 5.0, 6.0]), ("degraded", [1.0, 2.0, 3.0])):
         for i, v in enumerate(vals):
             for level in (1, 2):
-                rows.append({"group": g, "image_id": str(i), "level": level, "alpha": 0.5 * level,
-                             "distance": v * level, "path": f"x/{i}.png"})
+                d = v * level
+                rows.append({"group": g, "image_id": str(i), "level": level, "alpha": 0.5 * level, "distance": d,
+                             "path": f"x/{i}.png", "cosine_distance": 0.1 * d, "relative_distance": 0.5 * d,
+                             "dh_norm": 10.0 * level, "dh_rel": 0.2 * level})
     return rows
 
 
@@ -306,11 +310,14 @@ def test_summary_and_mann_whitney_hand_values():
 
 def test_csv_round_trip(tmp_path):
     rows = _rows()
-    H.write_csv(tmp_path / "distances.csv", rows, H.DISTANCE_COLUMNS)
+    H.write_csv(tmp_path / "distances.csv", rows, DISTANCE_COLUMNS)
     back = H.read_distances(tmp_path)
     assert back == [{**r, "image_id": str(r["image_id"])} for r in rows]
     with pytest.raises(FileNotFoundError, match="python -m analysis.hspace"):
         H.read_distances(tmp_path / "nope")
+    H.write_csv(tmp_path / "distances.csv", rows, DISTANCE_COLUMNS[:6])  # without the recorded metrics
+    with pytest.raises(ValueError, match="expected columns"):
+        H.read_distances(tmp_path)
 
 
 # ------------------------------------------------------------------------------------------------ edit size, metrics, paired tests
@@ -384,44 +391,47 @@ def test_wilcoxon_is_paired_by_image_hand_values():
 
 
 def test_group_tests_choice_and_metrics():
-    rows = [dict(r, cosine_distance=0.1 * r["distance"], relative_distance=0.5 * r["distance"]) for r in _rows()]
+    rows = _rows()
     wx = H.group_tests(rows)                                    # the default: paired Wilcoxon
     assert {t["test"] for t in wx} == {"wilcoxon"} and len(wx) == 2 * 3   # levels x metrics
     assert [t["metric"] for t in wx[:3]] == ["distance", "cosine_distance", "relative_distance"]
     mw = H.group_tests(rows, test="mann-whitney", metrics=("distance",))
     ref = H.mann_whitney_tests(rows)
     assert [(t["u_statistic"], t["p_value"]) for t in mw] == [(t["u_statistic"], t["p_value"]) for t in ref]
-    assert H.group_tests(_rows())[0]["metric"] == "distance" and len(H.group_tests(_rows())) == 2  # legacy rows
+    with pytest.raises(ValueError, match=r"lack the column\(s\) \['relative_distance'\]"):
+        H.group_tests([{k: v for k, v in r.items() if k != "relative_distance"} for r in rows])
     with pytest.raises(ValueError, match="wilcoxon, mann-whitney"):
         H.group_tests(rows, test="t-test")
 
 
 def test_summary_reports_cosine_relative_and_edit_size():
-    rows = [dict(r, cosine_distance=0.1 * r["distance"], relative_distance=0.5 * r["distance"],
-                 dh_norm=10.0 * r["level"], dh_rel=0.2 * r["level"]) for r in _rows()]
+    rows = _rows()
     s = {(r["group"], r["level"]): r for r in H.summarize_distances(rows)}
     c = s[("clean", 2)]                                         # distances 8, 10, 12
     assert c["median"] == 10.0 and math.isclose(c["cosine_median"], 1.0) and math.isclose(c["relative_mean"], 5.0)
     assert math.isclose(c["cosine_mean"], 1.0) and math.isclose(c["relative_median"], 5.0)
     assert c["dh_norm_mean"] == 20.0 and math.isclose(c["dh_rel_mean"], 0.4)
-    assert "cosine_median" not in H.summarize_distances(_rows())[0]
+    with pytest.raises(ValueError, match=r"lack the column\(s\) \['dh_norm', 'dh_rel'\]"):
+        H.summarize_distances([{k: v for k, v in r.items() if not k.startswith("dh_")} for r in rows])
 
 
-def test_batch_svd_is_the_honest_name_and_batch_pca_an_alias(caplog):
+def test_batch_svd_is_named_for_what_it_computes():
     import re
 
     assert H.SVD_MODES == ("sample", "batch-svd")
-    new = H.HSpaceConfig(svd_mode="batch-svd", batch_images=2)
-    with caplog.at_level("WARNING", logger="analysis.hspace"):
-        old = H.HSpaceConfig(svd_mode="batch-pca", batch_images=2)
-    assert old.svd_mode == "batch-svd" and old.protocol() == new.protocol()
-    assert "deprecated" in caplog.text and "batch-svd" in caplog.text
-    assert H.PerturbationEdit(torch.zeros(2), "batch-pca").svd_mode == "batch-svd"
+    assert H.HSpaceConfig(svd_mode="batch-svd", batch_images=2).svd_mode == "batch-svd"
+    assert H.PerturbationEdit(torch.zeros(2), "batch-svd").svd_mode == "batch-svd"
+    for unknown in ("batch-pca", "nope"):
+        with pytest.raises(ValueError, match="unknown svd mode .*valid: sample, batch-svd"):
+            H.HSpaceConfig(svd_mode=unknown, batch_images=2)
+        with pytest.raises(ValueError, match="unknown svd mode"):
+            H.PerturbationEdit(torch.zeros(2), unknown)
     p = H.build_parser()
-    assert p.parse_args(["--svd-mode", "batch-pca"]).svd_mode == "batch-svd"
     assert p.parse_args(["--svd-mode", "batch-svd"]).svd_mode == "batch-svd"
+    with pytest.raises(SystemExit):
+        p.parse_args(["--svd-mode", "batch-pca"])
     text = re.sub(r"\s+", " ", p.format_help())
-    assert "not Haas et al." in text and "'batch-pca' is a deprecated alias" in text
+    assert "not Haas et al." in text
     assert "not Haas et al." in re.sub(r"\s+", " ", H.batch_principal_direction.__doc__)
     with pytest.raises(ValueError, match="batch-size >= 2"):
         H.HSpaceConfig(svd_mode="batch-svd", batch_images=1)
@@ -472,9 +482,9 @@ def test_study_is_deterministic_and_resumes(tmp_path, tiny_prior, extractor, min
     assert r4.rows[1]["alpha"] == 3.0 and r4.rows[0]["distance"] == r1.rows[0]["distance"]
 
 
-def test_old_manifest_resumes(tmp_path, tiny_prior, extractor, mini_root):
-    """A manifest of the layout before runkit.manifest ({"fingerprint", "done"}) resumes: nothing is computed
-    again, the same numbers come back, and the manifest is rewritten in the shared layout."""
+def test_a_manifest_of_another_layout_is_redone(tmp_path, tiny_prior, extractor, mini_root):
+    """A manifest.json that is not ``analysis.hspace/2`` (here a ``{"fingerprint", "done"}`` document) is ignored:
+    every image is computed again, the same numbers come back, and the manifest is rewritten in the shared layout."""
     from diffloss.prior.hspace import hspace_hook
 
     model, diffusion = tiny_prior
@@ -491,7 +501,7 @@ def test_old_manifest_resumes(tmp_path, tiny_prior, extractor, mini_root):
 
     r2 = H.run_hspace_study({"clean": mini_root}, model, diffusion, extractor, cfg, out=tmp_path,
                             progress=False, hook=counting_hook)
-    assert calls == []     # both images come from the old manifest
+    assert calls                # nothing was taken from the other layout
     assert r2.rows == r1.rows
     assert json.loads((tmp_path / "manifest.json").read_text())["format"] == "analysis.hspace/2"
 
@@ -542,49 +552,57 @@ def test_write_outputs_and_figures(tmp_path, tiny_prior, extractor, mini_root, m
     assert np.array_equal(grid["clean"][0][2][1], res.grid["clean"][0][2][1])
 
 
-def test_study_ddim_inversion_and_batch_pca(tiny_prior, extractor, mini_root):
+def test_study_ddim_inversion_and_batch_svd(tiny_prior, extractor, mini_root):
     model, diffusion = tiny_prior
-    cfg = _config(start="ddim-inversion", svd_mode="batch-pca", images_per_group=2, batch_images=2)
+    cfg = _config(start="ddim-inversion", svd_mode="batch-svd", images_per_group=2, batch_images=2)
     res = H.run_hspace_study({"clean": mini_root}, model, diffusion, extractor, cfg, progress=False)
     assert len(res.rows) == 4 and res.unet_evals_per_image == 3 * 3 + 2
     with pytest.raises(ValueError, match="batch-size >= 2"):
-        H.HSpaceConfig(svd_mode="batch-pca", batch_images=1)
+        H.HSpaceConfig(svd_mode="batch-svd", batch_images=1)
 
 
 # ------------------------------------------------------------------------------------------------ CLI / errors
 def test_paper_mode_missing_prior_errors(tmp_path, mini_root, capsys):
     with pytest.raises(ValueError, match="256x256_diffusion_uncond.pt"):
-        H.run(tmp_path, groups={"clean": mini_root}, prior=None)
-    rc = H.main(["--prior", str(tmp_path / "256x256_diffusion_uncond.pt"), "--group", f"clean={mini_root}",
+        H.run(tmp_path, groups={"clean": mini_root})  # the default prior, builtin, is quick mode's
+    rc = H.main(["--prior", str(tmp_path / "256x256_diffusion_uncond.pt"), "--set", f"clean={mini_root}",
                  "--out", str(tmp_path / "o")])
     err = capsys.readouterr().err
     assert rc == 2 and "prior checkpoint not found" in err and "--prior PATH" in err
     assert "openaipublic" in err
+    rc = H.main(["--set", f"clean={mini_root}", "--out", str(tmp_path / "o")])  # --prior left at builtin
+    err = capsys.readouterr().err
+    assert rc == 2 and "paper mode needs --prior PATH" in err and "256x256_diffusion_uncond.pt" in err
+    assert not (tmp_path / "o").exists()
 
 
 def test_paper_mode_missing_resnet_weights_errors(tmp_path, mini_root, capsys, monkeypatch):
     prior = tmp_path / "256x256_diffusion_uncond.pt"
     prior.write_bytes(b"never loaded: the weights check comes first")
-    rc = H.main(["--prior", str(prior), "--group", f"clean={mini_root}", "--weights", str(tmp_path / "r50.pth"),
+    rc = H.main(["--prior", str(prior), "--set", f"clean={mini_root}", "--weights", str(tmp_path / "r50.pth"),
                  "--out", str(tmp_path / "o")])
     err = capsys.readouterr().err
     assert rc == 2 and "resnet50-0676ba61.pth" in err and "--weights PATH" in err
     # the default ("imagenet" from the torch hub cache): offline and not cached -> clear error, no download
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "empty-torch-home"))
-    rc = H.main(["--prior", str(prior), "--group", f"clean={mini_root}", "--out", str(tmp_path / "o")])
+    rc = H.main(["--prior", str(prior), "--set", f"clean={mini_root}", "--out", str(tmp_path / "o")])
     err = capsys.readouterr().err
     assert rc == 2 and "resnet50" in err and "--weights PATH" in err
 
 
 def test_cli_parser_flags():
     p = H.build_parser()
-    args = p.parse_args(["--quick", "--alphas", "1,2,3", "--group", "a=x", "--group", "w/ DiffLoss=y"])
-    cfg = H.config_from_args(args)
+    args = p.parse_args(["--quick", "--alphas", "1,2,3", "--set", "a=x", "--set", "w/ DiffLoss=y"])
+    cfg = config_from_args(args)
     assert cfg.alphas == (1.0, 2.0, 3.0) and cfg.steps == H.QUICK_DEFAULTS["steps"]
-    assert dict(args.group) == {"a": "x", "w/ DiffLoss": "y"}
-    assert H.config_from_args(p.parse_args([])).steps == H.HSpaceConfig().steps
-    with pytest.raises(SystemExit):
-        p.parse_args(["--group", "novalue"])
+    from analysis.hspace.cli import HSpaceRunOptions
+    from runkit.options import config_from_args as options_from_args
+
+    opts = options_from_args(HSpaceRunOptions, args)
+    assert opts.groups() == {"a": "x", "w/ DiffLoss": "y"}
+    assert config_from_args(p.parse_args([])).steps == H.HSpaceConfig().steps
+    with pytest.raises(ValueError, match="expected LABEL=ROOT"):
+        options_from_args(HSpaceRunOptions, p.parse_args(["--set", "novalue"])).groups()
     with pytest.raises(SystemExit):
         p.parse_args(["--svd-mode", "nope"])
     assert p.parse_args([]).test == "wilcoxon" and p.parse_args(["--test", "mann-whitney"]).test == "mann-whitney"
@@ -642,7 +660,8 @@ def test_plot_functions_take_axes(tmp_path):
     assert "cosine distance" in ax_c.get_xlabel()
     assert ax_c.get_xlim()[1] < 1.0                             # the cosine values (<= 0.12), not the L2 ones
     with pytest.raises(ValueError, match="no 'relative_distance'"):
-        plot_group_histogram(_rows(), "clean", ax=ax, metric="relative_distance")
+        plot_group_histogram([{k: v for k, v in r.items() if k != "relative_distance"} for r in _rows()], "clean",
+                             ax=ax, metric="relative_distance")
     img = np.zeros((8, 8, 3), np.uint8)
     grid = {"clean": [("1", img, [img + 1, img + 2, img + 3])], "fog": [("1", img + 4, [img + 5, img, img + 6])]}
     g = plot_level_grid(grid, alphas=(1.0, 2.0))

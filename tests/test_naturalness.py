@@ -11,7 +11,7 @@ from analysis import naturalness as N
 from corruptions.degrade import build_degraded_cub
 from cubdata import generate_mini_cub, read_cub, write_cub_metadata
 from diffloss.prior.hspace import hspace_hook
-from diffloss.prior import load_adm
+from diffloss.prior import load_prior
 
 matplotlib.use("Agg")
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -19,7 +19,7 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 @pytest.fixture(scope="module")
 def prior():
-    return load_adm(None, config="tiny", init_seed=3)
+    return load_prior("random", init_seed=3)  # the tiny config
 
 
 @pytest.fixture(scope="module")
@@ -105,19 +105,19 @@ def test_plot_draws_one_line_per_set(prior, roots):
 
 def test_cli_errors_are_one_line(tmp_path, capsys, roots):
     clean, _ = roots
-    assert N.main(["--clean", str(clean), "--set", f"x={tmp_path / 'missing'}", "--out", str(tmp_path / "o")]) == 2
+    assert N.main(["--cub-root", str(clean), "--set", f"x={tmp_path / 'missing'}", "--out", str(tmp_path / "o")]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: x:") and "missing" in err and "\n" not in err
-    assert N.main(["--quick", "--clean", str(clean)]) == 2
+    assert N.main(["--quick", "--cub-root", str(clean)]) == 2
     assert "--quick builds its own sets" in capsys.readouterr().err
-    assert N.main(["--clean", str(clean)]) == 2
+    assert N.main(["--cub-root", str(clean)]) == 2
     assert "at least one --set" in capsys.readouterr().err
 
 
 def test_cli_writes_table_and_figure(tmp_path, capsys, roots):
     clean, fog = roots
     out = tmp_path / "o"
-    rc = N.main(["--clean", str(clean), "--set", f"fog={fog}", "--prior", "random", "--timesteps", "200,800",
+    rc = N.main(["--cub-root", str(clean), "--set", f"fog={fog}", "--prior", "random", "--timesteps", "200,800",
                  "--images", "2", "--out", str(out), "--no-progress", "--device", "cpu"])
     assert rc == 0
     text = capsys.readouterr().out

@@ -30,6 +30,42 @@ def test_psnr_of_a_constant_offset_is_10_log10_one_over_mse():
         assert got.tolist() == pytest.approx([expected, expected], abs=1e-4)
 
 
+def test_psnr_of_random_images_and_of_identical_ones():
+    rng = np.random.default_rng(3)
+    a, b = rng.random((2, 3, 9, 14)), rng.random((2, 3, 9, 14))
+    expected = [10 * math.log10(1 / np.mean((a[i] - b[i]) ** 2)) for i in range(2)]
+    assert psnr(torch.from_numpy(a), torch.from_numpy(b)).tolist() == pytest.approx(expected, abs=1e-5)
+    assert psnr(torch.from_numpy(a), torch.from_numpy(a)).tolist() == [math.inf, math.inf]
+
+
+def _ssim_by_hand(x: np.ndarray, y: np.ndarray) -> float:
+    """SSIM of one ``C x H x W`` float64 pair, written from Wang et al. (2004) with SciPy: Gaussian window sigma
+    1.5 cut at radius 5 (11x11), mirrored borders (torch's 'reflect'), C1 = 0.01^2, C2 = 0.03^2, map averaged."""
+    from scipy.ndimage import gaussian_filter
+
+    def blur(a):
+        return gaussian_filter(a, sigma=(0, 1.5, 1.5), truncate=5 / 1.5, mode="mirror")
+
+    c1, c2 = 0.01**2, 0.03**2
+    mx, my = blur(x), blur(y)
+    vx, vy, cxy = blur(x * x) - mx**2, blur(y * y) - my**2, blur(x * y) - mx * my
+    return float((((2 * mx * my + c1) * (2 * cxy + c2)) / ((mx**2 + my**2 + c1) * (vx + vy + c2))).mean())
+
+
+def test_ssim_equals_a_hand_computation():
+    rng = np.random.default_rng(4)
+    yy, xx = np.mgrid[0:30, 0:41] / 40.0
+    smooth = np.stack([0.5 + 0.02 * np.sin(3 * xx + c) * yy for c in range(3)])  # nearly flat: float32 cancels here
+    pred = np.stack([rng.random((3, 30, 41)), np.clip(smooth + rng.normal(0, 0.003, smooth.shape), 0, 1)])
+    target = np.stack([np.clip(0.6 * pred[0] + 0.4 * rng.random((3, 30, 41)), 0, 1), smooth])
+    expected = [_ssim_by_hand(pred[i], target[i]) for i in range(2)]
+    got = ssim(torch.from_numpy(pred).float(), torch.from_numpy(target).float())
+    assert got.shape == (2,) and got.dtype == torch.float32
+    # the float32 inputs are the float64 arrays rounded; SSIM moves by far less than 1e-6 for that
+    assert got.tolist() == pytest.approx(expected, rel=0, abs=1e-6)
+    assert ssim(torch.from_numpy(pred[1:]).float(), torch.from_numpy(target[1:]).float()).item() == got[1].item()
+
+
 def test_ssim_of_constant_images_matches_the_formula():
     # constant images: both variances and the covariance vanish, so SSIM = (2ab + C1) / (a^2 + b^2 + C1)
     a, b, c1 = 0.3, 0.5, (0.01 * 1.0) ** 2
@@ -47,10 +83,14 @@ def test_metric_input_validation():
         ssim(torch.zeros(1, 3, 8, 8), torch.zeros(1, 3, 8, 9))
     with pytest.raises(TypeError, match="NCHW"):
         psnr(torch.zeros(3, 8, 8), torch.zeros(3, 8, 8))
+    with pytest.raises(TypeError, match="float"):
+        ssim(torch.zeros(1, 3, 8, 8, dtype=torch.uint8), torch.zeros(1, 3, 8, 8, dtype=torch.uint8))
+    with pytest.raises(ValueError, match="at least 6x6"):
+        ssim(torch.zeros(1, 3, 5, 40), torch.zeros(1, 3, 5, 40))
 
 
-def test_ssim_equals_torchmetrics_dense_window_bit_for_bit():
-    # ssim applies torchmetrics' 11x11 Gaussian window as two 1-D passes; the values must not move
+def test_ssim_equals_torchmetrics_float64():
+    # torchmetrics' definition (reflect padding, its window), computed exactly; in float32 it is off by ~1e-5
     from torchmetrics.functional.image import structural_similarity_index_measure
 
     g = torch.Generator().manual_seed(2)
@@ -59,8 +99,16 @@ def test_ssim_equals_torchmetrics_dense_window_bit_for_bit():
         y = (0.7 * x + 0.3 * torch.rand(shape, generator=g)).clamp(0, 1)
         ref = structural_similarity_index_measure(x.double(), y.double(), data_range=1.0, reduction="none").float()
         assert torch.allclose(ssim(x, y), ref, rtol=0, atol=1e-6)
-    with pytest.raises(ValueError, match="at least 6x6"):
-        ssim(torch.zeros(1, 3, 5, 40), torch.zeros(1, 3, 5, 40))
+
+
+def test_quality_and_training_validation_share_one_psnr_and_ssim():
+    from restoration import metrics
+
+    assert quality.psnr is metrics.psnr and quality.ssim is metrics.ssim
+    x = torch.rand(2, 3, 16, 16, generator=torch.Generator().manual_seed(5))
+    y = x.flip(-1)
+    p, s = metrics.psnr_ssim(x, y)
+    assert torch.equal(p, psnr(x, y)) and torch.equal(s, ssim(x, y))
 
 
 @pytest.fixture()
@@ -123,9 +171,13 @@ def test_quality_throughput_benchmark_runs_tiny():
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
     old_threads = torch.get_num_threads()
-    (row,) = bench.main(["--n-images", "2", "--n-old", "1", "--threads", "1", "--size", "64x48"])
+    out = bench.main(["--n-images", "3", "--n-ref", "3", "--threads", "1", "--rounds", "1", "--size", "64x48"])
     assert torch.get_num_threads() == old_threads
-    assert row["max_abs_diff"] <= 1e-6 and row["old_s_per_image"] > 0 and row["new_s_per_image"] > 0
+    (row,) = out["rows"]
+    assert row["toolkit_ms_per_image"] > 0 and row["torchmetrics_f32_ms_per_image"] > 0 and row["cpus"] >= 1
+    assert row["ratio"] == pytest.approx(row["torchmetrics_f32_ms_per_image"] / row["toolkit_ms_per_image"])
+    assert out["agreement"]["n"] == 3 and out["agreement"]["toolkit_max_abs_diff"] <= 1e-6
+    assert 0 < out["agreement"]["torchmetrics_f32_max_abs_diff"] < 1e-3
 
 
 def test_pairing_errors(folders, tmp_path):
@@ -144,8 +196,10 @@ def test_pairing_errors(folders, tmp_path):
 def test_cli_writes_per_image_and_summary(folders, tmp_path, capsys):
     pred, gt = folders
     out = tmp_path / "report"
-    assert quality.main(["--pred", str(pred), str(gt), "--names", "offset,identical", "--gt", str(gt),
+    assert quality.main(["--set", f"offset={pred}", "--set", f"identical={gt}", "--cub-root", str(gt),
                          "--metrics", "psnr,ssim", "--out", str(out), "--no-progress"]) == 0
+    with open(out / "summary.csv") as fh:
+        assert fh.readline().strip() == "method,n,psnr,ssim"
     with open(out / "summary.csv") as fh:
         rows = list(csv.DictReader(fh))
     assert [r["method"] for r in rows] == ["offset", "identical"]
@@ -153,7 +207,8 @@ def test_cli_writes_per_image_and_summary(folders, tmp_path, capsys):
     assert float(rows[1]["ssim"]) == pytest.approx(1.0)
     with open(out / "per_image.csv") as fh:
         per = list(csv.DictReader(fh))
-    assert len(per) == 3 + 4 and set(per[0]) == {"method", "image", "psnr", "ssim"}
+    assert len(per) == 3 + 4 and list(per[0]) == ["method", "image", "psnr", "ssim"]
+    assert [float(r["ssim"]) for r in per[3:]] == [1.0] * 4 and [r["psnr"] for r in per[3:]] == ["inf"] * 4
     md = (out / "summary.md").read_text()
     assert "PSNR ↑" in md and "SSIM ↑" in md and "| offset | 3 |" in md and "**1.0000**" in md
     assert "| identical |" in capsys.readouterr().out

@@ -16,7 +16,6 @@ from analysis.demo import restorers as demo_restorers
 from restoration import train as train_mod
 from restoration.nets import (
     NETS,
-    RESTORATION_NETS,
     build_net,
     clamp01_ste,
     pad_multiple_of,
@@ -26,7 +25,10 @@ from restoration.nets import (
 from runkit.runtime import count_parameters
 from restoration.restore import MANIFEST, output_rel_path, restore_array, restore_cub_root
 from restoration.pairs import open_pairs
-from restoration.train import TrainConfig, fit_to_prior, load_checkpoint, read_log, train_restoration
+from restoration.checkpoint import load_checkpoint
+from restoration.train import TrainConfig, train_restoration
+from restoration.train.loop import fit_to_prior, validate_restorer
+from runkit.rundir import read_table as read_log
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -39,14 +41,14 @@ def _one_thread():
 
 
 def _cfg(out, mini_root, **kw) -> TrainConfig:
-    base = dict(out=str(out), pairs=f"synthetic:lowlight:3:{mini_root}", crop=32, batch=4, lr=2e-3, steps=10,
+    base = dict(out=str(out), pairs=f"synthetic:lowlight:3:{mini_root}", crop=32, batch_size=4, lr=2e-3, steps=10,
                 val_every=0, ckpt_every=0, val_images=4, progress=False, plot=False)
     base.update(kw)
     return TrainConfig(**base)
 
 
 # ------------------------------------------------------------------------------------------- networks
-@pytest.mark.parametrize("name", sorted(RESTORATION_NETS))
+@pytest.mark.parametrize("name", sorted(NETS))
 def test_registry_nets_map_unit_range_images(name):
     torch.manual_seed(0)
     net = build_net(name, **({"depth": 5} if name == "dncnn" else {})).eval()
@@ -108,7 +110,7 @@ def test_each_net_computes_its_formula_and_clamps_once(name, kwargs, monkeypatch
 
 def test_parameter_counts():
     counts = parameter_counts()
-    assert set(counts) == set(RESTORATION_NETS)
+    assert set(counts) == set(NETS)
     assert 85_000 <= counts["iat"] <= 95_000  # "You Only Need 90K Parameters"
     assert counts["small-unet"] == count_parameters(build_net("small-unet"))
     assert counts["dncnn"] == 558_403  # 17 layers, 64 features, 3 colour channels (hand count below)
@@ -137,7 +139,7 @@ def test_build_net_specs_and_errors():
 
 
 def test_nets_registry_is_filled_where_nets_are_defined():
-    assert RESTORATION_NETS is NETS and NETS.names()[:3] == ("small-unet", "iat", "dncnn")
+    assert NETS.names()[:3] == ("small-unet", "iat", "dncnn")
 
     @NETS.register("test-identity")
     def identity_net():
@@ -187,7 +189,7 @@ def test_l2_training_lowers_the_loss(l2_run):
     val = read_log(l2_run / "val.csv")
     assert [v["step"] for v in val] == [10, 20]
     _, ckpt = load_checkpoint(l2_run / "ckpt.pt")
-    input_psnr = train_mod.validate_restorer(build_net("small-unet"), open_pairs(ckpt["config"]["pairs"], "val"), 4)["psnr"]
+    input_psnr = validate_restorer(build_net("small-unet"), open_pairs(ckpt["config"]["pairs"], "val"), 4)["psnr"]
     assert val[-1]["psnr"] > input_psnr + 3  # the untrained net is the identity, so this is the degraded PSNR
     assert (l2_run / "loss_curve.png").stat().st_size > 1000
     assert ckpt["net"] == "small-unet" and ckpt["net_kwargs"] == {} and ckpt["step"] == 20 and ckpt["final"]
@@ -203,7 +205,7 @@ def test_diffloss_training_logs_all_terms_and_lowers_the_loss(mini_root, tmp_pat
         assert r["total"] == pytest.approx(r["pixel"] + 1e-3 * (r["nat"] + 1e-2 * r["sem"]), rel=1e-5)
     assert np.mean([r["pixel"] for r in rows[-3:]]) < 0.7 * np.mean([r["pixel"] for r in rows[:3]])
     done = json.loads((tmp_path / "dl" / "done.json").read_text())
-    assert done["step"] == 8 and done["config"]["diffloss"] is True
+    assert done["step"] == 8 and done["settings"]["diffloss"] is True
 
 
 def test_diffloss_fit_resize_with_larger_crops(mini_root, tmp_path):
@@ -248,11 +250,11 @@ def test_diffloss_fit_gives_the_prior_the_fitted_crops_pixel_for_pixel(mode, min
 
 
 def test_resume_gives_the_same_weights_as_an_uninterrupted_run(mini_root, tmp_path):
-    common = dict(diffloss=True, batch=2, steps=6, val_images=0, ckpt_every=3)
+    common = dict(diffloss=True, batch_size=2, steps=6, val_images=0, ckpt_every=3)
     full = train_restoration(_cfg(tmp_path / "full", mini_root, **common))
     part = _cfg(tmp_path / "part", mini_root, **{**common, "steps": 3})
     train_restoration(part)
-    resumed = train_restoration(_cfg(tmp_path / "part", mini_root, **common, resume=True))
+    resumed = train_restoration(_cfg(tmp_path / "part", mini_root, **common))
     a = torch.load(full / "ckpt.pt", weights_only=False)
     b = torch.load(resumed / "ckpt.pt", weights_only=False)
     assert a["step"] == b["step"] == 6
@@ -264,14 +266,15 @@ def test_resume_gives_the_same_weights_as_an_uninterrupted_run(mini_root, tmp_pa
     assert [(r["step"], r["total"], r["nat"]) for r in la] == [(r["step"], r["total"], r["nat"]) for r in lb]
 
 
-def test_resume_refuses_other_settings_and_existing_runs(mini_root, tmp_path):
+def test_rerun_resumes_and_other_settings_are_refused(mini_root, tmp_path):
     cfg = _cfg(tmp_path / "r", mini_root, steps=2, val_images=0)
     train_restoration(cfg)
-    with pytest.raises(ValueError, match="--resume"):
-        train_restoration(cfg)
-    with pytest.raises(ValueError, match="lr"):
-        train_restoration(_cfg(tmp_path / "r", mini_root, steps=4, val_images=0, lr=1e-4, resume=True))
-    with pytest.raises(ValueError, match="steps must be a positive integer"):
+    before = (tmp_path / "r" / "ckpt.pt").read_bytes()
+    train_restoration(cfg)  # the same command again: finished, nothing to do
+    assert (tmp_path / "r" / "ckpt.pt").read_bytes() == before
+    with pytest.raises(ValueError, match=r"other settings \(lr: 0.002 there, 0.0001 now\)"):
+        train_restoration(_cfg(tmp_path / "r", mini_root, steps=4, val_images=0, lr=1e-4))
+    with pytest.raises(ValueError, match="--steps must be a positive integer"):
         TrainConfig(out=str(tmp_path / "x"), steps=0).validate()
 
 
@@ -336,7 +339,7 @@ def test_restore_refuses_a_folder_made_with_another_checkpoint(l2_run, small_cub
 def test_restore_cli(l2_run, small_cub, tmp_path, capsys):
     from restoration.restore import main
 
-    assert main(["--ckpt", str(l2_run), "--in", str(small_cub), "--out", str(tmp_path / "o"), "--split", "all",
+    assert main(["--ckpt", str(l2_run), "--cub-root", str(small_cub), "--out", str(tmp_path / "o"), "--split", "all",
                  "--format", "jpeg", "--no-progress"]) == 0
     idx = read_cub(tmp_path / "o")
     assert len(idx.records) == 8 and all(idx.image_path(r).suffix == ".jpg" for r in idx.records)
@@ -380,7 +383,10 @@ def test_refused_run_leaves_no_run_folder_and_says_one_line(bad, mini_root, tmp_
         "prior": ["--pairs", f"synthetic:fog:3:{mini_root}", "--diffloss", "on", "--prior", str(junk)],
         "missing-pairs": ["--pairs", str(tmp_path / "no-such-folder")],
     }[bad]
-    rc = train_mod.main(argv + ["--out", str(out), "--steps", "1", "--crop", "32", "--no-progress", "--no-plot"])
+    try:
+        rc = train_mod.main(argv + ["--out", str(out), "--steps", "1", "--crop", "32", "--no-progress", "--no-plot"])
+    except SystemExit as exc:  # refused by the argument parser
+        rc = exc.code
     err = capsys.readouterr().err
     lines = [line for line in err.splitlines() if line.strip()]
     assert rc == 2 and len(lines) == 1 and lines[0].startswith("error: "), err
@@ -395,11 +401,11 @@ def test_refused_library_call_leaves_no_run_folder(mini_root, tmp_path):
     assert not out.exists()
 
 
-def test_autocast_reaches_the_criterion_and_older_runs_still_resume(monkeypatch, tmp_path):
-    """--autocast bf16 runs the prior's UNet calls under bf16 autocast; a config saved before the option
-    existed reads as fp32, so older runs (and the demo's cached restorers) resume instead of retraining."""
+def test_autocast_reaches_the_criterion_and_is_a_result_setting(monkeypatch, tmp_path):
+    """--autocast bf16 runs the prior's UNet calls under bf16 autocast, and a run resumes only under the same
+    precision."""
     import diffloss.criterion as crit
-    from restoration.train.config import TrainConfig, config_diff
+    from restoration.train.config import TrainConfig
 
     seen = []
     real = crit.DiffLoss.__init__
@@ -409,15 +415,13 @@ def test_autocast_reaches_the_criterion_and_older_runs_still_resume(monkeypatch,
         return real(self, *a, **k)
 
     monkeypatch.setattr(crit.DiffLoss, "__init__", spy)
-    out = train_mod.train_restoration(out=str(tmp_path / "r"), net="small-unet", pairs="synthetic:rain:2", steps=1,
-                                      batch=1, crop=32, val_images=0, diffloss=True, prior="random",
-                                      autocast="bf16", plot=False, progress=False)
+    kw = dict(out=str(tmp_path / "r"), net="small-unet", pairs="synthetic:rain:2", steps=1, batch_size=1, crop=32,
+              val_images=0, diffloss=True, prior="random", plot=False, progress=False)
+    out = train_mod.train_restoration(autocast="bf16", **kw)
     assert seen == ["bf16"]
     saved = json.loads((out / "config.json").read_text())
-    assert saved["autocast"] == "bf16"
-    now = TrainConfig(**{k: v for k, v in saved.items() if k != "autocast"})
-    assert config_diff(saved, now) == ["autocast: checkpoint 'bf16' vs now 'fp32'"]
-    older = {k: v for k, v in saved.items() if k != "autocast"}  # a run from before the option
-    assert config_diff(older, now) == []
+    assert saved["command"] == "restoration.train" and saved["settings"]["autocast"] == "bf16"
+    with pytest.raises(ValueError, match="autocast: 'bf16' there, 'fp32' now"):
+        train_mod.train_restoration(autocast="fp32", **kw)
     with pytest.raises(ValueError, match="autocast"):
         TrainConfig(out="x", autocast="fp8").validate()

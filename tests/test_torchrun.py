@@ -50,7 +50,7 @@ def restorer(small_cub, tmp_path_factory) -> Path:
     from restoration.train import train_restoration
 
     return train_restoration(out=str(tmp_path_factory.mktemp("restorer") / "run"), pairs=f"synthetic:lowlight:3:{small_cub}",
-                             steps=2, crop=32, batch=2, val_images=0, progress=False, plot=False)
+                             steps=2, crop=32, batch_size=2, val_images=0, progress=False, plot=False)
 
 
 RESTORE_ARGS = ["--split", "all", "--batch-size", "2", "--device", "cpu", "--no-progress"]
@@ -62,13 +62,13 @@ def restored_once(restorer, small_cub, tmp_path_factory) -> Path:
     from restoration.restore import main
 
     out = tmp_path_factory.mktemp("one") / "restored"
-    assert main(["--ckpt", str(restorer), "--in", str(small_cub), "--out", str(out), *RESTORE_ARGS]) == 0
+    assert main(["--ckpt", str(restorer), "--cub-root", str(small_cub), "--out", str(out), *RESTORE_ARGS]) == 0
     return out
 
 
 def test_restore_two_processes_write_the_same_folder(restorer, small_cub, restored_once, tmp_path):
     out = tmp_path / "restored"
-    res = torchrun(["-m", "restoration.restore", "--ckpt", str(restorer), "--in", str(small_cub), "--out", str(out),
+    res = torchrun(["-m", "restoration.restore", "--ckpt", str(restorer), "--cub-root", str(small_cub), "--out", str(out),
                     *RESTORE_ARGS])
     assert res.returncode == 0, res.stderr[-3000:]
     assert res.stdout.count("12 restored") == 1  # rank 0 reports for both
@@ -101,7 +101,7 @@ def test_interrupted_two_process_restore_resumes_on_one(restorer, small_cub, res
     script = tmp_path / "flaky_restore.py"
     script.write_text(FLAKY_RESTORE)
     out = tmp_path / "restored"
-    res = torchrun([str(script), "--ckpt", str(restorer), "--in", str(small_cub), "--out", str(out), *RESTORE_ARGS])
+    res = torchrun([str(script), "--ckpt", str(restorer), "--cub-root", str(small_cub), "--out", str(out), *RESTORE_ARGS])
     assert res.returncode != 0
     assert "error: rank 1 of 2 failed: RuntimeError: simulated crash of rank 1" in res.stderr
     assert json.loads((out / MANIFEST).read_text())["complete"] is False and not (out / "images.txt").exists()
@@ -137,9 +137,9 @@ def test_classify_two_processes_write_the_same_tables(tiny_ckpts, mini_root, dar
     from analysis.classify import main
 
     args = ["--classifier", f"vgg-mini={tiny_ckpts['vgg-mini']}", "--classifier",
-            f"resnet-mini={tiny_ckpts['resnet-mini']}", "--clean", str(mini_root),
+            f"resnet-mini={tiny_ckpts['resnet-mini']}", "--cub-root", str(mini_root),
             "--set", f"degraded/dark={dark_set}", "--set", f"w/ DiffLoss/dark={mini_root}",
-            "--workers", "0", "--batch-size", "16", "--n-boot", "200", "--device", "cpu", "--no-progress"]
+            "--loader-workers", "0", "--batch-size", "16", "--n-boot", "200", "--device", "cpu", "--no-progress"]
     one, two = tmp_path / "one", tmp_path / "two"
     assert main([*args, "--out", str(one)]) == 0
     res = torchrun(["-m", "analysis.classify", *args, "--out", str(two)])
@@ -154,7 +154,7 @@ def test_classify_two_processes_write_the_same_tables(tiny_ckpts, mini_root, dar
 # ---------------------------------------------------------------------------------------------- train
 @pytest.mark.parametrize("diffloss", ["off", "on"])
 def test_train_two_processes_at_the_same_global_batch(small_cub, tmp_path, diffloss):
-    """``torchrun --nproc_per_node 2 -m restoration.train --batch 2`` against one process at ``--batch 4``.
+    """``torchrun --nproc_per_node 2 -m restoration.train --batch-size 2`` against one process at ``--batch-size 4``.
 
     Both see the same crops (rank r takes slice r of each step's global batch of 4) and DDP averages the
     two ranks' gradients, so without DiffLoss the weights agree up to float rounding (< 1e-6). With
@@ -167,9 +167,9 @@ def test_train_two_processes_at_the_same_global_batch(small_cub, tmp_path, diffl
 
     common = dict(pairs=f"synthetic:lowlight:3:{small_cub}", crop=32, steps=3, val_images=0, lr=1e-3,
                   diffloss=diffloss == "on", prior="random", device="cpu")
-    one = train_restoration(out=str(tmp_path / "one"), batch=4, progress=False, plot=False, **common)
+    one = train_restoration(out=str(tmp_path / "one"), batch_size=4, progress=False, plot=False, **common)
     res = torchrun(["-m", "restoration.train", "--pairs", common["pairs"], "--crop", "32", "--steps", "3",
-                    "--batch", "2", "--val-images", "0", "--lr", "1e-3", "--diffloss", diffloss, "--prior", "random",
+                    "--batch-size", "2", "--val-images", "0", "--lr", "1e-3", "--diffloss", diffloss, "--prior", "random",
                     "--device", "cpu", "--no-progress", "--no-plot", "--out", str(tmp_path / "two")])
     assert res.returncode == 0, res.stderr[-3000:]
     a = torch.load(one / "ckpt.pt", weights_only=True)
@@ -186,21 +186,21 @@ def test_train_two_processes_at_the_same_global_batch(small_cub, tmp_path, diffl
 # ---------------------------------------------------------------------------------------------- hspace
 @pytest.fixture(scope="module")
 def hspace_groups(small_cub, tmp_path_factory) -> list[str]:
-    """``--group`` arguments: ``small_cub``, its low-light and its fog copy (the same 6 test images in each)."""
+    """``--set`` arguments: ``small_cub``, its low-light and its fog copy (the same 6 test images in each)."""
     from corruptions.degrade import build_degraded_cub
 
     out = tmp_path_factory.mktemp("hspace-groups") / "degraded"
     build_degraded_cub(cub_root=small_cub, out=out, corruptions=("lowlight", "fog"), severities=(3,), split="test",
                        progress=False)
-    return ["--group", f"clean={small_cub}", "--group", f"lowlight={out / 'lowlight' / '3'}",
-            "--group", f"fog={out / 'fog' / '3'}"]
+    return ["--set", f"clean={small_cub}", "--set", f"lowlight={out / 'lowlight' / '3'}",
+            "--set", f"fog={out / 'fog' / '3'}"]
 
 
 # 4 images per group, one batch per group: rank 0 takes clean and fog, rank 1 lowlight and nothing in the second
 # round. batch-svd edits h along a direction computed from the batch's images: a rank that batched other images
 # would give other distances. The first 2 images of each group go to the grid.
 HSPACE_ARGS = ["--prior", "random", "--prior-config", "tiny", "--weights", "none", "--feature-size", "32",
-               "--images-per-group", "4", "--batch-images", "4", "--grid-images", "2", "--svd-mode", "batch-svd",
+               "--images-per-group", "4", "--batch-size", "4", "--grid-images", "2", "--svd-mode", "batch-svd",
                "--steps", "2", "--t0", "300", "--t-edit", "100", "--levels", "2", "--device", "cpu", "--no-progress"]
 
 

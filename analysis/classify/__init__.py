@@ -3,7 +3,7 @@
 Every set is a CUB root (from `corruptions.degrade`, from `restoration.restore`, or your own) whose test split
 holds the same images as the clean root's; only the test split is scored, with each classifier's own
 preprocessing (recorded in its checkpoint). Each cell gets a 95% percentile-bootstrap confidence interval
-(resamples drawn from --seed, alias --bootstrap-seed), each pair of configurations on the same images (degraded
+(resamples drawn from --seed), each pair of configurations on the same images (degraded
 vs restored, w/o vs w/ DiffLoss) McNemar's exact test; the McNemar p-values of one table are one family and
 get Holm's correction by default (--p-adjust holm; column p_adjusted beside the raw p_value). Writes
 OUT/table.{csv,md,tex,json}, OUT/mcnemar.csv and OUT/predictions/ (per-image predictions, from which
@@ -11,14 +11,14 @@ OUT/table.{csv,md,tex,json}, OUT/mcnemar.csv and OUT/predictions/ (per-image pre
 anything is scored.
 
     python -m analysis.classify --classifier resnet50=ckpt/resnet50.pt --classifier vgg16=ckpt/vgg16.pt \\
-        --clean data/CUB_200_2011 --set "degraded/fog=data/cub-degraded/fog/3" \\
+        --cub-root data/CUB_200_2011 --set "degraded/fog=data/cub-degraded/fog/3" \\
         --set "w/o DiffLoss/fog=data/restored/fog-l2" --set "w/ DiffLoss/fog=data/restored/fog-diffloss" --out runs/table2
 
 --set takes CONFIG/DEGRADATION=ROOT (the last '/' before '=' separates them, so 'w/o DiffLoss/fog' works).
 The same can be given as a JSON/YAML --spec file. --bbox-crop scores box-cropped images instead (URIE's CUB-C
 protocol: crop to the box, resize to 256x256, centre-crop 227; --bbox-size changes the two sizes). Each
 classifier must have been trained on the protocol it is scored with (python -m classifiers.finetune --bbox-crop
-records it in the checkpoint; older checkpoints mean whole images); a mismatch is an error unless
+records it in the checkpoint); a mismatch is an error unless
 --allow-protocol-mismatch. Without --classifier, --spec or --from-predictions it runs the embedded demo: a
 synthetic smoke benchmark on the built-in mini-CUB that needs no data.
 """
@@ -26,7 +26,7 @@ from __future__ import annotations
 
 # One concern per module: spec.py (what to score, and the checks on it), scoring.py (the predictions, shared
 # out under torchrun), summary.py (CIs, McNemar, the whole run), formats.py (the files and their readers),
-# cli.py (the command line). This file re-exports their public names, the old import paths.
+# cli.py (the command line). This file gathers their public names: the package's API.
 
 from classifiers import URIE_BBOX_SIZE, parse_bbox_size
 from classifiers.scoring_data import ScoringDataset
@@ -75,10 +75,3 @@ __all__ = [
     # the command line (cli.py)
     "DEFAULT_OUT", "DEMO_OUT", "build_parser", "main", "check_out_writable",
 ]
-
-# the demo moved to analysis.demo; the old names still resolve, with a DeprecationWarning
-from analysis.demo import moved_to_demo  # noqa: E402
-
-__getattr__ = moved_to_demo(__name__, {
-    **dict.fromkeys(("DEMO_CORRUPTIONS", "DEMO_SEVERITY", "demo_spec", "run_demo"), "analysis.demo.table2"),
-    **dict.fromkeys(("DEMO_ARCHS", "demo_classifiers"), "analysis.demo.classifiers")})

@@ -22,7 +22,6 @@ TABLE_COLUMNS = ("config", "degradation", "classifier", "n", "correct", "top1", 
 #: by the method named in p_adjust ("holm", or "none": p_adjusted == p_value).
 MCNEMAR_COLUMNS = ("config_a", "config_b", "degradation", "classifier", "n", "b", "c", "p_value", "p_adjusted",
                    "p_adjust")
-_LEGACY_MCNEMAR_COLUMNS = MCNEMAR_COLUMNS[:8]  # files written before p_adjusted existed
 PREDICTION_COLUMNS = ("config", "degradation", "classifier", "image_id", "rel_path", "label", "pred", "correct")
 PREDICTIONS_FORMAT = "diffloss-toolkit/table2-predictions-v1"
 #: Keys of the run's meta that belong to the statistics, not to the predictions (re-chosen on every re-make).
@@ -196,14 +195,13 @@ def write_outputs(out: str | Path, rows: Sequence[dict], tests: Sequence[dict], 
 
 
 # ---------------------------------------------------------------------------------------------- readers
-def _read_checked(path: Path, columns: Sequence[str], ints: Sequence[str], floats: Sequence[str],
-                  legacy: Sequence[str] | None = None) -> list[dict]:
-    """`cubdata.read_csv` of ``path``, whose header must be ``columns`` (or, for older files, ``legacy``)."""
+def _read_checked(path: Path, columns: Sequence[str], ints: Sequence[str], floats: Sequence[str]) -> list[dict]:
+    """`cubdata.read_csv` of ``path``, whose header must be ``columns``."""
     if not path.is_file():
         raise FileNotFoundError(f"{path} not found; write it with python -m analysis.classify --out {path.parent}")
     with open(path, encoding="utf-8") as fh:  # our column names are plain words: the header splits on commas
         found = fh.readline().rstrip("\r\n").split(",")
-    if found != list(columns) and (legacy is None or found != list(legacy)):
+    if found != list(columns):
         raise ValueError(f"{path}: expected columns {list(columns)}, found {found}")
     return read_csv(path, ints, floats)
 
@@ -216,9 +214,8 @@ def load_table(out_dir: str | Path) -> list[dict[str, Any]]:
 
 def load_mcnemar(out_dir: str | Path) -> list[dict[str, Any]]:
     """Read ``out_dir/mcnemar.csv`` back (``n``, ``b``, ``c`` int; ``p_value``, ``p_adjusted`` float;
-    ``p_adjust`` the correction's name). Files from before the correction lack the last two columns."""
-    return _read_checked(Path(out_dir) / "mcnemar.csv", MCNEMAR_COLUMNS, ("n", "b", "c"), ("p_value", "p_adjusted"),
-                         legacy=_LEGACY_MCNEMAR_COLUMNS)
+    ``p_adjust`` the correction's name)."""
+    return _read_checked(Path(out_dir) / "mcnemar.csv", MCNEMAR_COLUMNS, ("n", "b", "c"), ("p_value", "p_adjusted"))
 
 
 def _prediction_files(d: Path) -> tuple[list[Path], dict[str, Any], bool]:

@@ -13,12 +13,12 @@ from cubdata import CubIndex
 __all__ = ["CLEAN", "DEGRADED", "SetSpec", "Table2Spec", "parse_set_arg", "parse_classifier_arg", "load_spec",
            "check_same_test_split", "check_classes", "check_protocol"]
 
-#: The row (and column) of the clean test split, given by ``--clean``; no set may use the name.
+#: The row (and column) of the clean test split, given by ``--cub-root``; no set may use the name.
 CLEAN = "clean"
 #: The row name of the degraded copies (`corruptions.degrade`) by convention: the baseline the restored rows
 #: are compared with.
 DEGRADED = "degraded"
-_SPEC_KEYS = ("clean", "classifiers", "sets", "bbox_crop", "bbox_size", "allow_protocol_mismatch", "out")
+_SPEC_KEYS = ("cub_root", "classifiers", "sets", "bbox_crop", "bbox_size", "allow_protocol_mismatch", "out")
 
 
 @dataclass(frozen=True)
@@ -50,7 +50,7 @@ class Table2Spec:
 
     def validate(self) -> None:
         if not self.clean:
-            raise ValueError("no clean CUB root given (--clean CUB_ROOT or 'clean:' in the spec file)")
+            raise ValueError("no clean CUB root given (--cub-root CUB_ROOT or 'cub_root:' in the spec file)")
         if not self.classifiers:
             raise ValueError("no classifier given (--classifier NAME=CKPT or 'classifiers:' in the spec file)")
         seen = set()
@@ -58,7 +58,7 @@ class Table2Spec:
             if not s.config or not s.degradation:
                 raise ValueError(f"set {s} needs a non-empty config and degradation")
             if s.config == CLEAN or s.degradation == CLEAN:
-                raise ValueError(f"'{CLEAN}' is reserved for the clean row (given by --clean); rename set "
+                raise ValueError(f"'{CLEAN}' is reserved for the clean row (given by --cub-root); rename set "
                                  f"'{s.config}/{s.degradation}'")
             key = (s.config, s.degradation)
             if key in seen:
@@ -106,7 +106,7 @@ def _read_spec_doc(path: Path) -> dict[str, Any]:
         raise ValueError(f"spec file {path} is not readable {'JSON' if path.suffix.lower() == '.json' else 'YAML'}: "
                          f"{' '.join(str(err).split())[:200]}") from None
     if not isinstance(doc, dict):
-        raise ValueError(f"spec file {path} must hold a mapping with 'clean', 'classifiers', 'sets'; found "
+        raise ValueError(f"spec file {path} must hold a mapping with 'cub_root', 'classifiers', 'sets'; found "
                          f"{type(doc).__name__}")
     unknown = set(doc) - set(_SPEC_KEYS)
     if unknown:
@@ -160,7 +160,7 @@ def load_spec(path: str | Path) -> tuple[Table2Spec, dict[str, Any]]:
     base = path.parent
     classifiers = _spec_classifiers(doc.get("classifiers") or {}, base)
     sets = _spec_sets(doc.get("sets") or {}, path)
-    clean = _resolve(base, str(doc["clean"])) if doc.get("clean") else ""
+    clean = _resolve(base, str(doc["cub_root"])) if doc.get("cub_root") else ""
     extra = {"out": _resolve(base, str(doc["out"]))} if "out" in doc else {}
     bbox_size = parse_bbox_size(doc["bbox_size"]) if "bbox_size" in doc else URIE_BBOX_SIZE
     return Table2Spec(clean, classifiers, sets, bool(doc.get("bbox_crop", False)), bbox_size,

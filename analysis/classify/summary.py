@@ -9,7 +9,8 @@ from typing import Any, Sequence
 import numpy as np
 
 from classifiers.predict import resolve_device
-from runkit.cli import option
+from runkit.checks import positive_int
+from runkit.options import Options, option
 from runkit.distributed import distributed, on_rank0
 
 from analysis.stats import P_ADJUST_METHODS, adjust_p_values, mcnemar_test, top1_with_ci
@@ -22,14 +23,23 @@ __all__ = ["DEFAULT_P_ADJUST", "StatsConfig", "summarize", "finish_table2", "run
 DEFAULT_P_ADJUST = "holm"
 
 
-@dataclass(frozen=True)
-class StatsConfig:
+def _confidence(name: str, value: float) -> float:
+    if not isinstance(value, (int, float)) or not 0 < value < 1:
+        hint = f"; for {value:g}% pass {name} {value / 100:g}" if isinstance(value, (int, float)) and 1 < value < 100 else ""
+        raise ValueError(f"{name} must be in (0, 1), got {value:g}{hint}" if isinstance(value, (int, float)) else f"{name} must be in (0, 1), got {value!r}")
+    return value
+
+
+@dataclass(kw_only=True)
+class StatsConfig(Options):
     """The statistics of the table (`summarize`); each field is also a command-line option."""
 
-    n_boot: int = option(1000, help="bootstrap resamples per cell (>= 1)")
-    confidence: float = option(0.95, help="confidence level of the intervals, in (0, 1): 0.95, not 95")
-    seed: int = option(0, aliases=("--bootstrap-seed",),
-                       help="seed of the bootstrap resampling (numpy default_rng; every cell's CI draws from it, in "
+    _options_title = "statistics"
+
+    n_boot: int = option(1000, check=positive_int, help="bootstrap resamples per cell")
+    confidence: float = option(0.95, check=_confidence,
+                               help="confidence level of the intervals, in (0, 1): 0.95, not 95")
+    seed: int = option(0, help="seed of the bootstrap resampling (numpy default_rng; every cell's CI draws from it, in "
                             "every mode, the demo included); the only randomness of the table")
     p_adjust: str = option(DEFAULT_P_ADJUST, choices=P_ADJUST_METHODS,
                            help="multiple-comparison correction over all McNemar tests of the table (mcnemar.csv: "

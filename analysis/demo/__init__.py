@@ -25,18 +25,3 @@ def __getattr__(name):  # the Table 2 and h-space parts import analysis.classify
 
         return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def moved_to_demo(module: str, moved: dict[str, str]):
-    """A module ``__getattr__`` forwarding demo names that used to live in ``module`` to `analysis.demo`
-    (with a DeprecationWarning naming the new place)."""
-    def __getattr__(name: str):
-        if name not in moved:
-            raise AttributeError(f"module {module!r} has no attribute {name!r}")
-        import importlib
-        import warnings
-
-        target = moved[name]
-        warnings.warn(f"{module}.{name} moved to {target}.{name}", DeprecationWarning, stacklevel=2)
-        return getattr(importlib.import_module(target), name)
-    return __getattr__

@@ -24,7 +24,7 @@ DEMO_ARCHS = ("vgg-mini", "resnet-mini")
 #: as the real one, without pretrained weights, at 64 px).
 DEMO_FINETUNE = {"weights": "none", "img_size": 64, "epochs": 40, "batch_size": 12, "lr": 0.05,
                  "head_lr_mult": 1.0, "weight_decay": 5e-4, "warmup_epochs": 1.0, "crop_scale": (0.5, 1.0),
-                 "workers": 0, "seed": 0, "threads": 1}
+                 "loader_workers": 0, "seed": 0, "threads": 1}
 
 
 def digest(obj: Any, n: int = 12) -> str:
@@ -33,10 +33,10 @@ def digest(obj: Any, n: int = 12) -> str:
 
 
 def demo_checkpoint(folder: Path, arch: str, settings: dict) -> Path:
-    """Where the demo keeps ``arch``'s checkpoint: named by a hash of the recipe, the mini benchmark's
+    """Where the demo keeps ``arch``'s run folder: named by a hash of the recipe, the mini benchmark's
     version and the checkpoint format, so a change of any of them trains anew."""
     key = digest({"arch": arch, "settings": settings, "mini": MINI_VERSION, "format": CHECKPOINT_FORMAT})
-    return folder / f"{arch}-{key}.pt"
+    return folder / f"{arch}-{key}"
 
 
 def demo_classifiers(cache: str | Path | None = None, device: str = "auto", progress: bool = True,
@@ -44,7 +44,7 @@ def demo_classifiers(cache: str | Path | None = None, device: str = "auto", prog
     """Fine-tune (or reuse) the demo's small classifiers from scratch on the mini-CUB train split.
 
     Checkpoints live under ``cache`` (default ``cubdata.cache_dir()/"demo-classifiers"``), named by
-    `demo_checkpoint`. ``settings`` override `DEMO_FINETUNE`'s. Returns ``{arch: checkpoint path}``.
+    `demo_checkpoint`. ``settings`` override `DEMO_FINETUNE`'s. Returns ``{arch: classifier.pt path}``.
     """
     settings = dict(DEMO_FINETUNE, **(settings or {}))
     folder = Path(cache) if cache is not None else cache_dir() / "demo-classifiers"
@@ -53,9 +53,9 @@ def demo_classifiers(cache: str | Path | None = None, device: str = "auto", prog
     for arch in archs:
         ckpt = demo_checkpoint(folder, arch, settings)
         cfg = FinetuneConfig(arch=arch, cub_root=str(mini), out=str(ckpt), device=device, progress=progress,
-                             resume=True, **settings)
+                             **settings)
         summary = finetune(cfg)
         log.info("demo classifier %s: clean top-1 %.1f%% (%s)", arch, summary["clean_test_top1"],
                  "cached" if summary["skipped"] else f"trained in {summary['seconds']:.1f} s")
-        out[arch] = ckpt
+        out[arch] = Path(summary["ckpt"])
     return out

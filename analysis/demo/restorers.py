@@ -5,7 +5,6 @@ quick mode. Cached under ``cubdata.cache_dir()/"demo-restorers"``.
 """
 from __future__ import annotations
 
-import json
 import logging
 import os
 import shutil
@@ -16,7 +15,9 @@ from typing import Any, Mapping
 from cubdata import cache_dir
 from runkit.runtime import torch_threads
 from restoration.nets import DEFAULT_NET
-from restoration.train import TrainConfig, config_diff, train_restoration
+from restoration.train import TrainConfig, train_restoration
+from restoration.train.loop import COMMAND, OUTPUTS
+from runkit.rundir import RunDir
 
 log = logging.getLogger(__name__)
 
@@ -32,25 +33,15 @@ RESTORER_LABELS = ("w/o DiffLoss", "w/ DiffLoss")
 #: highest mean validation Top-1 among the settings that change every corruption's restorations by at least
 #: 0.5/255. The paper's 1e-3 / 1e-2 were set for ADM-256 at 256 px; with the mini prior they leave the
 #: restorations unchanged (0.00-0.01/255 on average).
-DEMO_SETTINGS = dict(net=DEFAULT_NET, net_kwargs={}, crop=64, batch=4, lr=2e-3, warmup_steps=150, steps=30,
+DEMO_SETTINGS = dict(net=DEFAULT_NET, net_kwargs={}, crop=64, batch_size=4, lr=2e-3, warmup_steps=150, steps=30,
                      prior="builtin", gamma=1.0, lam=1.0, target="eps", seed=0, val_images=6)
 
 
-def _demo_done(run_dir: Path, cfg: TrainConfig) -> bool:
-    try:
-        done = json.loads((run_dir / "done.json").read_text())
-    except (OSError, ValueError):
-        return False
-    saved = done.get("config", {})
-    return (not config_diff(saved, cfg) and done.get("step") == cfg.steps and (run_dir / "ckpt.pt").is_file())
-
-
 def _demo_run(cfg: TrainConfig) -> Path:
-    run_dir = Path(cfg.out)
-    if _demo_done(run_dir, cfg):
-        return run_dir
-    if run_dir.exists():
-        shutil.rmtree(run_dir)  # our own cache folder, from an older or interrupted demo schedule
+    try:
+        RunDir(cfg.out, COMMAND, cfg, outputs=OUTPUTS).check()
+    except ValueError:
+        shutil.rmtree(cfg.out)  # our own cache folder, from an older demo schedule
     return train_restoration(cfg)
 
 
@@ -58,9 +49,9 @@ def _prior_tag(prior: str) -> str:
     """Names demo cache folders by the prior's content, so a new built-in prior never meets old restorers."""
     from runkit.files import sha256_file
 
-    from diffloss.prior import resolve_prior_spec
+    from diffloss.prior import resolve_prior
 
-    path = resolve_prior_spec(prior)
+    path = resolve_prior(prior).path
     return "random" if path is None else sha256_file(path)[:10]
 
 
@@ -92,9 +83,9 @@ def _ensure_demo_restorers(corruptions, severity, cache, progress, s, variants) 
     if isinstance(corruptions, str):
         corruptions = (corruptions,)
     root = Path(cache) if cache is not None else cache_dir() / "demo-restorers"
-    common = dict(net=s["net"], net_kwargs=dict(s["net_kwargs"]), crop=s["crop"], batch=s["batch"], lr=s["lr"],
+    common = dict(net=s["net"], net_kwargs=dict(s["net_kwargs"]), crop=s["crop"], batch_size=s["batch_size"], lr=s["lr"],
                   prior=s["prior"], gamma=s["gamma"], lam=s["lam"], target=s["target"], seed=s["seed"],
-                  val_every=0, ckpt_every=0, val_images=s["val_images"], progress=progress, plot=False, resume=False)
+                  val_every=0, ckpt_every=0, val_images=s["val_images"], progress=progress, plot=False)
     tag = _prior_tag(s["prior"])
     out: dict[str, dict[str, Path]] = {}
     for corruption in corruptions:

@@ -41,10 +41,10 @@ python -m restoration.train --net iat --pairs data/LOL --diffloss off --out runs
 python -m restoration.train --net iat --pairs data/LOL --diffloss on --prior ckpt/256x256_diffusion_uncond.pt \\
     --out runs/iat-lol-diffloss
 # 4. restored copies of the degraded test split
-python -m restoration.restore --ckpt runs/iat-lol-l2 --in data/cub-degraded/lowlight/3 --out data/restored/lowlight-wo
-python -m restoration.restore --ckpt runs/iat-lol-diffloss --in data/cub-degraded/lowlight/3 --out data/restored/lowlight-w
+python -m restoration.restore --ckpt runs/iat-lol-l2 --cub-root data/cub-degraded/lowlight/3 --out data/restored/lowlight-wo
+python -m restoration.restore --ckpt runs/iat-lol-diffloss --cub-root data/cub-degraded/lowlight/3 --out data/restored/lowlight-w
 # 5. the table (one --set per row and degradation, or all of it in a --spec YAML file)
-python -m analysis.classify --clean data/CUB_200_2011 \\
+python -m analysis.classify --cub-root data/CUB_200_2011 \\
     --classifier resnet50=ckpt/resnet50.pt --classifier vgg16=ckpt/vgg16.pt \\
     --set "degraded/lowlight=data/cub-degraded/lowlight/3" --set "w/o DiffLoss/lowlight=data/restored/lowlight-wo" \\
     --set "w/ DiffLoss/lowlight=data/restored/lowlight-w" ... --out runs/table2"""
@@ -155,7 +155,7 @@ def run_demo(out: str | Path = DEMO_OUT, device: str = "auto", batch_size: int =
     return result
 
 
-def main_demo(args, progress: bool) -> int:
+def main_demo(args) -> int:
     """The demo's command line (``python -m analysis.classify`` without --classifier, --spec or
     --from-predictions): runs `run_demo` with the parsed ``args`` and prints the table, the notes and the
     commands for real data."""
@@ -168,8 +168,7 @@ def main_demo(args, progress: bool) -> int:
           "effects have the expected sign; its numbers say nothing about real birds or about the paper.\n",
           flush=True)
     result = run_demo(out, device=args.device, batch_size=args.batch_size, workers=0, n_boot=args.n_boot,
-                      seed=args.seed, progress=progress, restore=not args.no_restore,
-                      threads=1 if args.threads is None else args.threads)
+                      seed=args.seed, progress=args.progress, restore=args.restore, threads=args.threads or 1)
     print(result["markdown"])
     for note in result["notes"]:
         print(f"NOTE: {note}\n")

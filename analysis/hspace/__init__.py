@@ -12,8 +12,7 @@ For every image of every group (clean, degraded, restored w/o and w/ DiffLoss, .
      ``--svd-mode batch-svd`` instead moves h along the first principal component of the flattened h of the
      current batch's unperturbed samples (2..``--batch-size`` images, recomputed at every edited step):
      h + alpha_k * sd1 * pc1. This is NOT Haas et al.'s direction (one global principal direction per timestep
-     from a reference set of images): with a few images per batch it depends on which images share the batch
-     (``batch-pca``, its old name, is a deprecated alias);
+     from a reference set of images): with a few images per batch it depends on which images share the batch;
   5. ResNet50 (ImageNet) penultimate 2048-d features of every generation; distance of level k =
      L2(features(level k) - features(level 0)), beside it the cosine distance and the L2 relative to the norm of
      the unperturbed features; and the size of the edit |dh| = ||h' - h||_F (mean over the edited steps, also
@@ -27,29 +26,26 @@ mannwhitney.csv (``--test mann-whitney``: unpaired), summary.json (protocol, sec
 histograms / histogram_overlay / grid as PNG and PDF, generations/ (grid images) and a manifest.json that lets an
 interrupted run resume.
 
-Several GPUs: ``torchrun --nproc_per_node N -m analysis.hspace ...`` (paper mode, or --quick with --group) deals
+Several GPUs: ``torchrun --nproc_per_node N -m analysis.hspace ...`` (paper mode, or --quick with --set) deals
 the batches of --batch-size images out between N processes (each on its LOCAL_RANK GPU; gloo on the CPU works
 too); rank 0 alone writes, and the outputs are those of a one-process run (timings aside).
 
     python -m analysis.hspace --quick --out runs/hspace-quick
     python -m analysis.hspace --prior 256x256_diffusion_uncond.pt --weights resnet50-0676ba61.pth \\
-        --group clean=CUB_200_2011 --group degraded=degraded/fog/3 --group "w/ DiffLoss=restored/fog3-dl" \\
+        --set clean=CUB_200_2011 --set degraded=degraded/fog/3 --set "w/ DiffLoss=restored/fog3-dl" \\
         --out runs/hspace
 """
 from __future__ import annotations
 
-from cubdata import IMAGE_SUFFIXES
-
-from analysis.hspace.cli import PRIOR_FILE, PRIOR_URL, build_parser, config_from_args, main, run
+from analysis.hspace.cli import PRIOR_URL, build_parser, main, run
 from analysis.hspace.config import QUICK_DEFAULTS, HSpaceConfig, make_config
-from analysis.hspace.features import (IMAGENET_MEAN, IMAGENET_STD, RESNET50_FILE, RESNET50_URL, ResNetFeatures,
-                       build_feature_extractor, feature_distance_metrics, feature_distances)
+from analysis.hspace.features import (RESNET50_FILE, RESNET50_URL, ResNetFeatures, build_feature_extractor,
+                                      feature_distance_metrics, feature_distances)
 from analysis.hspace.grid import load_grid
-from analysis.hspace.groups import MIN_MATCHED_FRACTION, ImageItem, list_group_images, load_image_tensor, select_images
-from analysis.hspace.perturbation import (SVD_MODE_ALIASES, SVD_MODES, PerturbationEdit, batch_principal_direction, make_alphas,
-                           perturb_along, perturb_principal, principal_component, resolve_svd_mode)
-from analysis.hspace.report import (DISTANCE_COLUMNS, MANN_WHITNEY_COLUMNS, RECORD_FIELDS, WILCOXON_COLUMNS, read_distances,
-                     write_csv, write_study_outputs)
+from analysis.hspace.groups import ImageItem, list_group_images, load_image_tensor, select_images
+from analysis.hspace.perturbation import (SVD_MODES, PerturbationEdit, batch_principal_direction, make_alphas,
+                                          perturb_along, perturb_principal, principal_component, check_svd_mode)
+from analysis.hspace.report import read_distances, write_csv, write_study_outputs
 from analysis.hspace.sampling import START_MODES, ddim_generate, ddim_invert, ddim_schedule, spaced_diffusion, start_latent
 from analysis.hspace.stats import METRICS, TESTS, group_tests, mann_whitney_tests, summarize_distances, wilcoxon_tests
 from analysis.hspace.study import HSpaceResult, run_hspace_study
@@ -59,16 +55,8 @@ __all__ = [
     "ddim_schedule", "spaced_diffusion", "start_latent", "ddim_invert", "ddim_generate", "PerturbationEdit",
     "ResNetFeatures", "build_feature_extractor", "feature_distances", "feature_distance_metrics", "ImageItem",
     "list_group_images", "select_images", "load_image_tensor", "HSpaceConfig", "HSpaceResult", "run_hspace_study",
-    "summarize_distances", "mann_whitney_tests", "wilcoxon_tests", "group_tests", "resolve_svd_mode", "TESTS",
+    "summarize_distances", "mann_whitney_tests", "wilcoxon_tests", "group_tests", "check_svd_mode", "TESTS",
     "METRICS", "write_csv", "read_distances", "load_grid", "QUICK_DEFAULTS", "run", "make_config",
     "write_study_outputs", "build_parser", "main", "SVD_MODES", "START_MODES", "PRIOR_URL", "RESNET50_FILE",
     "RESNET50_URL",
-    # importable as before, beside the list above
-    "PRIOR_FILE", "IMAGE_SUFFIXES", "IMAGENET_MEAN", "IMAGENET_STD", "SVD_MODE_ALIASES", "MIN_MATCHED_FRACTION",
-    "DISTANCE_COLUMNS", "WILCOXON_COLUMNS", "MANN_WHITNEY_COLUMNS", "RECORD_FIELDS", "config_from_args",
 ]
-
-# the quick-mode data moved to analysis.demo; the old names still resolve, with a DeprecationWarning
-from analysis.demo import moved_to_demo  # noqa: E402
-
-__getattr__ = moved_to_demo(__name__, dict.fromkeys(("quick_groups", "subset_cub_root"), "analysis.demo.hspace_quick"))

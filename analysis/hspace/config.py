@@ -6,22 +6,15 @@ import argparse
 from dataclasses import asdict, dataclass
 from typing import Sequence
 
-from runkit.cli import option
+from runkit.options import option
 
-from analysis.hspace.perturbation import SVD_MODE_ALIASES, SVD_MODES, make_alphas, resolve_svd_mode
+from analysis.hspace.perturbation import SVD_MODES, check_svd_mode, make_alphas
 from analysis.hspace.sampling import START_MODES
 
 __all__ = ["HSpaceConfig", "QUICK_DEFAULTS", "make_config"]
 
 #: quick mode's defaults (the built-in prior on mini-CUB, `analysis.demo.hspace_quick`)
 QUICK_DEFAULTS = dict(steps=25, images_per_group=4, grid_images=2, batch_images=4, feature_size=64)
-
-
-def _svd_mode_arg(text: str) -> str:
-    """argparse type of --svd-mode: a deprecated alias becomes its new name; an unknown name is refused."""
-    if text not in SVD_MODES and text not in SVD_MODE_ALIASES:
-        raise argparse.ArgumentTypeError(f"invalid choice: {text!r} (choose from {', '.join(map(repr, SVD_MODES))})")
-    return resolve_svd_mode(text)
 
 
 def _parse_floats(text: str) -> tuple[float, ...]:
@@ -41,31 +34,32 @@ class HSpaceConfig:
     quick-mode default differs (`QUICK_DEFAULTS`) default to None on the command line (`make_config` fills
     them in)."""
 
+    _options_title = "protocol"  # its --help heading
+
     t0: int = option(500, help="start timestep (of 1000): x_t0 from the image")
     steps: int = option(50, cli_default=None, help=f"DDIM timesteps in [0, t0] ({_quick('steps', 50)})")
     t_edit: int = option(200, help="edit h at the steps with t >= t_edit")
     alphas: tuple[float, ...] = option((0.5, 1.0, 1.5, 2.0), cli_default=None, parse=_parse_floats,
                                        help="explicit comma-separated alpha_1..alpha_K (overrides --levels/--scale)")
     svd_mode: str = option(
-        "sample", parse=_svd_mode_arg, metavar="{" + ",".join(SVD_MODES) + "}",
+        "sample", choices=SVD_MODES,
         help="sample: per-sample SVD of h (C x HW), the paper's edit; batch-svd: h moved along the first "
              "principal component of the flattened h of the current batch's 2..--batch-size unperturbed "
              "samples, recomputed at each edited step -- not Haas et al.'s global per-timestep direction "
-             "from a reference set, so results depend on how images are batched ('batch-pca' is a "
-             "deprecated alias)")
+             "from a reference set, so results depend on how images are batched")
     start: str = option("noise", choices=START_MODES, help="how to reach x_t0: seeded q_sample noise or DDIM inversion")
     seed: int = option(0, help="seed of the image selection and the q_sample noise")
     images_per_group: int = option(32, cli_default=None,
                                    help=f"images per group, <= 0 for all ({_quick('images_per_group', 32)})")
     split: str = option("test", choices=("train", "test", "all"), help="split of CUB-root groups")
-    batch_images: int = option(1, flag="--batch-size", aliases=("--batch-images",), cli_default=None,
+    batch_images: int = option(1, flag="--batch-size", cli_default=None,
                                help=f"images per UNet batch, each with 1+K samples ({_quick('batch_images', 1)})")
     grid_images: int = option(3, cli_default=None,
                               help=f"images per group in the level grid ({_quick('grid_images', 3)})")
 
     def __post_init__(self) -> None:
         self.alphas = make_alphas(alphas=self.alphas)
-        self.svd_mode = resolve_svd_mode(self.svd_mode)
+        self.svd_mode = check_svd_mode(self.svd_mode)
         if self.start not in START_MODES:
             raise ValueError(f"unknown start {self.start!r}; valid: {', '.join(START_MODES)}")
         if not 0 <= int(self.t_edit) <= int(self.t0):

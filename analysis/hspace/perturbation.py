@@ -3,20 +3,15 @@
 strengths and `PerturbationEdit`, the callable the h-space hook applies during generation."""
 from __future__ import annotations
 
-import logging
 import math
 from typing import Sequence
 
 import torch
 
-log = logging.getLogger(__name__)
-
-__all__ = ["principal_component", "perturb_principal", "resolve_svd_mode", "batch_principal_direction",
-           "perturb_along", "make_alphas", "PerturbationEdit", "SVD_MODES", "SVD_MODE_ALIASES"]
+__all__ = ["principal_component", "perturb_principal", "check_svd_mode", "batch_principal_direction",
+           "perturb_along", "make_alphas", "PerturbationEdit", "SVD_MODES"]
 
 SVD_MODES = ("sample", "batch-svd")
-#: Old names still accepted (with a warning) -> the mode they now are.
-SVD_MODE_ALIASES = {"batch-pca": "batch-svd"}
 
 
 def _alpha_vector(alpha, batch: int, like: torch.Tensor) -> torch.Tensor:
@@ -80,17 +75,10 @@ def perturb_principal(h: torch.Tensor, alpha) -> torch.Tensor:
     return torch.where((a != 0).view(B, 1, 1, 1), shifted, h)
 
 
-def resolve_svd_mode(name: str) -> str:
-    """The canonical name of an svd mode (`SVD_MODES`); the deprecated alias ``batch-pca`` gives ``batch-svd``
-    (with a warning: the old name claimed Haas et al.'s global direction, which this mode does not compute)."""
-    if name in SVD_MODE_ALIASES:
-        new = SVD_MODE_ALIASES[name]
-        log.warning("svd mode %r is a deprecated alias of %r (the direction comes from the current batch's images, "
-                    "not from Haas et al.'s reference set); use %r", name, new, new)
-        return new
+def check_svd_mode(name: str) -> str:
+    """``name`` if it is one of `SVD_MODES`; else a ValueError listing them."""
     if name not in SVD_MODES:
-        raise ValueError(f"unknown svd mode {name!r}; valid: {', '.join(SVD_MODES)} "
-                         f"(deprecated aliases: {', '.join(SVD_MODE_ALIASES)})")
+        raise ValueError(f"unknown svd mode {name!r}; valid: {', '.join(SVD_MODES)}")
     return name
 
 
@@ -102,7 +90,7 @@ def batch_principal_direction(h_ref: torch.Tensor) -> tuple[torch.Tensor, float]
     ``--svd-mode batch-svd`` calls it on the unperturbed samples of the current batch (2..batch_images images)
     at every edited step. That is not Haas et al.'s direction, which is one global principal direction per
     timestep from a reference set of many images: a handful of images gives a direction that depends on which
-    images share the batch. The cheaper honest option was taken (the mode renamed from ``batch-pca``), not the
+    images share the batch. The cheaper honest option was taken (a mode named for what it computes), not the
     extra reference pass a global direction needs."""
     _check_h(h_ref)
     n = h_ref.shape[0]
@@ -161,7 +149,7 @@ class PerturbationEdit:
 
     def __init__(self, alpha: torch.Tensor, svd_mode: str = "sample") -> None:
         self.alpha = torch.as_tensor(alpha, dtype=torch.float32).reshape(-1)
-        self.svd_mode = resolve_svd_mode(svd_mode)
+        self.svd_mode = check_svd_mode(svd_mode)
         self.active = False
         self.calls = 0
         self._dh_sum = torch.zeros(self.alpha.shape[0], dtype=torch.float64)

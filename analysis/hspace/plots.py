@@ -48,7 +48,7 @@ def _levels(rows: Sequence[Mapping]) -> list[int]:
 def _values(rows: Sequence[Mapping], metric: str) -> np.ndarray:
     """The finite values of ``metric`` in ``rows``."""
     if any(metric not in r for r in rows):
-        raise ValueError(f"the rows have no {metric!r} values (older distances.csv?); plot 'distance' instead")
+        raise ValueError(f"the rows have no {metric!r} values; plot a metric they carry (e.g. 'distance')")
     d = np.array([float(r[metric]) for r in rows], dtype=float)
     return d[np.isfinite(d)]
 

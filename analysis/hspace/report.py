@@ -39,17 +39,17 @@ def write_csv(path: str | Path, rows: Sequence[Mapping], columns: Sequence[str] 
 
 
 def read_distances(out_dir: str | Path) -> list[dict]:
-    """Read ``distances.csv`` of a study folder back (level int; alpha, distance and the extra metrics float;
-    extra metrics missing from older files, or empty, are left out of the row)."""
+    """Read ``distances.csv`` of a study folder back (level int; alpha, distance and `RECORD_FIELDS` float); its
+    header must be `DISTANCE_COLUMNS`."""
     path = Path(out_dir) / "distances.csv"
     if not path.is_file():
         raise FileNotFoundError(f"{path} not found; run `python -m analysis.hspace --out {out_dir}` first")
-    rows = read_csv(path, ints=("level",), floats=("alpha", "distance") + RECORD_FIELDS)
-    for r in rows:
-        for name in RECORD_FIELDS:
-            if r.get(name) is None:
-                r.pop(name, None)
-    return rows
+    with open(path, encoding="utf-8") as fh:  # our column names are plain words: the header splits on commas
+        found = fh.readline().rstrip("\r\n").split(",")
+    if found != list(DISTANCE_COLUMNS):
+        raise ValueError(f"{path}: expected columns {list(DISTANCE_COLUMNS)}, found {found}; re-run "
+                         f"`python -m analysis.hspace --out {out_dir}`")
+    return read_csv(path, ints=("level",), floats=("alpha", "distance") + RECORD_FIELDS)
 
 
 def write_study_outputs(result: "HSpaceResult", out: str | Path, test: str = "wilcoxon",

@@ -29,10 +29,18 @@ _SUMMARY_EXTRAS = (("cosine_mean", "cosine_distance", np.nanmean), ("cosine_medi
                    ("dh_norm_mean", "dh_norm", np.mean), ("dh_rel_mean", "dh_rel", np.mean))
 
 
+def _check_columns(rows: Sequence[Mapping], needed: Sequence[str]) -> None:
+    missing = sorted({k for r in rows for k in needed if k not in r})
+    if missing:
+        raise ValueError(f"the distance rows lack the column(s) {missing}; the rows of the study "
+                         "(`run_hspace_study`, `read_distances`) carry them all")
+
+
 def summarize_distances(rows: Sequence[Mapping]) -> list[dict]:
-    """Per (group, level): n, mean, std (ddof 1), median, q25, q75, min, max of the L2 distances; where the
-    rows carry them, also cosine_mean/median, relative_mean/median (NaNs ignored) and dh_norm_mean,
-    dh_rel_mean (the mean size of the h-space edit, absolute and relative to ||h||)."""
+    """Per (group, level): n, mean, std (ddof 1), median, q25, q75, min, max of the L2 distances, and
+    cosine_mean/median, relative_mean/median (NaNs ignored), dh_norm_mean, dh_rel_mean (the mean size of the
+    h-space edit, absolute and relative to ||h||). Rows lacking one of these columns: ValueError."""
+    _check_columns(rows, ("distance", *(key for _, key, _ in _SUMMARY_EXTRAS)))
     out = []
     for g in _group_order(rows):
         for level in sorted({int(r["level"]) for r in rows if r["group"] == g}):
@@ -43,23 +51,17 @@ def summarize_distances(rows: Sequence[Mapping]) -> list[dict]:
                    "median": float(np.median(d)), "q25": float(np.quantile(d, 0.25)),
                    "q75": float(np.quantile(d, 0.75)), "min": float(d.min()), "max": float(d.max())}
             for col, key, stat in _SUMMARY_EXTRAS:
-                if all(key in r for r in sel):
-                    v = np.array([float(r[key]) for r in sel])
-                    row[col] = float(stat(v)) if not np.isnan(v).all() else float("nan")
+                v = np.array([float(r[key]) for r in sel])
+                row[col] = float(stat(v)) if not np.isnan(v).all() else float("nan")
             out.append(row)
     return out
 
 
-def _metrics_in(rows: Sequence[Mapping]) -> tuple[str, ...]:
-    return tuple(m for m in METRICS if rows and all(m in r for r in rows))
-
-
 def _per_level(rows: Sequence[Mapping], metric: str) -> dict[int, dict[str, dict[str, float]]]:
     """level -> group -> image_id -> value of ``metric`` (an image listed twice in a group is an error)."""
+    _check_columns(rows, (metric,))
     out: dict[int, dict[str, dict[str, float]]] = {}
     for r in rows:
-        if metric not in r:
-            raise ValueError(f"the rows have no {metric!r} column; metrics present: {_metrics_in(rows)}")
         per = out.setdefault(int(r["level"]), {}).setdefault(r["group"], {})
         key = str(r["image_id"])
         if key in per:
@@ -137,11 +139,11 @@ def wilcoxon_tests(rows: Sequence[Mapping], alternative: str = "two-sided", metr
 def group_tests(rows: Sequence[Mapping], test: str = "wilcoxon", metrics: Sequence[str] | None = None,
                 alternative: str = "two-sided") -> list[dict]:
     """The tests between groups written by the study: ``test`` one of `TESTS` ("wilcoxon": paired by image,
-    the default; "mann-whitney": unpaired), for each of ``metrics`` (default: those of `METRICS` the rows carry);
-    rows ordered by level, then metric, then pair of groups."""
+    the default; "mann-whitney": unpaired), for each of ``metrics`` (default: all of `METRICS`); rows ordered by
+    level, then metric, then pair of groups."""
     if test not in TESTS:
         raise ValueError(f"unknown test {test!r}; valid: {', '.join(TESTS)}")
-    metrics = tuple(metrics) if metrics is not None else _metrics_in(rows)
+    metrics = tuple(metrics) if metrics is not None else METRICS
     fn = wilcoxon_tests if test == "wilcoxon" else mann_whitney_tests
     order = {m: i for i, m in enumerate(metrics)}
     tests = [t for m in metrics for t in fn(rows, alternative=alternative, metric=m)]

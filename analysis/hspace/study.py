@@ -29,7 +29,7 @@ log = logging.getLogger(__name__)
 
 __all__ = ["HSpaceResult", "run_hspace_study", "MANIFEST_FORMAT"]
 
-#: The manifest's format tag (an older manifest is ignored with a warning and everything is redone).
+#: The manifest's format tag (a manifest of another format is ignored with a warning and everything is redone).
 MANIFEST_FORMAT = "analysis.hspace/2"
 
 
@@ -62,14 +62,6 @@ class _Plan:
     manifest: Manifest | None
 
 
-def _legacy_manifest(doc: dict) -> dict | None:
-    """The ``{"fingerprint", "done"}`` manifest of releases before ``analysis.hspace/2``: the fingerprint held
-    exactly what the settings hold now."""
-    if "format" in doc or not isinstance(doc.get("fingerprint"), dict) or not isinstance(doc.get("done"), dict):
-        return None
-    return {"settings": doc["fingerprint"], "done": doc["done"]}
-
-
 def _plan_study(groups: Mapping[str, str | Path], config: HSpaceConfig, size: int, provenance: Mapping | None,
                 paired: bool, out: Path | None) -> _Plan:
     """Decided once (rank 0 under torchrun) before anything is generated: pick the images (`select_images`),
@@ -85,7 +77,7 @@ def _plan_study(groups: Mapping[str, str | Path], config: HSpaceConfig, size: in
     manifest = None
     if out is not None:
         manifest = Manifest.open(out / "manifest.json", MANIFEST_FORMAT, json.loads(json.dumps(settings)),
-                                 entries_key="done", legacy=_legacy_manifest)
+                                 entries_key="done")
     plan = _Plan(chosen, manifest.entries if manifest else {}, {}, {}, manifest)
     for g in groups:
         plan.todo[g] = []
@@ -154,7 +146,7 @@ def run_hspace_study(groups: Mapping[str, str | Path], model: nn.Module, diffusi
     which warns about images some group lacks and refuses too few matches); False for unpaired groups. Every
     selected image is decoded once before anything is generated, so an unreadable file fails at once.
 
-    ``model``/``diffusion``: the prior (``diffloss.load_adm``); images are sized to ``model.image_size``.
+    ``model``/``diffusion``: the prior (``diffloss.load_prior``); images are sized to ``model.image_size``.
     ``extractor``: [0, 1] NCHW -> [N, D] features (`build_feature_extractor`). With ``out`` a manifest
     (out/manifest.json) records finished images and the grid images are saved under out/generations, so a
     re-run with the same protocol skips finished work. Returns an `HSpaceResult`.
@@ -168,7 +160,7 @@ def run_hspace_study(groups: Mapping[str, str | Path], model: nn.Module, diffusi
     config = config or HSpaceConfig()
     size = int(getattr(model, "image_size", 0) or 0)
     if size <= 0:
-        raise ValueError("the prior model has no image_size attribute; build it with diffloss.load_adm")
+        raise ValueError("the prior model has no image_size attribute; build it with diffloss.load_prior")
     timesteps = ddim_schedule(config.t0, config.steps, int(diffusion.num_timesteps))
     spaced = spaced_diffusion(diffusion, timesteps)
     out = Path(out) if out is not None else None

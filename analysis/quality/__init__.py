@@ -1,14 +1,15 @@
 """Image-quality metrics of restored images against their ground truth (the paper's Tables 1, 3 and 4).
 
-    python -m analysis.quality --pred restored/wo restored/w --names "w/o DiffLoss,w/ DiffLoss" \\
-        --gt ~/.cache/diffloss-toolkit/mini-cub-v2 --metrics psnr,ssim --out out/quality
+    python -m analysis.quality --set "w/o DiffLoss=restored/wo" --set "w/ DiffLoss=restored/w" \\
+        --cub-root ~/.cache/diffloss-toolkit/mini-cub-v2 --metrics psnr,ssim --out out/quality
 
-``--pred`` and ``--gt`` are folders of images or CUB roots (then their ``images/`` folder is used). Images
+``--set`` and ``--cub-root`` are folders of images or CUB roots (then their ``images/`` folder is used). Images
 pair by relative path without extension (a restored ``x.png`` pairs with the original ``x.jpg``); a
 predicted image without a ground truth is an error, extra ground-truth images are ignored.
 
-Metrics (torchmetrics implementations; SSIM is torchmetrics' formula with its Gaussian window applied as two
-1-D passes, which is 21-25x faster on CPU (benchmarks/quality_throughput.py) and pinned to torchmetrics' values by the tests):
+Metrics (PSNR and SSIM come from `restoration.metrics`, which training's validation reports too; SSIM is
+torchmetrics' formula computed in float64 with its Gaussian window as two 1-D passes: faster on CPU than
+torchmetrics in float32 and free of its ~1e-5 error, see benchmarks/quality_throughput.py):
     psnr   dB, data range 1, per image, averaged           (higher is better)
     ssim   Gaussian 11x11, sigma 1.5, per image, averaged    (higher is better)
     lpips  AlexNet (default) / VGG / SqueezeNet LPIPS, per image, averaged  (lower is better)
@@ -24,15 +25,13 @@ Writes ``per_image.csv`` (method, image, metrics), ``summary.csv`` and ``summary
 from __future__ import annotations
 
 from cubdata import IMAGE_SUFFIXES
+from restoration.metrics import psnr, ssim
 
 from analysis.quality.cli import build_parser, main
 from analysis.quality.evaluate import HIGHER_IS_BETTER, METRICS, evaluate_quality, parse_metrics
 from analysis.quality.files import check_decodable, find_images, match_images
-from analysis.quality.metrics import psnr, ssim
 from analysis.quality.pretrained import FID_WEIGHTS, FID_WEIGHTS_URL, LPIPS_NETS, fid_weights_file, load_fid, load_lpips, lpips_backbone_file
 from analysis.quality.report import format_markdown, method_labels, summary_rows, write_report
-
-_parse_metrics = parse_metrics  # the old private name
 
 __all__ = [
     "METRICS", "HIGHER_IS_BETTER", "psnr", "ssim", "find_images", "match_images", "check_decodable",

@@ -9,9 +9,9 @@ import torch
 from tqdm.auto import tqdm
 
 from cubdata import load_rgb
+from restoration.metrics import psnr, ssim
 
 from analysis.quality.files import check_decodable, match_images
-from analysis.quality.metrics import psnr, ssim
 from analysis.quality.pretrained import load_fid, load_lpips
 
 log = logging.getLogger(__name__)

@@ -1,18 +1,18 @@
 """The fine-tuning loop behind ``python -m classifiers.finetune``: `finetune(config)` and its steps.
 
-One run: check ``--out`` (new, resumable or finished), read CUB, build the network, SGD with a 10x head
-learning rate, linear warm-up then cosine decay, one checkpoint per epoch (atomic), the clean test top-1 at
-the end. Under torchrun (``WORLD_SIZE`` > 1) it trains with DDP (`runkit.distributed`); only rank 0
+The shape of every training loop of the toolkit (`restoration.train.loop`, `diffloss.prior.train.loop`):
+check the run folder (`runkit.rundir.RunDir`: new, resumable or finished), check every input and build the
+model, then the first write (``config.json``), the steps with a checkpoint per epoch (``classifier.pt``,
+atomic; ``log.csv``), and ``done.json``. SGD with a 10x head learning rate, linear warm-up then cosine decay,
+the clean test top-1 at the end. Under torchrun (``WORLD_SIZE`` > 1) it trains with DDP (`runkit.distributed`); only rank 0
 evaluates and writes. The caller's global RNG state is left untouched (the run seeds a fork of it).
 """
 from __future__ import annotations
 
-import dataclasses
 import logging
 import math
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Callable
 
 import torch
@@ -23,17 +23,25 @@ from tqdm.auto import tqdm
 from cubdata import CubDataset, CubIndex, read_cub
 from runkit.files import atomic_save_torch
 from runkit.distributed import barrier, distributed
+from runkit.rundir import RunDir
 from runkit.runtime import torch_threads
 
 from classifiers.build import build_classifier, classifier_head
 from classifiers.checkpoint import CHECKPOINT_FORMAT, read_checkpoint
-from classifiers.finetune.config import FinetuneConfig, jsonable, run_preprocess
+from classifiers.finetune.config import FinetuneConfig, run_preprocess
 from classifiers.predict import evaluate_top1, make_loader, resolve_device, top1_percent
 from classifiers.preprocess import describe_protocol, protocol_transform, train_transform
 
 log = logging.getLogger(__name__)
 
-__all__ = ["finetune", "lr_lambda"]
+__all__ = ["finetune", "lr_lambda", "COMMAND", "CHECKPOINT_NAME", "OUTPUTS", "LOG_FIELDS"]
+
+COMMAND = "classifiers.finetune"
+#: The checkpoint inside the run folder (`classifiers.checkpoint.load_classifier` takes the folder or the file).
+CHECKPOINT_NAME = "classifier.pt"
+OUTPUTS = (CHECKPOINT_NAME, "log.csv")
+#: Columns of ``log.csv``: one row per epoch.
+LOG_FIELDS = ("epoch", "train_loss", "train_top1", "test_top1", "lr", "seconds")
 
 
 def lr_lambda(total_steps: int, warmup_steps: int) -> Callable[[int], float]:
@@ -50,30 +58,17 @@ def lr_lambda(total_steps: int, warmup_steps: int) -> Callable[[int], float]:
 # --------------------------------------------------------------------------------------------------------------
 # before training: the output file, the data
 # --------------------------------------------------------------------------------------------------------------
-def _existing_checkpoint(config: FinetuneConfig) -> dict[str, Any] | None:
-    """The checkpoint at ``config.out`` to resume (or reuse, when complete); None to start afresh. Refuses to
-    touch an existing file without ``resume`` / ``overwrite`` and to resume with other settings."""
-    out = Path(config.out)
-    if not out.is_file():
+def _existing_checkpoint(run_dir: RunDir) -> dict[str, Any] | None:
+    """The checkpoint of the run ``run_dir`` continues (None: a fresh run); `RunDir.check` has already
+    refused a folder with other settings."""
+    path = run_dir.file(CHECKPOINT_NAME)
+    if not run_dir.resuming or not path.is_file():
         return None
     try:
-        existing = read_checkpoint(out)
+        return read_checkpoint(path)
     except ValueError:
-        raise ValueError(f"{out} exists but is not a classifier checkpoint; choose another --out") from None
-    if config.overwrite:
-        return None
-    if not config.resume:
-        raise FileExistsError(
-            f"{out} already exists ({'finished' if existing.get('complete') else 'unfinished'} run, epoch "
-            f"{existing.get('epoch')} of {existing.get('epochs')}); pass --resume to continue or reuse it, "
-            "--overwrite to start again, or another --out"
-        )
-    saved, key = existing.get("training_key", {}), jsonable(config.training_key())
-    if saved != key:
-        diff = {k: (saved.get(k), v) for k, v in key.items() if saved.get(k) != v}
-        raise ValueError(f"cannot resume {out}: its settings differ (saved, requested): {diff}; "
-                         "use the same settings, --overwrite, or another --out")
-    return existing
+        raise ValueError(f"{path} is not a classifier checkpoint this toolkit can read; pass --overwrite to start "
+                         "again") from None
 
 
 def _class_names(index: CubIndex) -> list[str]:
@@ -109,19 +104,20 @@ def _load_data(config: FinetuneConfig) -> _Data:
 def finetune(config: FinetuneConfig, on_epoch_end: Callable[[int, dict], None] | None = None) -> dict[str, Any]:
     """Run (or resume, or skip if already finished) the fine-tuning described by ``config``.
 
-    Writes the checkpoint ``config.out`` after every epoch (atomically) and returns a summary dict:
-    ``ckpt`` (path), ``arch``, ``epochs``, ``clean_test_top1`` (percent), ``seconds`` (this call's training
-    time), ``skipped`` (True when a finished checkpoint with the same settings was reused).
+    Writes ``classifier.pt`` in the run folder ``config.out`` after every epoch (atomically) and returns a
+    summary dict: ``ckpt`` (path), ``arch``, ``epochs``, ``clean_test_top1`` (percent), ``seconds`` (this
+    call's training time), ``skipped`` (True when a finished run with the same settings was reused).
     ``on_epoch_end(epoch, record)`` is called on rank 0 after each epoch's checkpoint is saved.
     Under ``torchrun`` (``WORLD_SIZE`` > 1) trains with DDP; only rank 0 writes.
     """
     config.validate()
+    run_dir = RunDir(config.out, COMMAND, config, outputs=OUTPUTS).check()
     with distributed(str(resolve_device(config.device))) as (rank, world, device):
-        existing = _existing_checkpoint(config)
+        existing = _existing_checkpoint(run_dir)
         if existing is not None and existing.get("complete"):
             log.info("%s is finished (clean test top-1 %.2f%%); nothing to do", config.out,
                      existing["clean_test_top1"])
-            return {"ckpt": str(config.out), "arch": config.arch, "epochs": existing["epochs"],
+            return {"ckpt": str(run_dir.file(CHECKPOINT_NAME)), "arch": config.arch, "epochs": existing["epochs"],
                     "clean_test_top1": existing["clean_test_top1"], "seconds": 0.0, "skipped": True}
         data = _load_data(config)
         cuda_devices = [device.index or 0] if device.type == "cuda" else []
@@ -134,8 +130,13 @@ def finetune(config: FinetuneConfig, on_epoch_end: Callable[[int, dict], None] |
             if rank > 0:
                 # other augmentation draws per process (DDP copies rank 0's initial weights to every rank)
                 torch.manual_seed(config.seed + rank)
-            run = _Run.start(config, model, data, device, rank, world)
-            return run.train(existing, on_epoch_end)
+            run = _Run.start(config, run_dir, model, data, device, rank, world)
+            if rank == 0:
+                run_dir.start(clear=OUTPUTS)
+            summary = run.train(existing, on_epoch_end)
+            if rank == 0:
+                run_dir.finish(summary)
+            return summary
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -159,6 +160,7 @@ class _Run:
     """The state of one training run on one process (rank ``rank`` of ``world``)."""
 
     config: FinetuneConfig
+    run_dir: RunDir
     data: _Data
     model: nn.Module
     head_name: str
@@ -175,8 +177,8 @@ class _Run:
     world: int
 
     @classmethod
-    def start(cls, config: FinetuneConfig, model: nn.Module, data: _Data, device: torch.device, rank: int,
-              world: int) -> "_Run":
+    def start(cls, config: FinetuneConfig, run_dir: RunDir, model: nn.Module, data: _Data, device: torch.device,
+              rank: int, world: int) -> "_Run":
         opt, head_name = _optimizer(model, config)
         model.to(device)
         if device.type == "cuda":
@@ -187,7 +189,7 @@ class _Run:
             sampler = torch.utils.data.DistributedSampler(data.train_set, num_replicas=world, rank=rank,
                                                           shuffle=True, seed=config.seed, drop_last=True)
         drop_last = len(data.train_set) >= 2 * config.batch_size
-        loader = make_loader(data.train_set, config.batch_size, config.workers, device, shuffle=True,
+        loader = make_loader(data.train_set, config.batch_size, config.loader_workers, device, shuffle=True,
                              generator=loader_gen, sampler=sampler, drop_last=drop_last)
         steps_per_epoch = max(1, len(loader))
         sched = torch.optim.lr_scheduler.LambdaLR(
@@ -195,7 +197,7 @@ class _Run:
         use_amp = bool(config.amp) and device.type == "cuda"
         amp_dtype = torch.bfloat16 if use_amp and torch.cuda.is_bf16_supported() else torch.float16
         scaler = torch.amp.GradScaler("cuda", enabled=use_amp and amp_dtype == torch.float16)
-        return cls(config, data, model, head_name, opt, sched, scaler, loader, sampler, loader_gen, device,
+        return cls(config, run_dir, data, model, head_name, opt, sched, scaler, loader, sampler, loader_gen, device,
                    use_amp, amp_dtype, rank, world)
 
     def resume(self, existing: dict[str, Any]) -> tuple[int, list[dict]]:
@@ -261,8 +263,8 @@ class _Run:
         return {
             "format": CHECKPOINT_FORMAT, "arch": cfg.arch, "num_classes": len(d.class_names),
             "class_names": d.class_names, "preprocess": d.preprocess, "protocol": d.protocol,
-            "weights": str(cfg.weights), "config": jsonable(dataclasses.asdict(cfg)),
-            "training_key": jsonable(cfg.training_key()), "epochs": cfg.epochs, "cub_root": str(d.index.root),
+            "weights": str(cfg.weights), "config": cfg.settings(), "epochs": cfg.epochs,
+            "cub_root": str(d.index.root),
         }
 
     def training_state(self, final: bool) -> dict[str, Any]:
@@ -304,7 +306,7 @@ class _Run:
             final = epoch + 1 == cfg.epochs
             if self.rank == 0 and (final or (cfg.eval_every and (epoch + 1) % cfg.eval_every == 0)):
                 record["test_top1"] = evaluate_top1(self.model, self.data.test_set, self.device,
-                                                    batch_size=cfg.batch_size, workers=cfg.workers)
+                                                    batch_size=cfg.batch_size, workers=cfg.loader_workers)
                 top1 = record["test_top1"] if final else None
             history.append(record)
             if self.rank == 0:
@@ -314,7 +316,7 @@ class _Run:
         barrier(self.world)
         if top1 is None and history and "test_top1" in history[-1]:
             top1 = history[-1]["test_top1"]
-        return {"ckpt": str(cfg.out), "arch": cfg.arch, "epochs": cfg.epochs, "clean_test_top1": top1,
+        return {"ckpt": str(self.run_dir.file(CHECKPOINT_NAME)), "arch": cfg.arch, "epochs": cfg.epochs, "clean_test_top1": top1,
                 "seconds": time.perf_counter() - t_start, "skipped": False}
 
     def save(self, fields: dict[str, Any], epoch: int, record: dict[str, Any], history: list[dict], final: bool,
@@ -326,4 +328,5 @@ class _Run:
                  f", test top-1 {record['test_top1']:.2f}%" if "test_top1" in record else "", record["seconds"])
         ckpt = dict(fields, **self.training_state(final))
         ckpt.update({"epoch": epoch + 1, "history": history, "complete": final, "clean_test_top1": top1})
-        atomic_save_torch(ckpt, Path(cfg.out))
+        atomic_save_torch(ckpt, self.run_dir.file(CHECKPOINT_NAME))
+        self.run_dir.write_table("log.csv", history, LOG_FIELDS, float_format=".6g")

@@ -19,15 +19,12 @@ from corruptions.degrade.builder import build_degraded_cub, run_build
 from corruptions.degrade.cli import build_parser, main
 from corruptions.degrade.manifests import MANIFEST_FORMAT, library_versions
 from corruptions.degrade.outdir import MANIFEST_NAME, BuildConfigError, variant_root
-from corruptions.degrade.settings import DEFAULT_OUT, BuildSettings
-from corruptions.degrade.settings import severity_list as _severity_list  # noqa: F401  (old private names, used by tests)
-from corruptions.degrade.worker import die_with_parent as _die_with_parent
-from corruptions.degrade.worker import watch_parent as _watch_parent
+from corruptions.degrade.settings import DEFAULT_OUT, DegradeConfig
 
 __all__ = [
     "build_degraded_cub",
     "run_build",
-    "BuildSettings",
+    "DegradeConfig",
     "BuildConfigError",
     "MANIFEST_NAME",
     "MANIFEST_FORMAT",

@@ -14,7 +14,7 @@ from cubdata.paths import output_rel_path
 from corruptions.registry import corruption_entry
 from corruptions.degrade.manifests import Variant, library_versions, open_variant
 from corruptions.degrade.outdir import check_out_folder, remove_stray_temp_files
-from corruptions.degrade.settings import DEFAULT_OUT, BuildSettings
+from corruptions.degrade.settings import DEFAULT_OUT, DegradeConfig
 from corruptions.degrade.worker import ImageTask, Job, run_tasks
 
 log = logging.getLogger(__name__)
@@ -56,14 +56,15 @@ def build_degraded_cub(
     write or a build with other settings (without ``overwrite``), ``ValueError``/``TypeError`` for bad
     arguments, ``RuntimeError`` if a corruption fails on an image.
     """
-    cfg = BuildSettings(cub_root=cub_root, out=out, corruptions=corruptions, severities=severities, split=split,
+    cfg = DegradeConfig(cub_root=cub_root, out=out, corruptions=corruptions, severities=severities, split=split,
                         workers=workers, seed=seed, fmt=fmt, quality=quality, overwrite=overwrite,
                         progress=progress, flush_seconds=flush_seconds)
     return run_build(cfg)
 
 
-def run_build(cfg: BuildSettings) -> dict:
-    """`build_degraded_cub` with its arguments already checked in ``cfg``."""
+def run_build(cfg: DegradeConfig) -> dict:
+    """`build_degraded_cub` with its arguments in ``cfg`` (checked here first)."""
+    cfg.validate()
     t_start = time.perf_counter()
     if not cfg.overwrite:
         check_out_folder(cfg.out_path, cfg.corruptions)  # before anything is read or written
@@ -88,7 +89,7 @@ def run_build(cfg: BuildSettings) -> dict:
 
 
 def _plan(variants, index: CubIndex, records: list[CubRecord], rel_out: dict[int, str],
-          cfg: BuildSettings) -> list[ImageTask]:
+          cfg: DegradeConfig) -> list[ImageTask]:
     """Keep the outputs whose file matches its manifest checksum, forget the other entries, and return one
     task per source image with the outputs still to write."""
     pending: dict[int, list[Job]] = {}
@@ -112,7 +113,7 @@ def _plan(variants, index: CubIndex, records: list[CubRecord], rel_out: dict[int
 
 
 def _run(tasks: list[ImageTask], variants: dict[tuple[str, int], Variant], rel_out: dict[int, str],
-         cfg: BuildSettings, n_todo: int) -> None:
+         cfg: DegradeConfig, n_todo: int) -> None:
     """Run the tasks, recording results as they come; manifests are saved first (so that a run killed at any
     point leaves one behind), whenever a save is due, and on any exit."""
     with_work = {(job.corruption.name, job.severity) for task in tasks for job in task.jobs}
@@ -147,7 +148,7 @@ def _run(tasks: list[ImageTask], variants: dict[tuple[str, int], Variant], rel_o
 
 
 def _finish(variants: dict[tuple[str, int], Variant], index: CubIndex, records: list[CubRecord],
-            rel_out: dict[int, str], cfg: BuildSettings) -> dict:
+            rel_out: dict[int, str], cfg: DegradeConfig) -> dict:
     """Write each variant's metadata (listing the images it holds, so it is a valid CUB root) and summarise."""
     by_id = {r.image_id: r for r in records}
     per_variant, failures = {}, []

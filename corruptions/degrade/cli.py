@@ -1,17 +1,18 @@
-"""``python -m corruptions.degrade``: the flags are the fields of `BuildSettings`; prints one row per variant and
+"""``python -m corruptions.degrade``: the flags are the fields of `DegradeConfig`; prints one row per variant and
 exits 1 when images failed, 2 (one line on stderr) on a bad root, a foreign --out or other settings."""
 from __future__ import annotations
 
 import argparse
 import sys
 
-from runkit.cli import ArgumentParser, add_config_arguments, config_from_args
+from runkit.cli import ArgumentParser
+from runkit.options import add_config_arguments, config_from_args
 from runkit.errors import run_cli
 
 from corruptions.registry import get_corruption_names
 from corruptions.degrade.builder import run_build
 from corruptions.degrade.outdir import MANIFEST_NAME
-from corruptions.degrade.settings import BuildSettings
+from corruptions.degrade.settings import DegradeConfig
 
 __all__ = ["build_parser", "main"]
 
@@ -21,8 +22,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = ArgumentParser(prog="python -m corruptions.degrade", description=description)
     # the default is read from the registry when the parser is built: corruptions registered since count
-    add_config_arguments(p, BuildSettings, defaults={"corruptions": ",".join(get_corruption_names())})
-    p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    add_config_arguments(p, DegradeConfig, defaults={"corruptions": ",".join(get_corruption_names())},
+                         skip=("device", "threads"))
     return p
 
 
@@ -51,4 +52,4 @@ def print_summary(summary: dict) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    return run_cli(lambda: print_summary(run_build(config_from_args(BuildSettings, args, progress=not args.no_progress))))
+    return run_cli(lambda: print_summary(run_build(config_from_args(DegradeConfig, args))))

@@ -1,8 +1,8 @@
 """One `runkit.manifest.Manifest` per variant (``OUT/<corruption>/<severity>/manifest.json``): the settings
 that decide its bytes, and per image ``{path, status, sha256, bytes}`` or ``{path, status: failed, error}``.
 
-Layout: ``{"format", "settings", "counts", "complete", "images"}``. A manifest of the earlier layout
-(``degraded-cub-manifest/1``) is ignored with a warning and its variant rebuilt.
+Layout: ``{"format", "settings", "counts", "complete", "images"}``. A manifest of another format is ignored with a
+warning and its variant rebuilt.
 """
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from runkit.manifest import Manifest
 
 from corruptions.registry import Corruption
 from corruptions.degrade.outdir import MANIFEST_NAME, BuildConfigError, variant_root
-from corruptions.degrade.settings import BuildSettings
+from corruptions.degrade.settings import DegradeConfig
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +52,7 @@ def library_versions() -> dict[str, str]:
     }
 
 
-def variant_settings(entry: Corruption, severity: int, cfg: BuildSettings, source_root: Path,
+def variant_settings(entry: Corruption, severity: int, cfg: DegradeConfig, source_root: Path,
                      versions: dict[str, str]) -> dict:
     """What the manifest of one variant records as its settings (`PINNED_KEYS` and the provenance)."""
     return {
@@ -104,14 +104,6 @@ class Variant:
         return {int(k): e for k, e in self.manifest.entries.items() if e.get("status") != "ok"}
 
 
-def legacy_manifest(doc: dict) -> dict | None:
-    """A ``degraded-cub-manifest/1`` document (settings at the top level) in the current layout."""
-    if doc.get("format") != "degraded-cub-manifest/1" or not isinstance(doc.get("images"), dict):
-        return None
-    settings = {k: v for k, v in doc.items() if k not in ("format", "images", "complete", "counts")}
-    return {"settings": settings, "images": doc["images"]}
-
-
 def _refuse_other_settings(root: Path, old: dict, new: dict) -> None:
     diff = [k for k in PINNED_KEYS if old.get(k) != new[k]]
     if diff:
@@ -120,21 +112,20 @@ def _refuse_other_settings(root: Path, old: dict, new: dict) -> None:
                                "--overwrite (overwrite=True) to rebuild it.")
 
 
-def open_variant(entry: Corruption, severity: int, cfg: BuildSettings, source_root: Path,
+def open_variant(entry: Corruption, severity: int, cfg: DegradeConfig, source_root: Path,
                  versions: dict[str, str]) -> Variant:
     """The variant's manifest, resumed when it was written with the same pinned settings. Raises
     BuildConfigError for other settings unless ``cfg.overwrite`` (then the variant is rebuilt)."""
     root = variant_root(cfg.out_path, entry.name, severity)
     settings = variant_settings(entry, severity, cfg, source_root, versions)
     path = root / MANIFEST_NAME
-    doc = Manifest.read(path, MANIFEST_FORMAT, legacy_manifest)  # None (with a warning if unreadable)
+    doc = Manifest.read(path, MANIFEST_FORMAT)  # None (with a warning if unreadable or of another format)
     if doc is None:
         return Variant(entry, severity, root, Manifest(path, MANIFEST_FORMAT, settings, entries_key="images"))
     old = doc.get("settings") if isinstance(doc.get("settings"), dict) else {}
     if not cfg.overwrite:
         _refuse_other_settings(root, old, settings)
-    manifest = Manifest.open(path, MANIFEST_FORMAT, settings, pinned=PINNED_KEYS, entries_key="images",
-                             legacy=legacy_manifest)
+    manifest = Manifest.open(path, MANIFEST_FORMAT, settings, pinned=PINNED_KEYS, entries_key="images")
     if manifest.resumed:
         if old.get("versions") != versions:
             log.warning("%s: resuming a build made with other library versions %s", root, old.get("versions"))

@@ -17,7 +17,7 @@ prevents by running both branches under ``torch.no_grad()``.
 The math lives in plain functions (``diffloss.criterion.functional``: :func:`diffuse`,
 :func:`prior_prediction`, :func:`diffloss_terms`, :func:`diffloss`; ``diffloss.criterion.timestep_weights``;
 ``diffloss.criterion.grad_scaling`` for float16 UNets); :class:`DiffLoss` holds the configuration and the random
-generator, and validates its inputs (``diffloss.criterion.checks``). Every name is importable from here.
+generator, and validates its inputs (``diffloss.criterion.checks``).
 """
 from __future__ import annotations
 
@@ -36,8 +36,6 @@ from diffloss.criterion.functional import (TARGETS, DiffLossOutput, diffloss, di
                                   prior_prediction)
 from diffloss.prior.runtime import activation_checkpointing_mode, compile_prior_, freeze_, set_activation_checkpointing
 from diffloss.criterion.timestep_weights import T_WEIGHTINGS, timestep_weight_table
-from diffloss.criterion.checks import RANGE_MARGIN  # noqa: F401 - importable from here, as before
-from diffloss.prior.runtime import CHECKPOINT_IMPLS, describe_valid_sizes, size_multiple  # noqa: F401
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +50,7 @@ class DiffLoss(nn.Module):
 
     Args:
         model, diffusion: any pair from guided-diffusion's ``create_model_and_diffusion`` /
-            :func:`diffloss.load_adm`; the UNet is frozen here (eval, no parameter gradients).
+            :func:`diffloss.load_prior`; the UNet is frozen here (eval, no parameter gradients).
         gamma: weight of the diffusion terms (paper: 1e-3; good range 5e-4 .. 5e-3, Fig. 7).
         lam: weight of ``sem`` inside them (paper: 1e-2).
         target: "eps" (default, paper variant c), "x0" (variant a) or "xprev" (variant b).

@@ -45,12 +45,7 @@ def timestep_weight_table(
     """Per-timestep weights [T] of ``nat`` and ``sem``, scaled so their mean over ``t_range`` is 1
     (so ``gamma`` keeps its meaning). ``scheme``: a :data:`T_WEIGHTINGS` name, ``"pkg.module:fn"`` or ``fn(diffusion)``."""
     if isinstance(scheme, str):
-        try:
-            fn = T_WEIGHTINGS.get(scheme)
-        except KeyError:
-            raise ValueError(f"unknown t_weighting {scheme!r}; valid: {sorted(T_WEIGHTINGS)}, "
-                             "'pkg.module:fn' or a callable") from None
-        table = fn(diffusion)
+        table = T_WEIGHTINGS[scheme](diffusion)  # unknown: UnknownNameError listing the valid names
     elif callable(scheme):
         table = np.asarray(scheme(diffusion), dtype=np.float64)
     else:

@@ -35,7 +35,7 @@ __all__ = ["PRIOR_CONFIGS", "ADM_BASE", "PRIOR_CHECKPOINTS", "CheckpointInfo", "
 
 
 class PriorConfigs(Registry[dict]):
-    """The prior-config registry; readable as a mapping (``PRIOR_CONFIGS["tiny"]``, ``.keys()``)."""
+    """The prior-config registry: ``PRIOR_CONFIGS["tiny"]`` is a dict of ``create_model_and_diffusion`` arguments."""
 
 
 def _plugin_config(spec: str, obj: Any) -> dict:
@@ -101,13 +101,7 @@ def prior_kwargs(config: str | Mapping[str, Any] = "adm256-uncond") -> dict[str,
     checkpoint can be described).
     """
     if isinstance(config, str):
-        try:
-            overrides = PRIOR_CONFIGS.get(config)
-        except KeyError:
-            raise ValueError(
-                f"unknown prior config {config!r}; valid names: {sorted(PRIOR_CONFIGS)} "
-                "(or 'pkg.module:attr', or pass a dict of create_model_and_diffusion keyword arguments)"
-            ) from None
+        overrides = PRIOR_CONFIGS[config]  # unknown: UnknownNameError listing the valid names
     elif isinstance(config, Mapping):
         overrides = dict(config)
     else:

@@ -5,7 +5,7 @@ All functions change the model in place and return it (``freeze_(model)``), as g
 ``convert_to_fp16`` does. guided-diffusion zero-initialises the last convolution of every residual block,
 every attention projection and the output convolution, so a freshly built UNet predicts exactly zero noise
 and every DiffLoss term and gradient is 0: :func:`randomize_zero_init_` re-draws those layers, and
-``diffloss.prior.load_adm`` does it for every random prior.
+``diffloss.prior.load_prior`` does it for every random prior.
 """
 from __future__ import annotations
 
@@ -33,7 +33,7 @@ __all__ = ["PRIOR_DTYPES", "CHECKPOINT_IMPLS", "zero_initialised_layers", "rando
            "activation_checkpointing_mode", "set_activation_checkpointing", "compile_prior_", "size_multiple",
            "describe_valid_sizes"]
 
-#: The UNet torso precisions `convert_prior_dtype_` (and ``load_adm``'s ``dtype``) take, with their names.
+#: The UNet torso precisions `convert_prior_dtype_` (and ``load_prior``'s ``dtype``) take, with their names.
 PRIOR_DTYPES = {torch.float32: "float32", torch.float16: "float16", torch.bfloat16: "bfloat16"}
 
 

@@ -1,7 +1,7 @@
 """DDIM over guided-diffusion: timestep schedules, respaced processes and deterministic sampling loops.
 
 Plain functions of ``(model, diffusion, x)``, as k-diffusion's samplers; the model is any guided-diffusion
-UNet (``diffloss.load_adm``). Used by the prior trainer's sample grids, the h-space study and the
+UNet (``diffloss.load_prior``). Used by the prior trainer's sample grids, the h-space study and the
 naturalness report.
 """
 from __future__ import annotations
@@ -34,7 +34,7 @@ def ddim_schedule(t0: int, steps: int, num_timesteps: int = 1000) -> list[int]:
 def spaced_diffusion(diffusion, timesteps: Sequence[int]):
     """A guided-diffusion ``SpacedDiffusion`` keeping ``timesteps`` of the full process ``diffusion``.
 
-    ``diffusion`` must be un-respaced (``load_adm`` returns the full 1000-step process)."""
+    ``diffusion`` must be un-respaced (``load_prior`` returns the full 1000-step process)."""
     from guided_diffusion.respace import SpacedDiffusion
 
     tmap = getattr(diffusion, "timestep_map", None)
@@ -42,7 +42,7 @@ def spaced_diffusion(diffusion, timesteps: Sequence[int]):
     if tmap is not None and list(tmap) != list(range(len(tmap))):
         raise ValueError(
             f"the diffusion is already respaced ({len(tmap)} of {getattr(diffusion, 'original_num_steps', '?')} "
-            "steps); pass the full process (load_adm with no timestep_respacing)"
+            "steps); pass the full process (load_prior's, with no timestep_respacing)"
         )
     return SpacedDiffusion(
         use_timesteps=list(timesteps),

@@ -8,8 +8,8 @@ Loss: ``pixel = MSE(restored, clean)`` with both mapped to [-1, 1] (DiffLoss's c
 ``--diffloss on`` the loss is ``pixel + gamma * (nat + lam * sem)``, the DiffLoss ``total``.
 
 ``--prior``: ``builtin`` (the default: the trained 64 px prior shipped with the toolkit, trained on mini-CUB's
-clean train split), a checkpoint (``256x256_diffusion_uncond.pt`` for the paper, or a ``prior.pt`` of
-``python -m diffloss.prior.train``), or ``random`` (untrained weights of ``--prior-config``, default tiny:
+clean train split), a checkpoint (``256x256_diffusion_uncond.pt`` for the paper, or a ``prior.safetensors`` or
+run folder of ``python -m diffloss.prior.train``), or ``random`` (untrained weights of ``--prior-config``, default tiny:
 for timing only, its DiffLoss terms carry no knowledge of images).
 
 The prior works at a fixed size (builtin and tiny64: 64 px, tiny: 32 px, adm256: 256 px). When the training crop differs, the batch
@@ -20,7 +20,7 @@ loss is exactly DiffLoss's ``total``.
 
 Outputs in ``--out``: ``ckpt.pt`` (atomic; net name/kwargs, weights, optimizer, step, RNG states, config),
 ``log.csv`` (step, pixel, nat, sem, total), ``val.csv`` (validation PSNR/SSIM), ``loss_curve.png``,
-``config.json`` and ``done.json`` when finished. ``--resume`` continues from ``ckpt.pt`` and gives the same
+``config.json`` and ``done.json`` when finished. Rerunning the same command continues from ``ckpt.pt`` and gives the same
 weights as an uninterrupted run. Multi-GPU: ``torchrun --nproc_per_node N -m restoration.train ...`` (DDP;
 ``--batch-size`` is per process); CPU works.
 
@@ -33,69 +33,33 @@ diffusion terms only (tests/test_torchrun.py checks both). ``log.csv`` records r
 batch, not the loss of the global batch.
 
 From Python: ``train_restoration(TrainConfig(out=..., ...))`` (the loop: ``restoration.train.loop``; the settings,
-one field per flag: ``restoration.train.config``; checkpoints: ``restoration.checkpoint``).
+one field per flag: ``restoration.train.config``; checkpoints: ``restoration.checkpoint``; tables:
+``runkit.rundir.read_table``).
 """
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 from pathlib import Path
 
-from runkit.cli import ArgumentParser, add_config_arguments, config_from_args, resolve_device_name
+from runkit.cli import ArgumentParser
 from runkit.errors import EXPECTED_ERRORS, run_cli
+from runkit.options import add_config_arguments, config_from_args
 
-from restoration.checkpoint import CKPT_FORMAT, load_checkpoint
-from restoration.metrics import psnr_ssim
-from restoration.nets import DEFAULT_NET, RESTORATION_NETS  # noqa: F401
-from restoration.pairs import open_pairs  # noqa: F401 - the old module's names stay importable from here
-from restoration.train.plots import plot_loss_curves
-from runkit.tables import LOG_FIELDS, VAL_FIELDS, read_log  # noqa: F401
-from restoration.train.config import FIT_MODES, TrainConfig, config_diff  # noqa: F401
-from restoration.train.loop import fit_to_prior, train_restoration, validate_restorer
+from restoration.train.config import TrainConfig
+from restoration.train.loop import train_restoration
 
-__all__ = [
-    "TrainConfig",
-    "train_restoration",
-    "config_diff",
-    "load_checkpoint",
-    "validate_restorer",
-    "psnr_ssim",
-    "fit_to_prior",
-    "plot_loss_curves",
-    "read_log",
-    "CKPT_FORMAT",
-    "build_parser",
-    "main",
-]
+__all__ = ["TrainConfig", "train_restoration", "build_parser", "main"]
 
 #: What the CLI reports as one line (besides `runkit.errors.EXPECTED_ERRORS`): a bad --net-kwargs type, a
 #: diverged loss.
 ERRORS = (*EXPECTED_ERRORS, TypeError, FloatingPointError)
-_FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """One option per `TrainConfig` field (flags, defaults and help on the fields), plus ``--threads``."""
+    """One option per `TrainConfig` field: flags, defaults, help and checks live on the fields."""
     p = ArgumentParser(prog="python -m restoration.train", description=__doc__)
-    add_config_arguments(p, TrainConfig, skip=("batch",))
-    # --batch-size fills args.batch_size, as in every CLI of the toolkit; TrainConfig calls it batch
-    p.add_argument("--batch-size", type=int, default=_FIELDS["batch"].default,
-                   help=_FIELDS["batch"].metadata["cli"]["help"])
-    p.add_argument("--batch", dest="batch_size", type=int, default=argparse.SUPPRESS, help=argparse.SUPPRESS)  # old spelling
-    p.add_argument("--threads", type=int, default=0,
-                   help="torch CPU threads (0: torch's choice); 1 is fastest on a busy shared CPU")
-    return p
-
-
-def config_from_cli(args: argparse.Namespace) -> TrainConfig:
-    """The `TrainConfig` of parsed arguments: ``--net-kwargs`` decoded, ``--device auto`` resolved."""
-    try:
-        net_kwargs = json.loads(args.net_kwargs)
-    except json.JSONDecodeError as err:
-        raise ValueError(f"--net-kwargs must be a JSON dict, got {args.net_kwargs!r}: {err}") from None
-    return config_from_args(TrainConfig, args, net_kwargs=net_kwargs, batch=args.batch_size,
-                            device=resolve_device_name(args.device))
+    return add_config_arguments(p, TrainConfig)
 
 
 def _report(run_dir: Path) -> None:
@@ -106,9 +70,8 @@ def _report(run_dir: Path) -> None:
 
 
 def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
-    return run_cli(lambda: train_restoration(config_from_cli(args)), threads=args.threads, errors=ERRORS,
-                   report=_report, out=args.out)
+    cfg = config_from_args(TrainConfig, build_parser().parse_args(argv))
+    return run_cli(lambda: train_restoration(cfg), threads=cfg.threads, errors=ERRORS, report=_report, out=cfg.out)
 
 
 if __name__ == "__main__":

@@ -1,46 +1,51 @@
 """The settings of a restoration training run: `TrainConfig`, one field per option of ``python -m restoration.train``
-(its flag, default and help text live on the field, see `runkit.cli.option`), its checks, and what a resumed
-run must agree on with its checkpoint (`config_diff`)."""
+(its flag, default, help, check and whether it changes the result live on the field, see
+`runkit.options.option`)."""
 from __future__ import annotations
 
+import argparse
 import dataclasses
+import json
 from dataclasses import dataclass
 from typing import Any, Mapping
 
-from runkit.cli import option
+from runkit.checks import nonnegative_int, one_of, positive_int, positive_number
+from runkit.options import LoaderOptions, RunOptions, option
 
 from diffloss.criterion import TARGETS
+from diffloss.prior.spec import PriorOptions
 from restoration.nets import DEFAULT_NET, NETS
-from diffloss.prior.configs import PRIOR_CONFIGS
-from runkit.checks import check_choice, check_int_fields, check_positive_number
 
-__all__ = ["TrainConfig", "FIT_MODES", "config_diff", "as_config"]
+__all__ = ["TrainConfig", "FIT_MODES", "AUTOCAST_CHOICES", "as_config"]
 
 #: How crops of another size than the prior's are fitted to it for the DiffLoss terms (`fit_to_prior`).
 FIT_MODES = ("resize", "crop", "none")
-#: Config fields that change what is computed: a resumed run must agree with the checkpoint on them.
-RESULT_FIELDS = ("net", "net_kwargs", "pairs", "diffloss", "prior", "prior_config", "gamma", "lam", "target",
-                 "diffloss_fit", "autocast", "batch", "crop", "lr", "seed", "flip", "init", "init_optimizer")
 #: Settings that only matter with DiffLoss on: two runs without it agree whatever these say.
 DIFFLOSS_FIELDS = ("prior", "prior_config", "gamma", "lam", "target", "diffloss_fit", "autocast")
 #: The autocast choices of the DiffLoss terms.
 AUTOCAST_CHOICES = ("fp32", "bf16", "fp16")
-#: Values a config saved before a field existed is read with (so older runs still resume).
-FIELD_ADDED_DEFAULTS = {"autocast": "fp32"}
 
 
 def _on_off(value: str) -> bool:
     return value == "on"
 
 
-@dataclass
-class TrainConfig:
+def _net_kwargs(text: str) -> dict:
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise argparse.ArgumentTypeError(f"expected a JSON dict, got {text!r}: {err}") from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError(f"expected a JSON dict, got {text!r}")
+    return value
+
+
+@dataclass(kw_only=True)
+class TrainConfig(RunOptions, LoaderOptions, PriorOptions):
     """Everything a training run depends on (saved in ``config.json`` and the checkpoint).
 
-    ``prior``: ``"builtin"`` (the trained prior shipped with the toolkit), ``"random"`` (random weights of
-    ``prior_config``, default tiny, for timing) or a checkpoint path (a self-describing ``prior.pt`` carries
-    its config; a bare guided-diffusion state dict is read as ``prior_config``, default ``adm256-uncond``).
-    ``"tiny"`` is the old spelling of ``"random"`` with the tiny config.
+    ``prior``/``prior_config``: the `PriorOptions` (``--prior``, ``--prior-config``); ``prior_spec()`` resolves
+    them (`diffloss.prior.resolve_prior`).
     ``init``: a ``ckpt.pt`` whose network weights start this run (same net and kwargs); with
     ``init_optimizer`` its Adam moments too (at this run's lr), so a fine-tuning phase continues smoothly
     instead of restarting Adam, whose first steps move every weight by about lr.
@@ -48,61 +53,54 @@ class TrainConfig:
     """
 
     out: str = option(help="run folder (ckpt.pt, log.csv, val.csv, loss_curve.png)")
-    pairs: str = option("synthetic:lowlight:3", help="paired data: a LOL/Rain/Haze folder, LOW_DIR:HIGH_DIR, or "
-                        "synthetic:CORRUPTION:SEVERITY[:CUB_ROOT]")
+    pairs: str = option("synthetic:lowlight:3", result=True,
+                        help="paired data: a LOL/Rain/Haze folder, LOW_DIR:HIGH_DIR, or "
+                             "synthetic:CORRUPTION:SEVERITY[:CUB_ROOT]")
     val_pairs: str | None = option(None, help="validation pairs spec (default: the val split of --pairs)")
-    net: str = option(DEFAULT_NET, help=f"restoration network: one of {', '.join(NETS.names())} or pkg.module:factory")
-    # the CLI passes the JSON text on; restoration.train decodes it, so a malformed value is one error line
-    net_kwargs: dict = option(default_factory=dict, parse=str, cli_default="{}", metavar="JSON",
+    net: str = option(DEFAULT_NET, result=True,
+                      help=f"restoration network: one of {', '.join(NETS.names())} or pkg.module:factory")
+    net_kwargs: dict = option(default_factory=dict, parse=_net_kwargs, cli_default="{}", metavar="JSON", result=True,
                               help="JSON dict of keyword arguments for the network factory")
-    diffloss: bool = option(False, choices=("on", "off"), parse=_on_off, cli_default="off",
+    diffloss: bool = option(False, choices=("on", "off"), parse=_on_off, cli_default="off", result=True,
                             help="add DiffLoss to the L2 loss")
-    prior: str = option("builtin", help="'builtin' (the trained 64 px prior shipped with the toolkit), 'random' "
-                        "(untrained weights of --prior-config, for timing) or a checkpoint path: a prior.pt of "
-                        "diffloss.prior.train or guided-diffusion's 256x256_diffusion_uncond.pt")
-    prior_config: str | None = option(None, choices=sorted(PRIOR_CONFIGS),
-                                      help="prior architecture (default: tiny for --prior random; a prior.pt's own; "
-                                           "adm256-uncond for a bare guided-diffusion state dict)")
-    gamma: float = option(1e-3, help="DiffLoss weight of the diffusion terms")
-    lam: float = option(1e-2, help="DiffLoss weight of the semantic (h-space) term")
-    target: str = option("eps", choices=TARGETS, help="DiffLoss naturalness target (Table 4 ablation)")
-    diffloss_fit: str = option("resize", choices=FIT_MODES,
+    gamma: float = option(1e-3, check=positive_number, result=True, help="DiffLoss weight of the diffusion terms")
+    lam: float = option(1e-2, check=positive_number, result=True,
+                        help="DiffLoss weight of the semantic (h-space) term")
+    target: str = option("eps", choices=TARGETS, result=True, help="DiffLoss naturalness target (Table 4 ablation)")
+    diffloss_fit: str = option("resize", choices=FIT_MODES, check=one_of(FIT_MODES), result=True,
                                help="how crops of another size are fitted to the prior's size for the DiffLoss terms")
-    autocast: str = option("fp32", choices=AUTOCAST_CHOICES,
+    autocast: str = option("fp32", choices=AUTOCAST_CHOICES, check=one_of(AUTOCAST_CHOICES), result=True,
                            help="precision of the prior's UNet calls in the DiffLoss terms (bf16 on recent GPUs; fp16 "
                                 "is scaled internally so DiffLoss' small gradients survive); the net trains in fp32")
-    steps: int = option(1000, help="total optimisation steps")
-    batch: int = option(4, flag="--batch-size", help="batch size (per process under torchrun)")
-    crop: int = option(256, help="random crop size (smaller images are padded)")
-    lr: float = option(1e-4, help="Adam learning rate")
-    seed: int = option(0, help="seed of data order, crops, network init and DiffLoss draws")
-    flip: bool = option(True, help="random horizontal flips", negative_help="disable random horizontal flips (on by default)")
-    init: str | None = option(None, help="start from this ckpt.pt's network weights")
-    init_optimizer: bool = option(False, help="with --init, also continue its Adam state")
-    val_every: int = option(500, help="validate every N steps (0: only at the end)")
-    val_images: int = option(16, help="number of validation pairs (0: no validation)")
-    ckpt_every: int = option(500, help="checkpoint every N steps (0: only at the end)")
-    workers: int = option(0, help="DataLoader worker processes")
-    device: str = option("cpu", cli_default="auto", help="auto (cuda if available, else cpu), cpu, cuda, cuda:1 ...")
-    resume: bool = option(False, help="continue from RUN_DIR/ckpt.pt if it exists")
-    progress: bool = option(True, help="show a progress bar", negative_help="hide the progress bar (shown by default)")
+    steps: int = option(1000, check=positive_int, help="total optimisation steps (a finished run can be extended)")
+    batch_size: int = option(4, check=positive_int, result=True, help="batch size (per process under torchrun)")
+    crop: int = option(256, check=positive_int, result=True, help="random crop size (smaller images are padded)")
+    lr: float = option(1e-4, check=positive_number, result=True, help="Adam learning rate")
+    seed: int = option(0, check=nonnegative_int, result=True,
+                       help="seed of data order, crops, network init and DiffLoss draws")
+    flip: bool = option(True, result=True, help="random horizontal flips",
+                        negative_help="disable random horizontal flips (on by default)")
+    init: str | None = option(None, result=True, help="start from this ckpt.pt's network weights")
+    init_optimizer: bool = option(False, result=True, help="with --init, also continue its Adam state")
+    val_every: int = option(500, check=nonnegative_int, help="validate every N steps (0: only at the end)")
+    val_images: int = option(16, check=nonnegative_int, help="number of validation pairs (0: no validation)")
+    ckpt_every: int = option(500, check=nonnegative_int, help="checkpoint every N steps (0: only at the end)")
+    loader_workers: int = option(0, check=nonnegative_int, help="DataLoader worker processes")
     plot: bool = option(True, help="write loss_curve.png", negative_help="do not write loss_curve.png (written by default)")
 
-    def validate(self) -> "TrainConfig":
-        check_int_fields(self, ("steps", "batch", "crop"), minimum=1)
-        check_int_fields(self, ("val_every", "val_images", "ckpt_every", "workers"), minimum=0)
-        check_positive_number("lr", self.lr)
-        check_choice("diffloss_fit", self.diffloss_fit, FIT_MODES)
-        check_choice("autocast", self.autocast, AUTOCAST_CHOICES)
+    def check(self) -> None:
         if not isinstance(self.net_kwargs, dict):
-            raise TypeError(f"net_kwargs must be a dict, got {type(self.net_kwargs).__name__}")
-        return self
+            raise TypeError(f"--net-kwargs must be a dict, got {type(self.net_kwargs).__name__}")
+        if self.init_optimizer and not self.init:
+            raise ValueError("--init-optimizer continues the Adam state of --init's checkpoint; pass --init CKPT too")
 
-    def prior_spec(self) -> tuple[str, str | None]:
-        """(``--prior`` value for `diffloss.prior.load_prior`, config or None for the file's own)."""
-        if self.prior in ("tiny", "random"):
-            return "random", self.prior_config or "tiny"
-        return self.prior, self.prior_config
+    def result_settings(self) -> dict[str, Any]:
+        """The settings that change the trained weights; the DiffLoss ones only with DiffLoss on."""
+        key = super().result_settings()
+        if not self.diffloss:
+            for name in DIFFLOSS_FIELDS:
+                key.pop(name, None)
+        return key
 
 
 def as_config(config: TrainConfig | Mapping[str, Any] | None, overrides: Mapping[str, Any]) -> TrainConfig:
@@ -120,14 +118,3 @@ def as_config(config: TrainConfig | Mapping[str, Any] | None, overrides: Mapping
     else:
         raise TypeError(f"config must be a TrainConfig or a dict, got {type(config).__name__}")
     return cfg.validate()
-
-
-def config_diff(saved: Mapping[str, Any], cfg: TrainConfig) -> list[str]:
-    """The settings in which the config ``saved`` with a checkpoint and ``cfg`` differ in what they compute,
-    as ``"name: checkpoint X vs now Y"`` lines (empty: ``cfg`` may resume or reuse that run)."""
-    now = dataclasses.asdict(cfg)
-    fields = RESULT_FIELDS
-    if not now["diffloss"] and not saved.get("diffloss"):
-        fields = tuple(k for k in fields if k not in DIFFLOSS_FIELDS)
-    saved = {**FIELD_ADDED_DEFAULTS, **saved}
-    return [f"{k}: checkpoint {saved.get(k)!r} vs now {now[k]!r}" for k in fields if saved.get(k) != now[k]]

@@ -1,14 +1,15 @@
 """The restoration training loop: L2, optionally plus DiffLoss, with exact resume and DDP under torchrun.
 
-`train_restoration(config)` runs `TrainConfig`'s schedule in small steps: `_setup` checks every input and
-builds the network, optimizer and criterion (nothing is written before all of them pass), `_resume` restores
-a checkpoint's state, `_train_step` is one optimisation step, `_validate` scores the val pairs,
-`_save` writes the checkpoint and tables, `_finish` the plot and ``done.json``. The math of a step is in
+`train_restoration(config)` has the shape of every training loop of the toolkit (`diffloss.prior.train.loop`,
+`classifiers.finetune.loop`): the run folder is checked first (`runkit.rundir.RunDir`: new, resumable or
+another command's), `_setup` checks every input and builds the network, optimizer and criterion (nothing is
+written before all of them pass, then ``config.json``), `_resume` restores a checkpoint's state,
+`_train_step` is one optimisation step, `_validate` scores the val pairs, `_save` writes the checkpoint and
+tables, `_finish` the plot and ``done.json``. The math of a step is in
 plain functions (`fit_to_prior`, `restoration_loss`); `validate_restorer` scores any network.
 """
 from __future__ import annotations
 
-import dataclasses
 import logging
 import time
 from dataclasses import dataclass, field
@@ -21,6 +22,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from runkit.cli import resolve_device_name
 from runkit.distributed import barrier, distributed, gather
 
 from restoration.checkpoint import load_checkpoint, read_checkpoint_file, save_checkpoint
@@ -29,12 +31,20 @@ from restoration.nets import build_net, restore_tensor
 from runkit.runtime import count_parameters
 from restoration.pairs import PairSource, RandomCropPairs, StepBatchSampler, open_pairs, to_tensor
 from restoration.train.plots import save_loss_plot
-from runkit.tables import LOG_FIELDS, VAL_FIELDS, rows_up_to, write_json, write_log
-from restoration.train.config import FIT_MODES, TrainConfig, as_config, config_diff
+from runkit.rundir import RunDir
+from restoration.train.config import FIT_MODES, TrainConfig, as_config
 
 log = logging.getLogger(__name__)
 
-__all__ = ["train_restoration", "fit_to_prior", "restoration_loss", "validate_restorer"]
+__all__ = ["train_restoration", "fit_to_prior", "restoration_loss", "validate_restorer", "COMMAND", "OUTPUTS",
+           "LOG_FIELDS", "VAL_FIELDS"]
+
+COMMAND = "restoration.train"
+OUTPUTS = ("ckpt.pt", "log.csv", "val.csv", "loss_curve.png")
+#: Columns of ``log.csv``: one row per optimisation step (``nat``/``sem`` empty without DiffLoss).
+LOG_FIELDS = ("step", "pixel", "nat", "sem", "total", "seconds")
+#: Columns of ``val.csv``: one row per validation.
+VAL_FIELDS = ("step", "psnr", "ssim", "n")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -107,6 +117,7 @@ class _Run:
     """What one process of a training run holds; built by `_setup`."""
 
     cfg: TrainConfig
+    run_dir: RunDir
     rank: int
     world: int
     device: torch.device
@@ -122,23 +133,14 @@ class _Run:
     val_rows: list = field(default_factory=list)
     torch_rng: list | None = None  # per-rank global RNG states of a resumed checkpoint
 
-    @property
-    def run_dir(self) -> Path:
-        return Path(self.cfg.out)
 
-
-def _checked_resume_checkpoint(cfg: TrainConfig, world: int) -> dict | None:
-    """The checkpoint a run continues from (None: a fresh run); refuses an existing run without ``resume``
-    and a checkpoint made with other settings or another number of processes."""
-    ckpt_path = Path(cfg.out) / "ckpt.pt"
-    if not ckpt_path.is_file():
+def _resume_checkpoint(run_dir: RunDir, world: int) -> dict | None:
+    """The checkpoint a run continues from (None: a fresh run); `RunDir.check` has already refused a folder
+    with other settings. A checkpoint of another number of processes cannot continue."""
+    ckpt_path = run_dir.file("ckpt.pt")
+    if not run_dir.resuming or not ckpt_path.is_file():
         return None
-    if not cfg.resume:
-        raise ValueError(f"{cfg.out} already holds ckpt.pt; pass --resume to continue that run or choose another --out")
     ckpt = read_checkpoint_file(ckpt_path)
-    diff = config_diff(ckpt["config"], cfg)
-    if diff:
-        raise ValueError(f"cannot resume {ckpt_path}: the run was made with other settings: " + "; ".join(diff))
     if ckpt.get("world_size", 1) != world:
         raise ValueError(f"cannot resume {ckpt_path}: it was trained on {ckpt.get('world_size')} process(es), now {world}")
     return ckpt
@@ -165,19 +167,19 @@ def _build_criterion(cfg: TrainConfig, device: torch.device, rank: int):
     from diffloss.criterion import DiffLoss
     from diffloss.prior import load_prior
 
-    prior, config = cfg.prior_spec()
     with torch.random.fork_rng(devices=[]):
-        model, diffusion = load_prior(prior, config=config, device=str(device), init_seed=cfg.seed)
+        model, diffusion = load_prior(cfg.prior_spec(), device=str(device), init_seed=cfg.seed)
     gen = torch.Generator().manual_seed(_seed_of(cfg.seed, rank))
     amp = None if cfg.autocast == "fp32" else cfg.autocast
     criterion = DiffLoss(model, diffusion, gamma=cfg.gamma, lam=cfg.lam, target=cfg.target, generator=gen, autocast=amp)
     return criterion, int(model.image_size)
 
 
-def _setup(cfg: TrainConfig, rank: int, world: int, device: torch.device) -> tuple[_Run, dict | None]:
+def _setup(cfg: TrainConfig, run_dir: RunDir, rank: int, world: int, device: torch.device
+           ) -> tuple[_Run, dict | None]:
     """Check every input (resume checkpoint, pairs, network, init checkpoint, prior) and build the run, then
-    make the run folder: a refused run leaves nothing behind. Returns the run and the checkpoint to resume."""
-    ckpt = _checked_resume_checkpoint(cfg, world)
+    write ``config.json``: a refused run leaves nothing behind. Returns the run and the checkpoint to resume."""
+    ckpt = _resume_checkpoint(run_dir, world)
     train_src = open_pairs(cfg.pairs, "train", seed=cfg.seed)
     val_src = open_pairs(cfg.val_pairs, "all", seed=cfg.seed) if cfg.val_pairs else open_pairs(cfg.pairs, "val", seed=cfg.seed)
     log.info("training pairs: %r; validation pairs: %r", train_src, val_src)
@@ -188,12 +190,11 @@ def _setup(cfg: TrainConfig, rank: int, world: int, device: torch.device) -> tup
         opt.load_state_dict(init_ckpt["optimizer"])
         for group in opt.param_groups:
             group["lr"] = cfg.lr
-    run = _Run(cfg, rank, world, device, net, opt, train_src, val_src)
+    run = _Run(cfg, run_dir, rank, world, device, net, opt, train_src, val_src)
     if cfg.diffloss:
         run.crit, run.prior_size = _build_criterion(cfg, device, rank)
     if rank == 0:
-        run.run_dir.mkdir(parents=True, exist_ok=True)
-        write_json(run.run_dir / "config.json", dataclasses.asdict(cfg))
+        run_dir.start(clear=OUTPUTS)
     return run, ckpt
 
 
@@ -206,9 +207,9 @@ def _resume(run: _Run, ckpt: dict) -> None:
     if run.crit is not None:
         run.crit.generator.set_state(rng["diffloss"][run.rank])
     run.torch_rng = rng.get("torch")
-    run.log_rows = rows_up_to(run.run_dir / "log.csv", run.start)
-    run.val_rows = rows_up_to(run.run_dir / "val.csv", run.start)
-    log.info("resuming %s at step %d of %d", run.run_dir, run.start, run.cfg.steps)
+    run.log_rows = run.run_dir.read_table("log.csv", up_to_step=run.start)
+    run.val_rows = run.run_dir.read_table("val.csv", up_to_step=run.start)
+    log.info("resuming %s at step %d of %d", run.run_dir.path, run.start, run.cfg.steps)
 
 
 def _loader(run: _Run) -> torch.utils.data.DataLoader:
@@ -216,8 +217,8 @@ def _loader(run: _Run) -> torch.utils.data.DataLoader:
     cfg = run.cfg
     return torch.utils.data.DataLoader(
         RandomCropPairs(run.train_src, cfg.crop, cfg.flip),
-        batch_sampler=StepBatchSampler(len(run.train_src), cfg.batch, cfg.seed, run.start, cfg.steps, run.rank, run.world),
-        num_workers=cfg.workers,
+        batch_sampler=StepBatchSampler(len(run.train_src), cfg.batch_size, cfg.seed, run.start, cfg.steps, run.rank, run.world),
+        num_workers=cfg.loader_workers,
         pin_memory=run.device.type == "cuda",
     )
 
@@ -248,12 +249,12 @@ def _save(run: _Run, final: bool) -> None:
     torch_states = gather(torch.get_rng_state(), run.world)
     if run.rank == 0:
         cfg = run.cfg
-        save_checkpoint(run.run_dir / "ckpt.pt", run.net, cfg.net, cfg.net_kwargs, run.opt, run.step,
-                        world_size=run.world, config=dataclasses.asdict(cfg),
+        save_checkpoint(run.run_dir.file("ckpt.pt"), run.net, cfg.net, cfg.net_kwargs, run.opt, run.step,
+                        world_size=run.world, config=cfg.settings(),
                         rng={"diffloss": diffloss_states, "torch": torch_states},
                         val=run.val_rows[-1] if run.val_rows else None, final=final)
-        write_log(run.run_dir / "log.csv", run.log_rows, LOG_FIELDS)
-        write_log(run.run_dir / "val.csv", run.val_rows, VAL_FIELDS)
+        run.run_dir.write_table("log.csv", run.log_rows, LOG_FIELDS)
+        run.run_dir.write_table("val.csv", run.val_rows, VAL_FIELDS)
     barrier(run.world)
 
 
@@ -272,7 +273,7 @@ def _train_steps(run: _Run) -> None:
 
         model = DDP(run.net, device_ids=[run.device.index] if run.device.type == "cuda" else None)
     t0, elapsed0 = time.perf_counter(), run.log_rows[-1]["seconds"] if run.log_rows else 0.0
-    bar = tqdm(total=cfg.steps, initial=run.start, desc=f"train {run.run_dir.name}", dynamic_ncols=True,
+    bar = tqdm(total=cfg.steps, initial=run.start, desc=f"train {run.run_dir.path.name}", dynamic_ncols=True,
                disable=not cfg.progress or run.rank != 0)
     with torch.random.fork_rng(devices=[run.device] if run.device.type == "cuda" else []):
         if run.torch_rng:
@@ -296,13 +297,14 @@ def _train_steps(run: _Run) -> None:
 def _finish(run: _Run) -> None:
     """Rank 0 writes the loss plot and ``done.json`` (the run's config, step, last validation, size, time)."""
     if run.start >= run.cfg.steps:
-        log.info("%s already trained for %d steps (asked %d): nothing to do", run.run_dir, run.start, run.cfg.steps)
+        log.info("%s already trained for %d steps (asked %d): nothing to do", run.run_dir.path, run.start,
+                 run.cfg.steps)
     if run.rank == 0:
         if run.cfg.plot and run.log_rows:
-            save_loss_plot(run.run_dir / "loss_curve.png", run.log_rows, run.val_rows, title=run.run_dir.name)
-        write_json(run.run_dir / "done.json", {
-            "config": dataclasses.asdict(run.cfg), "step": max(run.step, run.start),
-            "val": run.val_rows[-1] if run.val_rows else None, "num_parameters": count_parameters(run.net),
+            save_loss_plot(run.run_dir.file("loss_curve.png"), run.log_rows, run.val_rows, title=run.run_dir.path.name)
+        run.run_dir.finish({
+            "step": max(run.step, run.start), "val": run.val_rows[-1] if run.val_rows else None,
+            "num_parameters": count_parameters(run.net),
             "seconds": run.log_rows[-1]["seconds"] if run.log_rows else 0.0})
     barrier(run.world)
 
@@ -312,13 +314,14 @@ def train_restoration(config: TrainConfig | Mapping[str, Any] | None = None, **o
     ``ckpt.pt``, ``log.csv``, ``val.csv``, ``config.json``, ``done.json`` (and ``loss_curve.png``).
 
     Deterministic: the same config gives the same weights on the same machine, and a run stopped and
-    resumed (``resume=True``) gives the same weights as an uninterrupted one.
+    resumed (the same config again) gives the same weights as an uninterrupted one.
     """
     cfg = as_config(config, overrides)
-    with distributed(cfg.device) as (rank, world, device):
-        run, ckpt = _setup(cfg, rank, world, device)
+    run_dir = RunDir(cfg.out, COMMAND, cfg, outputs=OUTPUTS).check()
+    with distributed(resolve_device_name(cfg.device)) as (rank, world, device):
+        run, ckpt = _setup(cfg, run_dir, rank, world, device)
         if ckpt is not None:
             _resume(run, ckpt)
         _train_steps(run)
         _finish(run)
-    return run.run_dir
+    return run.run_dir.path

@@ -1,45 +1,44 @@
 """The prior-training loop: guided-diffusion's hybrid ``training_losses`` with AdamW, linear warm-up, gradient
 clipping and an EMA of the weights; resumable (``train_state.pt``) and the same under torchrun.
 
-`run_training` is called by ``diffloss.prior.train.train_prior`` inside ``runkit.distributed`` with a
-validated `PriorTrainConfig`; see that module for the outputs.
+`train_prior(config)` has the shape of every training loop of the toolkit (`restoration.train.loop`,
+`classifiers.finetune.loop`): the run folder is checked first (`runkit.rundir.RunDir`), `_prepare` checks every
+input and builds the model (then ``config.json``), the steps save ``train_state.pt`` and the exported prior,
+`_finish` writes ``done.json``; see ``python -m diffloss.prior.train --help`` for the outputs.
 """
 from __future__ import annotations
 
 import copy
-import dataclasses
-import json
 import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Mapping
 
 import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from runkit.files import atomic_save_torch, atomic_write_text, write_csv
-from runkit.distributed import barrier
+from runkit.cli import resolve_device_name
+from runkit.distributed import barrier, distributed
+from runkit.files import atomic_save_torch
+from runkit.rundir import RunDir
 
 from runkit.runtime import count_parameters
 from diffloss.prior.configs import prior_kwargs
 from diffloss.prior.train.data import CropDataset, StepBatches, step_draws, training_images
 from diffloss.prior.loading import build_trainable_prior
-from diffloss.prior.train.outputs import LOG_COLUMNS, export_prior, read_prior_log, write_loss_plot, write_samples
-
-if TYPE_CHECKING:
-    from diffloss.prior.train import PriorTrainConfig
+from diffloss.prior.spec import PRIOR_FILE
+from diffloss.prior.train.config import PriorTrainConfig, as_config
+from diffloss.prior.train.outputs import LOG_COLUMNS, export_prior, write_loss_plot, write_samples
 
 log = logging.getLogger(__name__)
 
-__all__ = ["STATE_FORMAT", "RESULT_FIELDS", "run_training", "load_train_state", "lr_at", "ema_update"]
+__all__ = ["STATE_FORMAT", "COMMAND", "OUTPUTS", "train_prior", "load_train_state", "lr_at", "ema_update"]
 
 STATE_FORMAT = "diffloss-prior-train/1"
-#: config fields that change the trained weights (a resume must match them); the rest are run plumbing.
-#: ``steps`` is not among them: the schedule is constant after warm-up, so a finished run can be extended.
-RESULT_FIELDS = ("data", "config", "batch_size", "lr", "weight_decay", "warmup_steps", "grad_clip",
-                 "ema_rate", "seed", "min_scale", "flip")
+COMMAND = "diffloss.prior.train"
+OUTPUTS = ("train_state.pt", "prior.safetensors", "prior.json", "log.csv", "loss_curve.png", "samples/*")
 
 
 @torch.no_grad()
@@ -56,28 +55,19 @@ def lr_at(cfg: PriorTrainConfig, step: int) -> float:
     return cfg.lr
 
 
-def load_train_state(cfg: PriorTrainConfig, run_dir: Path) -> dict | None:
-    """The ``train_state.pt`` to resume from (None: a fresh run). ValueError when ``run_dir`` holds a run and
-    ``cfg.resume`` is off, when the file is not ours, or when it was made with other `RESULT_FIELDS`."""
-    path = run_dir / "train_state.pt"
-    if not path.is_file():
-        if (run_dir / "done.json").is_file() and not cfg.resume:
-            raise ValueError(f"{run_dir} holds a finished prior run; choose another --out")
+def load_train_state(run_dir: RunDir) -> dict | None:
+    """The ``train_state.pt`` to resume from (None: a fresh run); `RunDir.check` has already refused a folder
+    with other settings. ValueError when the file is not ours."""
+    path = run_dir.file("train_state.pt")
+    if not run_dir.resuming or not path.is_file():
         return None
-    if not cfg.resume:
-        raise ValueError(f"{run_dir} already holds train_state.pt; pass --resume to continue that run or choose another --out")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # noqa: BLE001 - any unreadable file gets the same one-line answer
         raise ValueError(f"{path} is not a prior training state of this toolkit ({type(err).__name__}); "
-                         "delete it or choose another --out") from None
+                         "pass --overwrite to start again or choose another --out") from None
     if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
         raise ValueError(f"{path} is not a prior training state of this toolkit (expected format {STATE_FORMAT!r})")
-    now = dataclasses.asdict(cfg)
-    diff = [f"{k}: saved {state['config'].get(k)!r} vs now {now[k]!r}" for k in RESULT_FIELDS
-            if state["config"].get(k) != now[k]]
-    if diff:
-        raise ValueError(f"cannot resume {path}: the run was made with other settings: " + "; ".join(diff))
     return state
 
 
@@ -89,7 +79,7 @@ class _PriorRun:
     rank: int
     world: int
     device: torch.device
-    run_dir: Path
+    run_dir: RunDir
     paths: list[Path]
     kwargs: dict[str, Any]
     model: nn.Module
@@ -104,15 +94,14 @@ class _PriorRun:
         return int(self.kwargs["image_size"])
 
 
-def _prepare(cfg: PriorTrainConfig, rank: int, world: int, device: torch.device) -> _PriorRun:
+def _prepare(cfg: PriorTrainConfig, run_dir: RunDir, rank: int, world: int, device: torch.device) -> _PriorRun:
     """Check, build the model, EMA and optimiser, restore a resumed state; rank 0 writes ``config.json``."""
     if cfg.batch_size % world:
         raise ValueError(f"--batch-size {cfg.batch_size} is the global batch; it must be divisible by the "
                          f"{world} torchrun processes")
-    run_dir = Path(cfg.out)
-    paths = training_images(cfg.data)  # fails before anything is written
-    state = load_train_state(cfg, run_dir)
-    kwargs = prior_kwargs(cfg.config)
+    paths = training_images(cfg.cub_root)  # fails before anything is written
+    state = load_train_state(run_dir)
+    kwargs = prior_kwargs(cfg.prior_config)
     model, diffusion = build_trainable_prior(kwargs, seed=cfg.seed)
     model.to(device)
     ema = copy.deepcopy(model).requires_grad_(False)
@@ -123,32 +112,31 @@ def _prepare(cfg: PriorTrainConfig, rank: int, world: int, device: torch.device)
         ema.load_state_dict(state["ema"])
         opt.load_state_dict(state["optimizer"])
         run.start = int(state["step"])
-        if (run_dir / "log.csv").is_file():
-            run.rows = [r for r in read_prior_log(run_dir / "log.csv") if r["step"] <= run.start]
-        log.info("resuming %s at step %d of %d", run_dir, run.start, cfg.steps)
+        run.rows = run_dir.read_table("log.csv", up_to_step=run.start)
+        log.info("resuming %s at step %d of %d", run_dir.path, run.start, cfg.steps)
     if rank == 0:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(run_dir / "config.json", json.dumps(dataclasses.asdict(cfg), indent=2) + "\n")
-        log.info("training prior %s (%s parameters, %d px) on %d images from %s", cfg.config,
-                 f"{count_parameters(model):,}", run.size, len(paths), cfg.data or "mini-CUB")
+        run_dir.start(clear=OUTPUTS)
+        log.info("training prior %s (%s parameters, %d px) on %d images from %s", cfg.prior_config,
+                 f"{count_parameters(model):,}", run.size, len(paths), cfg.cub_root or "mini-CUB")
     return run
 
 
 def _save(run: _PriorRun, step: int) -> None:
-    """Rank 0: ``train_state.pt``, ``prior.pt`` (the EMA), ``log.csv`` and the loss plot, all atomic."""
+    """Rank 0: ``train_state.pt``, ``prior.safetensors`` + ``prior.json`` (the EMA), ``log.csv`` and the loss
+    plot, each atomic."""
     if run.rank != 0:
         return
     cfg = run.cfg
-    atomic_save_torch({"format": STATE_FORMAT, "config": dataclasses.asdict(cfg), "kwargs": run.kwargs,
+    atomic_save_torch({"format": STATE_FORMAT, "config": cfg.settings(), "kwargs": run.kwargs,
                        "step": step, "world_size": run.world, "model": run.model.state_dict(),
-                       "ema": run.ema.state_dict(), "optimizer": run.opt.state_dict()}, run.run_dir / "train_state.pt")
-    meta = {"data": cfg.data or "mini-CUB train split", "images": len(run.paths), "seed": cfg.seed,
+                       "ema": run.ema.state_dict(), "optimizer": run.opt.state_dict()}, run.run_dir.file("train_state.pt"))
+    meta = {"data": cfg.cub_root or "mini-CUB train split", "images": len(run.paths), "seed": cfg.seed,
             "batch_size": cfg.batch_size, "lr": cfg.lr, "ema_rate": cfg.ema_rate}
-    export_prior(run.ema, run.kwargs, run.run_dir / "prior.pt", config_name=cfg.config, step=step, meta=meta,
-                 dtype=cfg.export_dtype)
-    write_csv(run.run_dir / "log.csv", run.rows, LOG_COLUMNS, float_format=".6g")
+    export_prior(run.ema, run.kwargs, run.run_dir.file(PRIOR_FILE), config_name=cfg.prior_config, step=step,
+                 meta=meta, dtype=cfg.export_dtype)
+    run.run_dir.write_table("log.csv", run.rows, LOG_COLUMNS, float_format=".6g")
     if run.rows:
-        write_loss_plot(run.run_dir, run.rows)
+        write_loss_plot(run.run_dir.path, run.rows)
 
 
 def _optimise(run: _PriorRun, net: nn.Module, crops: torch.Tensor, step: int) -> tuple[torch.Tensor, float]:
@@ -185,7 +173,7 @@ def _loader(run: _PriorRun) -> torch.utils.data.DataLoader:
         CropDataset(run.paths, run.size, cfg.min_scale, cfg.flip),
         batch_sampler=StepBatches(cfg, len(run.paths), int(run.diffusion.num_timesteps), run.size, run.start,
                                   run.rank, run.world),
-        num_workers=cfg.workers, pin_memory=run.device.type == "cuda", persistent_workers=False)
+        num_workers=cfg.loader_workers, pin_memory=run.device.type == "cuda", persistent_workers=False)
 
 
 def _wrap_ddp(run: _PriorRun) -> nn.Module:
@@ -196,13 +184,26 @@ def _wrap_ddp(run: _PriorRun) -> nn.Module:
     return DDP(run.model, device_ids=[run.device.index] if run.device.type == "cuda" else None)
 
 
-def run_training(cfg: PriorTrainConfig, rank: int, world: int, device: torch.device) -> Path:
+def train_prior(settings: PriorTrainConfig | Mapping[str, Any] | None = None, **overrides) -> Path:
+    """Train a prior as configured by ``settings`` and keyword overrides (the fields of `PriorTrainConfig`,
+    e.g. ``train_prior(out="runs/p", prior_config="tiny64", steps=1000)``); returns the run folder
+    (``prior.safetensors``, ``prior.json``).
+
+    Deterministic: the same config gives the same weights on the same machine, and a stopped run started
+    again with the same config resumes and gives the same weights as an uninterrupted one."""
+    cfg = as_config(settings, overrides)
+    run_dir = RunDir(cfg.out, COMMAND, cfg, outputs=OUTPUTS).check()
+    with distributed(resolve_device_name(cfg.device)) as (rank, world, device):
+        return _train(cfg, run_dir, rank, world, device)
+
+
+def _train(cfg: PriorTrainConfig, run_dir: RunDir, rank: int, world: int, device: torch.device) -> Path:
     """Train (or resume) the run of ``cfg`` on this rank; returns the run folder."""
-    run = _prepare(cfg, rank, world, device)
+    run = _prepare(cfg, run_dir, rank, world, device)
     net = _wrap_ddp(run)
     elapsed0 = run.rows[-1]["seconds"] if run.rows else 0.0
     t0 = time.perf_counter()
-    bar = tqdm(total=cfg.steps, initial=run.start, desc=f"prior {run.run_dir.name}",
+    bar = tqdm(total=cfg.steps, initial=run.start, desc=f"prior {run.run_dir.path.name}",
                disable=not cfg.progress or rank != 0, dynamic_ncols=True)
     step = run.start
     for crops in _loader(run):
@@ -216,13 +217,14 @@ def run_training(cfg: PriorTrainConfig, rank: int, world: int, device: torch.dev
         if final or (cfg.ckpt_every and step % cfg.ckpt_every == 0):
             _save(run, step)
         if rank == 0 and (final or (cfg.sample_every and step % cfg.sample_every == 0)):
-            write_samples(run.ema, run.diffusion, cfg, run.size, device, run.run_dir / "samples" / f"step_{step:07d}.png")
+            write_samples(run.ema, run.diffusion, cfg, run.size, device,
+                          run.run_dir.file(f"samples/step_{step:07d}.png"))
         barrier(world)
     bar.close()
     if rank == 0:
         _finish(run, step)
     barrier(world)
-    return run.run_dir
+    return run.run_dir.path
 
 
 def _finish(run: _PriorRun, step: int) -> None:
@@ -230,7 +232,7 @@ def _finish(run: _PriorRun, step: int) -> None:
     if run.start == run.cfg.steps:
         _save(run, step)
     rows = run.rows
-    atomic_write_text(run.run_dir / "done.json", json.dumps(
-        {"config": dataclasses.asdict(run.cfg), "step": run.cfg.steps, "images": len(run.paths),
-         "num_parameters": count_parameters(run.model), "seconds": rows[-1]["seconds"] if rows else 0.0,
-         "final_loss": rows[-1]["loss"] if rows else None}, indent=2) + "\n")
+    run.run_dir.finish({"step": run.cfg.steps, "images": len(run.paths),
+                        "num_parameters": count_parameters(run.model),
+                        "seconds": rows[-1]["seconds"] if rows else 0.0,
+                        "final_loss": rows[-1]["loss"] if rows else None})

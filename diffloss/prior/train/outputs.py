@@ -1,4 +1,5 @@
-"""What a prior-training run writes: the loadable ``prior.pt``, ``log.csv`` and its loss plot, DDIM sample grids."""
+"""What a prior-training run writes: the loadable ``prior.safetensors`` + ``prior.json``, ``log.csv`` and its loss
+plot, DDIM sample grids."""
 from __future__ import annotations
 
 import io
@@ -10,38 +11,33 @@ import numpy as np
 import torch
 from torch import nn
 
-from runkit.files import atomic_save_torch, atomic_write_bytes, read_csv
+from runkit.files import atomic_write_bytes
 from cubdata import encode_image
 
 from diffloss.prior.train.data import step_seed
-from diffloss.prior.loading import PRIOR_FORMAT
+from diffloss.prior.loading import save_prior
 from diffloss.prior.sampling import ddim_sample_loop, ddim_schedule, spaced_diffusion
 
 if TYPE_CHECKING:
     from diffloss.prior.train import PriorTrainConfig
 
-__all__ = ["LOG_COLUMNS", "export_prior", "read_prior_log", "plot_prior_loss", "write_loss_plot", "image_grid",
+__all__ = ["LOG_COLUMNS", "export_prior", "plot_prior_loss", "write_loss_plot", "image_grid",
            "write_samples"]
 
 LOG_COLUMNS = ("step", "loss", "mse", "vb", "lr", "seconds")
 
 
 def export_prior(ema: nn.Module, kwargs: Mapping[str, Any], path: str | Path, *, config_name: str,
-                 step: int, meta: Mapping[str, Any] | None = None, dtype: str = "float16") -> Path:
-    """Write the loadable prior file: ``{"format", "config_name", "kwargs", "state_dict", "step", "meta"}``
-    (atomic). ``kwargs`` are the full ``create_model_and_diffusion`` arguments, so ``load_adm(path)`` needs
-    no flags. ``dtype`` float16 halves the file; ``load_adm`` computes in float32 either way."""
+                 step: int, meta: Mapping[str, Any] | None = None, dtype: str = "float16",
+                 command: str | None = None) -> Path:
+    """Write the loadable prior: the EMA weights to ``path`` (``prior.safetensors``) and their config to the
+    ``.json`` beside it (`diffloss.prior.save_prior`, atomic). ``kwargs`` are the full
+    ``create_model_and_diffusion`` arguments, so ``load_prior(path)`` and ``--prior PATH`` need no flags.
+    ``dtype`` float16 halves the file; `load_prior` computes in float32 either way."""
     torch_dtype = {"float16": torch.float16, "float32": torch.float32}[dtype]
     sd = {k: v.detach().to("cpu", torch_dtype if v.is_floating_point() else v.dtype).contiguous()
           for k, v in ema.state_dict().items()}
-    obj = {"format": PRIOR_FORMAT, "config_name": config_name, "kwargs": dict(kwargs), "state_dict": sd,
-           "step": int(step), "meta": dict(meta or {})}
-    return atomic_save_torch(obj, path)
-
-
-def read_prior_log(path: str | Path) -> list[dict[str, Any]]:
-    """Rows of a prior run's ``log.csv`` (step int, the rest float)."""
-    return read_csv(path, ints=("step",), floats=tuple(c for c in LOG_COLUMNS if c != "step"))
+    return save_prior(sd, path, kwargs, config_name=config_name, step=int(step), meta=meta, command=command)
 
 
 def plot_prior_loss(rows: Sequence[Mapping[str, Any]], ax=None):
