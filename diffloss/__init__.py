@@ -5,11 +5,11 @@
     criterion = DiffLoss(model, diffusion, gamma=1e-3, lam=1e-2)
     out = criterion(restored, clean)        # [0, 1] NCHW float; out.total, out.pixel, out.nat, out.sem, out.t
 
-Submodules: ``diffloss.prior`` (configs, loading, freezing; the code in ``prior_configs``, ``prior_loading``,
-``prior_runtime``), ``diffloss.prior.hspace`` (h-space), ``diffloss.criterion`` (the loss; its functional core in
-``criterion_functional``, ``timestep_weights``, ``grad_scaling``, ``criterion_checks``), ``diffloss.prior.train``
-(training a prior; ``prior_data``, ``prior_training``, ``prior_outputs``). Attributes are imported lazily, so
-``import diffloss`` does not import torch or guided-diffusion until you use them.
+Two sub-packages: ``diffloss.prior`` (the frozen prior: ``configs``, ``spec`` (the resolver behind every
+``--prior``), ``loading``, ``runtime``, ``hspace``, ``sampling``, and ``diffloss.prior.train``, training a prior of
+your own) and ``diffloss.criterion`` (the loss: ``loss``, its functional core ``functional``,
+``timestep_weights``, ``grad_scaling``, ``checks``). Attributes are imported lazily, so ``import diffloss`` does
+not import torch or guided-diffusion until you use them.
 """
 from __future__ import annotations
 

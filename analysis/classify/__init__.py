@@ -10,7 +10,7 @@ OUT/table.{csv,md,tex,json}, OUT/mcnemar.csv and OUT/predictions/ (per-image pre
 --from-predictions re-makes every table without a model). Arguments and a writable --out are checked before
 anything is scored.
 
-    python -m analysis.classify --classifier resnet50=ckpt/resnet50.pt --classifier vgg16=ckpt/vgg16.pt \\
+    python -m analysis.classify --classifier resnet50=runs/resnet50 --classifier vgg16=runs/vgg16 \\
         --cub-root data/CUB_200_2011 --set "degraded/fog=data/cub-degraded/fog/3" \\
         --set "w/o DiffLoss/fog=data/restored/fog-l2" --set "w/ DiffLoss/fog=data/restored/fog-diffloss" --out runs/table2
 
