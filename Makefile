@@ -3,7 +3,7 @@ PYTHON ?= python3.11
 VENV := .venv
 PY := $(VENV)/bin/python
 
-.PHONY: setup demo test test-all clean-cache
+.PHONY: setup demo docs-figures ship-demo-weights test test-all clean-cache
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -15,6 +15,18 @@ setup: $(VENV)/.installed
 
 demo: setup
 	$(PY) -m analysis.classify
+
+# The README's and docs/table2.md's demo tables, from the demo's own output (analysis/demo/docs.py), and the
+# naturalness report's numbers and figure (README, docs/prior.md) from its --quick run (analysis/naturalness/docs.py).
+docs-figures: setup
+	$(PY) -m analysis.classify --out runs/demo-table2
+	$(PY) -m analysis.demo.docs runs/demo-table2
+	$(PY) -m analysis.naturalness --quick --out runs/naturalness-quick
+	$(PY) -m analysis.naturalness.docs runs/naturalness-quick
+
+# Retrain the demo's classifiers and restorers from scratch and rewrite analysis/demo/weights/ (tens of minutes).
+ship-demo-weights: setup
+	$(PY) -m analysis.demo.ship --cache runs/demo-ship
 
 test: setup
 	$(PY) -m pytest

@@ -59,7 +59,9 @@ def _draw_bars(ax, cell: dict, configs: list[str], clusters: list[tuple[str, str
         lo = [max(0.0, y - float(r["ci_low"])) for y, (_, r) in zip(ys, found)]
         hi = [max(0.0, float(r["ci_high"]) - y) for y, (_, r) in zip(ys, found)]
         color = CONFIG_COLORS.get(cfg, other_colors((j + 3) % 10))
-        bars = ax.bar(xs, ys, width=width * 0.95, color=color, label=cfg, yerr=[lo, hi], capsize=3,
+        seeds = sorted({int(r.get("seeds") or 1) for _, r in found})  # a replicated table: runs per cell
+        label = cfg if seeds == [1] else f"{cfg} (mean of {seeds[0]}{f'-{seeds[-1]}' if len(seeds) > 1 else ''} seeds)"
+        bars = ax.bar(xs, ys, width=width * 0.95, color=color, label=label, yerr=[lo, hi], capsize=3,
                       error_kw={"elinewidth": 1, "ecolor": "#333333"})
         if annotate:
             for b, y, h in zip(bars, ys, hi):
@@ -85,7 +87,8 @@ def plot_table2_bars(rows: Sequence[Mapping], ax=None, classifier: str | None = 
     """Grouped bars of top-1 accuracy (%) with CI error bars.
 
     ``rows``: dicts as returned by ``analysis.classify.load_table`` (config, degradation, classifier, top1,
-    ci_low, ci_high in percent 0-100; the clean row has config = degradation = "clean").
+    ci_low, ci_high in percent 0-100; the clean row has config = degradation = "clean"; a table with replicates
+    also has ``seeds``, and the legend says a row's bars are means over that many seeds).
     ``classifier``: draw only this classifier (clusters = degradations); ``None``: one cluster per
     (degradation, classifier). Bars: degraded, w/o DiffLoss, w/ DiffLoss (and any other config), error bars
     from the CI; the clean accuracy of each classifier is a dashed line over its clusters with its CI as a band.

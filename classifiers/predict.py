@@ -14,6 +14,8 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from runkit.process import loader_worker_init
+
 log = logging.getLogger(__name__)
 
 __all__ = ["resolve_device", "make_loader", "predict", "top1_percent", "evaluate_top1"]
@@ -32,8 +34,9 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
 def make_loader(dataset, batch_size: int, workers: int, device: torch.device, *, shuffle: bool = False,
                 generator: torch.Generator | None = None, sampler=None, drop_last: bool = False,
                 persistent: bool = False) -> torch.utils.data.DataLoader:
-    """A DataLoader with ``workers`` processes (0 = in the main process), pinned memory on CUDA and a
-    prefetch depth of 4 batches per worker."""
+    """A DataLoader with ``workers`` processes (0 = in the main process; each dies with this process, even
+    killed by SIGKILL: `runkit.process.loader_worker_init`), pinned memory on CUDA and a prefetch depth of 4
+    batches per worker."""
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     if workers < 0:
@@ -43,7 +46,7 @@ def make_loader(dataset, batch_size: int, workers: int, device: torch.device, *,
         generator = torch.Generator().manual_seed(0)
     kw: dict[str, Any] = {}
     if workers > 0:
-        kw.update(prefetch_factor=4, persistent_workers=persistent)
+        kw.update(prefetch_factor=4, persistent_workers=persistent, worker_init_fn=loader_worker_init())
     return torch.utils.data.DataLoader(
         dataset, batch_size=batch_size, shuffle=shuffle if sampler is None else False, sampler=sampler,
         num_workers=workers, pin_memory=device.type == "cuda", drop_last=drop_last, generator=generator, **kw,

@@ -11,7 +11,7 @@ from typing import Any, Sequence
 
 from classifiers.registry import CLASSIFIERS
 
-__all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "URIE_BBOX_SIZE", "default_preprocess", "eval_transform",
+__all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "URIE_BBOX_SIZE", "NO_COLOR_JITTER", "default_preprocess", "eval_transform",
            "train_transform", "parse_bbox_size", "eval_protocol", "protocol_preprocess", "protocol_transform",
            "describe_protocol"]
 
@@ -60,16 +60,25 @@ def eval_transform(preprocess: dict[str, Any], bbox_crop: bool = False):
     ])
 
 
-def train_transform(preprocess: dict[str, Any], crop_scale=(0.25, 1.0)):
+#: ``color_jitter`` that turns colour jitter off: (brightness, contrast, saturation, hue) all 0.
+NO_COLOR_JITTER = (0.0, 0.0, 0.0, 0.0)
+
+
+def train_transform(preprocess: dict[str, Any], crop_scale=(0.25, 1.0), color_jitter=NO_COLOR_JITTER):
     """PIL RGB image -> augmented ``[3, S, S]`` normalised float tensor: RandomResizedCrop(S, crop_scale)
-    + horizontal flip (S = ``preprocess["img_size"]``). Randomness comes from torch's RNG (seeded per
-    DataLoader worker from the loader's generator)."""
+    + horizontal flip (S = ``preprocess["img_size"]``), then, unless ``color_jitter`` is all zeros,
+    torchvision's ``ColorJitter(brightness, contrast, saturation, hue)`` with ``color_jitter``'s four values
+    (brightness/contrast/saturation factors drawn from ``[1 - v, 1 + v]``, hue shifted by up to ``v`` of a
+    turn). Randomness comes from torch's RNG (seeded per DataLoader worker from the loader's generator)."""
     from torchvision import transforms as T
 
+    b, c, s, h = (float(v) for v in color_jitter)
+    jitter = [T.ColorJitter(brightness=b, contrast=c, saturation=s, hue=h)] if any((b, c, s, h)) else []
     return T.Compose([
         T.RandomResizedCrop(int(preprocess["img_size"]), scale=tuple(crop_scale),
                             interpolation=_interpolation(preprocess)),
         T.RandomHorizontalFlip(),
+        *jitter,
         *_to_normalised_tensor(preprocess),
     ])
 

@@ -157,4 +157,4 @@ def _main(args: PreviewConfig) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    raise SystemExit(main())

@@ -11,6 +11,7 @@ once imported, or is named as ``"pkg.module:function"`` wherever a corruption na
 """
 from __future__ import annotations
 
+import inspect
 import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -72,6 +73,16 @@ def name_id(name: str) -> int:
 def _plugin_entry(spec: str, obj: Any) -> Corruption:
     if not callable(obj):
         raise TypeError(f"corruption {spec!r} is not callable")
+    try:
+        signature = inspect.signature(obj)
+    except (TypeError, ValueError):  # some builtins carry no signature: the first image will tell
+        signature = None
+    if signature is not None:
+        try:
+            signature.bind(np.zeros((1, 1, 3), np.uint8), 1, np.random.default_rng(0))
+        except TypeError as err:
+            raise TypeError(f"corruption {spec!r} cannot be called as fn(image, severity, rng) ({err}); a corruption "
+                            "takes a uint8 HxWx3 image, a severity 1..5 and a numpy Generator") from None
     return Corruption(spec, obj, None, name_id(spec))
 
 

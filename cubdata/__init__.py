@@ -13,6 +13,7 @@ from cubdata.io import (
     encode_image,
     load_pil_rgb,
     load_rgb,
+    require_decodable,
 )
 from cubdata.layout import (
     FULL_CUB_COUNTS,
@@ -25,10 +26,11 @@ from cubdata.layout import (
     write_cub_metadata,
 )
 from cubdata.mini import MINI_CLASSES, MINI_VARIANTS, MINI_VERSION, cache_dir, generate_mini_cub, mini_cub_root
+from cubdata.splits import VAL_FRACTION, VAL_SEED, train_val_split
 
 __all__ = [
     "CubDataset", "crop_to_bbox", "ImageDecodeError", "encode_image", "load_pil_rgb", "load_rgb", "FULL_CUB_COUNTS",
     "METADATA_FILES", "REQUIRED_FILES", "CubIndex", "CubLayoutError", "CubRecord", "read_cub", "write_cub_metadata",
     "MINI_CLASSES", "MINI_VERSION", "MINI_VARIANTS", "cache_dir", "generate_mini_cub", "mini_cub_root",
-    "IMAGE_SUFFIXES", "list_images", "load_square_tensor",
+    "IMAGE_SUFFIXES", "list_images", "load_square_tensor", "require_decodable", "VAL_FRACTION", "VAL_SEED", "train_val_split",
 ]

@@ -14,8 +14,8 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from runkit.errors import UnreadableInputError
 
-__all__ = ["ImageDecodeError", "load_rgb", "load_pil_rgb", "encode_image", "IMAGE_SUFFIXES", "list_images",
-           "load_square_tensor"]
+__all__ = ["ImageDecodeError", "load_rgb", "load_pil_rgb", "require_decodable", "encode_image", "IMAGE_SUFFIXES",
+           "list_images", "load_square_tensor"]
 
 #: File suffixes read as images wherever a plain folder is accepted (compared lower-case).
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
@@ -65,6 +65,24 @@ def load_rgb(path: str | os.PathLike) -> np.ndarray:
     Raises ``FileNotFoundError`` if missing and ``ImageDecodeError`` if the file cannot be decoded.
     """
     return np.asarray(load_pil_rgb(path), dtype=np.uint8).copy()
+
+
+def require_decodable(paths, *, desc: str = "checking images", progress: bool = False) -> int:
+    """Decode every image of ``paths`` once, as `load_pil_rgb` does when the work reaches it, so that a
+    missing or broken file stops a command before its first write instead of mid-run. Raises
+    ``FileNotFoundError`` / ``ImageDecodeError`` naming the first bad file; returns the number checked.
+    Cost: a full decode, a few ms per CUB-sized (500x375) JPEG on one core, half a minute or so for CUB's 5,994
+    training images (``python benchmarks/decode_check.py`` measures it); the decoded pixels are not kept."""
+    paths = list(paths)
+    if progress and paths:
+        from tqdm.auto import tqdm
+
+        paths = tqdm(paths, desc=desc, unit="img", leave=False, dynamic_ncols=True)
+    n = 0
+    for path in paths:
+        load_pil_rgb(path)
+        n += 1
+    return n
 
 
 def encode_image(image: np.ndarray, fmt: str = "jpeg", quality: int = 95) -> bytes:

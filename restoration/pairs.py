@@ -10,9 +10,10 @@ A *pairs spec* (the training CLI's ``--pairs``) is one of
 - ``LOW_DIR:HIGH_DIR``: any two folders, paired by file name;
 - ``synthetic:CORRUPTION:SEVERITY[:CUB_ROOT]``: clean CUB images (the built-in mini-CUB by default) and the
   same images degraded on the fly with one of our corruptions (`corruptions.corrupt`) at that severity.
-  Train uses the CUB train split, val the test split. The degradation of each image is drawn from
-  ``numpy.random.default_rng([seed, image_id])``: one fixed degraded version per image, like a real paired
-  set, identical on every run.
+  Only the CUB *train* split is read: val is its seeded, class-stratified part (`cubdata.train_val_split`,
+  ``val_fraction`` of each class, 10% by default), train the rest, all both; the test split is left to
+  evaluation. The degradation of each image is drawn from ``numpy.random.default_rng([seed, image_id])``: one
+  fixed degraded version per image, like a real paired set, identical on every run.
 
 Pairing by name: files match on their stem (extension ignored); if that leaves files unmatched, stems are
 compared again after dropping the layouts' role words (``low``, ``high``, ``hazy``, ``GT``, ``rain``,
@@ -38,7 +39,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from cubdata import IMAGE_SUFFIXES, load_rgb, mini_cub_root, read_cub
+from cubdata import IMAGE_SUFFIXES, VAL_FRACTION, VAL_SEED, load_rgb, mini_cub_root, read_cub, train_val_split
 
 log = logging.getLogger(__name__)
 
@@ -254,23 +255,32 @@ class FolderPairs(PairSource):
 
 
 class SyntheticPairs(PairSource):
-    """Clean images of a CUB root and their degraded versions, made on the fly with
-    ``corruptions.corrupt(image, corruption, severity, rng=np.random.default_rng([seed, image_id]))``."""
+    """Clean images of a CUB root's train split and their degraded versions, made on the fly with
+    ``corruptions.corrupt(image, corruption, severity, rng=np.random.default_rng([seed, image_id]))``.
+
+    ``split``: ``"val"`` is `cubdata.train_val_split`'s part (``val_fraction`` of each class's train images,
+    drawn with ``val_seed``), ``"train"`` the rest of the train split, ``"all"`` the whole train split. The
+    CUB test split is never read."""
 
     def __init__(self, corruption: str, severity: int, cub_root: str | os.PathLike | None = None,
-                 split: str = "train", seed: int = 0, cache_size: int = 4096) -> None:
+                 split: str = "train", seed: int = 0, cache_size: int = 4096, val_fraction: float = VAL_FRACTION,
+                 val_seed: int = VAL_SEED) -> None:
         from corruptions import check_severity, get_corruption  # local: only synthetic pairs need corruptions
 
         get_corruption(corruption)  # an unknown name raises, listing the valid ones
         severity = check_severity(severity)
         if split not in SPLITS:
             raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
-        self.corruption, self.severity, self.seed = corruption, severity, int(seed)
+        self.corruption, self.severity, self.seed, self.split = corruption, severity, int(seed), split
+        self.val_fraction, self.val_seed = float(val_fraction), int(val_seed)
         self.index = read_cub(cub_root if cub_root is not None else mini_cub_root())
-        cub_split = {"train": "train", "val": "test", "all": "all"}[split]
-        self.records = self.index.split(cub_split)
+        train, val = train_val_split(self.index, self.val_fraction, self.val_seed)
+        self.records = {"train": train, "val": val, "all": self.index.split("train")}[split]
         if not self.records:
-            raise ValueError(f"CUB root {self.index.root} has no {cub_split} images")
+            hint = (f"; --val-fraction {val_fraction:g} holds none of them out: raise it or pass --val-images 0"
+                    if split == "val" and train else "")
+            raise ValueError(f"CUB root {self.index.root} has no {split} images in its train split "
+                             f"({len(train)} train + {len(val)} val){hint}")
         super().__init__(cache_size, [r.rel_path for r in self.records])
 
     def _load(self, i: int) -> tuple[np.ndarray, np.ndarray]:
@@ -283,11 +293,13 @@ class SyntheticPairs(PairSource):
         return low, clean
 
     def __repr__(self) -> str:
-        return f"SyntheticPairs({self.corruption}:{self.severity}, {len(self)} images of {self.index.root})"
+        return (f"SyntheticPairs({self.corruption}:{self.severity}, {self.split}: {len(self)} train-split images of "
+                f"{self.index.root}, val fraction {self.val_fraction:g} seed {self.val_seed})")
 
 
-def open_pairs(spec: str, split: str = "train", seed: int = 0) -> PairSource:
-    """Open a pairs spec (see module doc) for ``split`` in ``("train", "val", "all")``."""
+def open_pairs(spec: str, split: str = "train", seed: int = 0, val_fraction: float = VAL_FRACTION) -> PairSource:
+    """Open a pairs spec (see module doc) for ``split`` in ``("train", "val", "all")``; ``val_fraction``: the
+    share of each class's train images that synthetic CUB pairs hold out as val."""
     if not isinstance(spec, str) or not spec:
         raise TypeError(f"pairs spec must be a non-empty string, got {spec!r}")
     if split not in SPLITS:
@@ -302,7 +314,8 @@ def open_pairs(spec: str, split: str = "train", seed: int = 0) -> PairSource:
             from corruptions import SEVERITIES
 
             raise ValueError(f"severity in {spec!r} must be an integer in {SEVERITIES}, got {parts[2]!r}") from None
-        return SyntheticPairs(parts[1], severity, parts[3] if len(parts) == 4 and parts[3] else None, split, seed)
+        return SyntheticPairs(parts[1], severity, parts[3] if len(parts) == 4 and parts[3] else None, split, seed,
+                              val_fraction=val_fraction)
     if ":" in spec and not Path(spec).is_dir():
         low_dir, _, high_dir = spec.partition(":")
         return FolderPairs(_holdout(pair_by_name(low_dir, high_dir), split), f"{low_dir} -> {high_dir} ({split})")

@@ -10,8 +10,10 @@ written atomically; ``restore_manifest.json`` (a `runkit.manifest.Manifest`) rec
 output's SHA-256, so an interrupted run resumes where it stopped and redoes any output that is missing or
 damaged, and a manifest made with another checkpoint is refused instead of silently mixing two networks (a
 manifest of another format is ignored with a warning: everything is redone). An ``--out`` folder that
-holds anything but such a manifest's run (an existing CUB root, any other file) is refused before any work
-unless ``--overwrite`` is given; an empty or absent folder is fine.
+holds anything but such a manifest's run (any other file) is refused before any work unless ``--overwrite`` is
+given; an existing CUB root (``images.txt`` ...) that is not a restore output is refused even with
+``--overwrite``, since restoring into it would rewrite its metadata. An empty or absent folder is fine. Every
+argument and every input image's header is checked before the first write.
 
 Several GPUs: ``torchrun --nproc_per_node N -m restoration.restore ...`` shares the batches out between N
 processes (each on its LOCAL_RANK GPU; gloo on the CPU works too); rank 0 alone writes the manifest and the
@@ -34,7 +36,7 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
-from cubdata import encode_image, load_rgb, read_cub, write_cub_metadata
+from cubdata import METADATA_FILES, ImageDecodeError, encode_image, load_rgb, read_cub, write_cub_metadata
 from runkit.files import atomic_write_bytes, sha256_file
 from runkit.distributed import distributed, gather_checked, on_rank0, shard
 from runkit.errors import run_cli
@@ -77,13 +79,24 @@ def restore_array(net: torch.nn.Module, images: list[np.ndarray], device: str | 
 # --------------------------------------------------------------------------------------------------
 def _check_out_folder(out_root: Path, overwrite: bool) -> None:
     """Refuse an ``out_root`` this tool did not write: it must be absent, empty, or carry a restore manifest
-    (whose settings are compared later). ``overwrite`` lets any existing folder through."""
+    (whose settings are compared later). ``overwrite`` lets any other folder through, except a CUB root
+    (metadata files such as ``images.txt``) that is not a restore output: writing there would replace that
+    dataset's metadata, so ``overwrite`` never does."""
     if out_root.exists() and not out_root.is_dir():
         raise ValueError(f"--out {out_root} exists and is not a folder; choose an empty folder")
-    if not overwrite and not (out_root / MANIFEST).is_file() and out_root.is_dir() and any(out_root.iterdir()):
+    if (out_root / MANIFEST).is_file() or not out_root.is_dir() or not any(out_root.iterdir()):
+        return
+    dataset = [name for name in METADATA_FILES if (out_root / name).exists()]
+    if dataset:
+        raise ValueError(
+            f"--out {out_root} is a CUB dataset ({', '.join(dataset[:3])}) that restoration.restore did not write; "
+            "restoring into it would replace its images.txt and metadata, so it is refused even with --overwrite: "
+            "choose an empty folder"
+        )
+    if not overwrite:
         raise ValueError(
             f"--out {out_root} holds files not written by restoration.restore (no {MANIFEST}); choose an empty "
-            "folder or pass --overwrite (overwrite=True) to write into it anyway"
+            "folder or pass --overwrite to write into it anyway"
         )
 
 
@@ -97,8 +110,8 @@ def _open_manifest(out_root: Path, identity: dict, overwrite: bool) -> Manifest:
     mismatch = [f"{k}: {saved.get(k)!r} vs {v!r}" for k, v in identity.items() if saved.get(k) != v] if saved else []
     if mismatch and not overwrite:
         raise ValueError(
-            f"{out_root} was restored with other settings ({'; '.join(mismatch)}); pass overwrite=True "
-            "(--overwrite) to redo it, or choose another output folder"
+            f"{out_root} was restored with other settings ({'; '.join(mismatch)}); pass --overwrite to redo it, "
+            "or choose another output folder"
         )
     if saved is None or mismatch:
         return Manifest(path, MANIFEST_FORMAT, identity, entries_key="done")
@@ -138,8 +151,23 @@ def _plan_output(ckpt_path: Path, in_root: Path, out_root: Path, split: str, fmt
     records = index.split(split)
     if not records:
         raise ValueError(f"{in_root} has no {split!r} images (it lists {len(index.records)} images in all)")
+    _check_headers(index, records)
     identity = {"ckpt_sha256": sha256_file(ckpt_path), "in_root": str(in_root.resolve()), "split": split, "fmt": fmt}
     return identity, _verified_done(_open_manifest(out_root, identity, overwrite), out_root, fmt, records)
+
+
+def _check_headers(index, records) -> None:
+    """Open every input image's header (no decode: about 0.05 ms each), so that a file that is not an image
+    is refused before the manifest or any output is written (a truncated one still fails when decoded)."""
+    for rec in records:
+        path = index.image_path(rec)
+        try:
+            with Image.open(path):
+                pass
+        except FileNotFoundError:
+            raise FileNotFoundError(f"image file not found: {path} (listed in {index.root}/images.txt)") from None
+        except Exception as err:  # noqa: BLE001 - PIL raises many kinds for a file that is no image
+            raise ImageDecodeError(f"cannot decode image {path}: {type(err).__name__}: {err}") from None
 
 
 # --------------------------------------------------------------------------------------------------
@@ -203,7 +231,8 @@ def restore_cub_root(
     Resumable: images recorded in ``out_root/restore_manifest.json`` whose file is present and matches its
     recorded SHA-256 are skipped; missing or damaged ones are redone. A manifest from another checkpoint,
     input root, split or format raises ValueError unless ``overwrite=True``, and so does an ``out_root``
-    holding anything without such a manifest (an existing CUB root, a stray file); an empty folder is fine.
+    holding anything without such a manifest (a stray file); an empty folder is fine. A CUB root that is not
+    a restore output is refused even with ``overwrite=True`` (its metadata would be rewritten).
     ``images.txt`` names the files written (``.png`` names for PNG output).
 
     Under ``torchrun --nproc_per_node N`` the batches are shared out between the N processes (each on its
@@ -212,6 +241,8 @@ def restore_cub_root(
     """
     if fmt not in FORMATS:
         raise ValueError(f"fmt must be one of {FORMATS}, got {fmt!r}")
+    if fmt == "jpeg" and (isinstance(quality, bool) or not isinstance(quality, int) or not 1 <= quality <= 100):
+        raise ValueError(f"--quality must be an integer in 1..100, got {quality!r}")
     if int(batch_size) < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     ckpt_path = checkpoint_path(ckpt)
@@ -356,9 +387,9 @@ def main(argv=None) -> int:
 
     cfg = config_from_args(RestoreConfig, build_parser().parse_args(argv))
     return run_cli(lambda: restore_cub_root(
-        cfg.validate().ckpt, cfg.cub_root, cfg.out, device=resolve_device_name(cfg.device), batch_size=cfg.batch_size,
+        cfg.ckpt, cfg.cub_root, cfg.out, device=resolve_device_name(cfg.device), batch_size=cfg.batch_size,
         split=cfg.split, fmt=cfg.format, quality=cfg.quality, overwrite=cfg.overwrite,
-        progress=cfg.progress), threads=cfg.threads, report=_report)
+        progress=cfg.progress), config=cfg, threads=cfg.threads, report=_report, out=cfg.out)
 
 
 if __name__ == "__main__":

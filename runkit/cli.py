@@ -122,15 +122,30 @@ def parse_set(text: str, flag: str = "--set") -> tuple[str, list[str]]:
 
 
 def check_out(path: str | os.PathLike, kind: str = "folder", flag: str = "--out") -> None:
-    """Refuse, before any work, an output path of the wrong kind: ``kind="folder"`` must not be an existing
-    file, ``kind="file"`` must not be an existing folder; the nearest existing parent must be writable."""
+    """Refuse, before any work, an output path a command could not write: ``kind="folder"`` must not be an
+    existing file, ``kind="file"`` must not be an existing folder; the nearest existing parent must be a folder
+    (not ``FILE/sub``) that this process may write into (not read-only: permissions or a read-only mount)."""
     p = os.path.abspath(os.fspath(path))
     if kind == "folder" and os.path.exists(p) and not os.path.isdir(p):
         raise ValueError(f"{flag} {path} is a file; give a folder")
     if kind == "file" and os.path.isdir(p):
-        raise ValueError(f"{flag} {path} is a folder; give a file path (e.g. {os.path.join(os.fspath(path), 'model.pt')})")
+        raise ValueError(f"{flag} {path} is a folder; give a file path (a new file name, inside it or elsewhere)")
     parent = p if kind == "folder" and os.path.isdir(p) else os.path.dirname(p)
-    while parent and not os.path.exists(parent):
+    while not os.path.exists(parent):  # absolute: ends at the root at the latest
         parent = os.path.dirname(parent)
-    if parent and not os.access(parent, os.W_OK):
-        raise ValueError(f"{flag} {path}: {parent} is not writable")
+    if not os.path.isdir(parent):
+        raise ValueError(f"{flag} {path}: {parent} is a file, not a folder; choose a path under a folder")
+    if not _writable(parent):
+        raise ValueError(f"{flag} {path}: {parent} is not writable (read-only or no permission); choose another "
+                         f"{flag} or make it writable")
+
+
+def _writable(folder: str) -> bool:
+    """Whether this process may create files in ``folder``: permission (``os.access``, root passes) and a
+    file system not mounted read-only (which ``os.access`` does not always see)."""
+    if not os.access(folder, os.W_OK | os.X_OK):
+        return False
+    try:
+        return not os.statvfs(folder).f_flag & os.ST_RDONLY
+    except (OSError, AttributeError):  # no statvfs (Windows): permission is all we can tell
+        return True

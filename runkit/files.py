@@ -3,6 +3,7 @@ tables, torch files read with ``weights_only=True`` and state dicts unwrapped fr
 from __future__ import annotations
 
 import csv
+import errno
 import hashlib
 import io
 import math
@@ -51,11 +52,14 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes, durable: bool = Tru
                 os.fsync(fh.fileno())
         os.chmod(tmp, _FILE_MODE)
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as err:
         try:
             os.unlink(tmp)
         except FileNotFoundError:
             pass
+        if isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT):
+            # for the one-line report (`runkit.errors.storage_message`): which file, and how much it needed
+            err.filename, err.needed_bytes = str(path), len(data)
         raise
     return path
 

@@ -63,6 +63,12 @@ def _json_default(obj: Any) -> Any:
     raise TypeError(f"cannot write {type(obj).__name__} to JSON")
 
 
+def _temp(rel: str) -> bool:
+    """An atomic write cut short (``.<name>.*.tmp``)."""
+    name = rel.rsplit("/", 1)[-1]
+    return name.startswith(".") and name.endswith(".tmp")
+
+
 def _clean(value: Any) -> Any:
     """JSON-normalised (tuples -> lists, NaN -> None), for comparing settings read back from a file."""
     if isinstance(value, float) and math.isnan(value):
@@ -104,16 +110,16 @@ class RunDir:
         return self.path / name
 
     def _ours(self, rel: str) -> bool:
-        name = rel.rsplit("/", 1)[-1]
-        return (any(fnmatch.fnmatch(rel, p) for p in RECORDS + self.outputs)
-                or (name.startswith(".") and name.endswith(".tmp")))  # an atomic write cut short
+        return any(fnmatch.fnmatch(rel, p) for p in RECORDS + self.outputs) or _temp(rel)
 
-    def foreign_files(self) -> list[str]:
-        """Files and folders in the run folder that this command does not write (relative, sorted)."""
+    def _files(self) -> list[str]:
         if not self.path.is_dir():
             return []
-        files = (p.relative_to(self.path).as_posix() for p in sorted(self.path.rglob("*")) if not p.is_dir())
-        return [rel for rel in files if not self._ours(rel)]
+        return [p.relative_to(self.path).as_posix() for p in sorted(self.path.rglob("*")) if not p.is_dir()]
+
+    def foreign_files(self) -> list[str]:
+        """Files in the run folder that this command does not write (relative, sorted)."""
+        return [rel for rel in self._files() if not self._ours(rel)]
 
     def read_config(self) -> dict[str, Any] | None:
         """The folder's ``config.json`` when it is a run record of this command (None otherwise)."""
@@ -130,7 +136,8 @@ class RunDir:
     def check(self) -> "RunDir":
         """Decide what this run does in its folder; writes nothing. Raises ValueError (one line) for a file in
         place of the folder, foreign files, or a run of this command with other result settings, unless
-        ``overwrite``. Sets `resuming`."""
+        ``overwrite``. Without a ``config.json`` of this command every file is foreign, even one named like an
+        output (``val.csv``): a run writes ``config.json`` first. Sets `resuming`."""
         self.checked = True
         if self.path.exists() and not self.path.is_dir():
             raise ValueError(f"{self.flag} {self.path} is a file; give a folder")
@@ -141,6 +148,8 @@ class RunDir:
             raise ValueError(f"{self.flag} {self.path} holds a config.json not written by {self.command}; choose "
                              "another folder, or pass --overwrite to write into this one anyway")
         foreign = self.foreign_files()
+        if previous is None:  # config.json is a run's first write: without it, even our output names are not ours
+            foreign = sorted(set(foreign) | {rel for rel in self._files() if not _temp(rel)})
         if foreign and not self.overwrite:
             shown = ", ".join(foreign[:3]) + (f" and {len(foreign) - 3} more" if len(foreign) > 3 else "")
             raise ValueError(f"{self.flag} {self.path} holds files {self.command} did not write ({shown}); choose "

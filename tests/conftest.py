@@ -33,6 +33,22 @@ def mini_root(_isolated_cache) -> Path:
     return mini_cub_root()
 
 
+@pytest.fixture(scope="session")
+def mini_root_unreadable_test(mini_root, tmp_path_factory) -> Path:
+    """A copy of the mini benchmark whose every test-split image is replaced by bytes no decoder reads: code
+    that trains, validates or sweeps on it must never notice (the test split is read only by evaluation)."""
+    import shutil
+
+    from cubdata import read_cub
+
+    dst = tmp_path_factory.mktemp("unreadable-test") / "cub"
+    shutil.copytree(mini_root, dst)
+    index = read_cub(dst)
+    for rec in index.split("test"):
+        index.image_path(rec).write_bytes(b"not an image")
+    return dst
+
+
 @pytest.fixture(scope="module")
 def one_torch_thread():
     """One torch thread for a module of tiny-model tests: small convolutions gain nothing from two OpenMP

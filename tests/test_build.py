@@ -299,9 +299,12 @@ def test_preview_cli_writes_a_figure(small_root, tmp_path, capsys):
 
 def test_worker_exception_propagates_with_image_named(small_root, tmp_path, monkeypatch):
     """A corruption that raises is a bug: the error reaches the caller from a worker process (not swallowed
-    as in an apply_async without error callback), naming the image; manifests are still saved."""
+    as in an apply_async without error callback), naming the image; manifests are still saved. (This one
+    fails in worker processes only, so it passes the in-process probe made before the first write.)"""
     (tmp_path / "exploding_corr.py").write_text(
-        "def explode(image, severity, rng):\n    raise ArithmeticError('kaboom')\n"
+        "import multiprocessing\n\ndef explode(image, severity, rng):\n"
+        "    if multiprocessing.parent_process() is None:\n        return image.copy()\n"
+        "    raise ArithmeticError('kaboom')\n"
     )
     monkeypatch.syspath_prepend(str(tmp_path))
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(tmp_path), str(REPO)]))

@@ -172,7 +172,7 @@ def test_kill_9_parent_kills_workers_and_rerun_skips_what_was_done(tmp_path, mon
 def test_a_worker_whose_parent_is_already_gone_exits(call):
     """The race the initializer closes (parent killed before it ran), and the watchdog used where prctl is
     missing: given a parent pid that is not the real parent, the process ends at once with status 1."""
-    code = f"import os, corruptions.degrade.worker as w; w.{call}(os.getppid() + 1000000); import time; time.sleep(30)"
+    code = f"import os, runkit.process as w; w.{call}(os.getppid() + 1000000); import time; time.sleep(30)"
     env = dict(os.environ, PYTHONPATH=str(REPO))
     done = subprocess.run([sys.executable, "-c", code], check=False, cwd=REPO, env=env, timeout=20)
     assert done.returncode == 1

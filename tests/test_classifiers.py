@@ -345,8 +345,8 @@ def test_finetune_bbox_crop_trains_on_boxes_and_records_protocol(tmp_path, monke
     seen, eval_sets = [], []
     real_train, real_eval = loop.train_transform, loop.evaluate_top1
 
-    def recording_train_transform(preprocess, crop_scale=(0.25, 1.0)):
-        t = real_train(preprocess, crop_scale)
+    def recording_train_transform(preprocess, *args):
+        t = real_train(preprocess, *args)
 
         def f(img):
             seen.append(img.size)

@@ -98,11 +98,16 @@ def test_mcnemar_exact_hand_cases():
 
 # ---------------------------------------------------------------------------------------------- parsing
 def test_parse_set_arg():
-    assert parse_set_arg("w/o DiffLoss/fog=/data/x=1") == SetSpec("w/o DiffLoss", "fog", "/data/x=1")
+    # runkit.cli.parse_set's rule: the label ends at the last '=', so a config may hold one
+    assert parse_set_arg("w/ DiffLoss gamma=1/fog=/data/x") == SetSpec("w/ DiffLoss gamma=1", "fog", ("/data/x",))
     assert parse_set_arg("degraded/fog=rel/root") == SetSpec("degraded", "fog", "rel/root")
-    for bad in ("degraded=root", "degraded/fog", "/fog=root", "degraded/=root", "degraded/fog="):
+    # commas separate replicates, one root per restorer seed
+    assert parse_set_arg("w/ DiffLoss/fog=r/s0, r/s1,r/s2") == SetSpec("w/ DiffLoss", "fog", ("r/s0", "r/s1", "r/s2"))
+    for bad in ("degraded=root", "degraded/fog", "/fog=root", "degraded/=root", "degraded/fog=", "d/fog=a,,b"):
         with pytest.raises(ValueError, match="CONFIG/DEGRADATION=ROOT"):
             parse_set_arg(bad)
+    with pytest.raises(ValueError, match="lists r/s0 twice"):
+        Table2Spec("c", {"a": "b"}, [parse_set_arg("w/ DiffLoss/fog=r/s0,r/s1,r/s0")]).validate()
 
 
 # ---------------------------------------------------------------------------------------------- fixtures
@@ -524,7 +529,7 @@ def _forbid_work(monkeypatch):
     import analysis.classify.summary as summary
 
     # every name through which the command line reaches work, where it looks the name up
-    for module, name in ((cli, "load_predictions"), (cli, "run_table2"), (cli, "finish_table2"),
+    for module, name in ((cli, "load_predictions"), (cli, "score_table2"), (cli, "finish_table2"),
                          (summary, "score_table2"), (dt, "main_demo")):
         monkeypatch.setattr(module, name, fail)
 
@@ -610,27 +615,30 @@ def test_mini_degraded_variants_score_below_clean(tiny_ckpts, mini_root, demo_de
 
 
 def _fake_restorers(calls, mini_root):
-    """Stand-ins for diffloss' demo restorers: 'w/ DiffLoss' returns the clean images, 'w/o' the degraded."""
+    """Stand-ins for the demo restorers (one per seed): 'w/ DiffLoss' returns the clean images, 'w/o' the degraded."""
 
-    def ensure_demo_restorers(corruptions=dt.DEMO_CORRUPTIONS, severity=3, cache=None):
+    def demo_restorer_replicates(corruptions, severity, seeds, cache=None, retrain=False):
         out = {}
         for c in corruptions:
             d = cache_dir() / "fake-restorers" / c
             d.mkdir(parents=True, exist_ok=True)
-            (d / "wo.pt").write_bytes(b"wo")
-            (d / "w.pt").write_bytes(b"w")
-            out[c] = {"w/o DiffLoss": d / "wo.pt", "w/ DiffLoss": d / "w.pt"}
+            out[c] = {"w/o DiffLoss": [], "w/ DiffLoss": []}
+            for s in seeds:
+                (d / f"wo{s}.pt").write_bytes(f"wo{s}".encode())
+                (d / f"w{s}.pt").write_bytes(f"w{s}".encode())
+                out[c]["w/o DiffLoss"].append(d / f"wo{s}.pt")
+                out[c]["w/ DiffLoss"].append(d / f"w{s}.pt")
         return out
 
     def restore_cub_root(ckpt, in_root, out_root, device="cpu", batch_size=8, split="test", progress=True):
         calls.append((Path(ckpt).name, str(in_root)))
-        if Path(ckpt).name == "w.pt":
+        if Path(ckpt).name.startswith("w") and not Path(ckpt).name.startswith("wo"):
             _variant(mini_root, Path(out_root))
         else:
             shutil.copytree(in_root, out_root, dirs_exist_ok=True)
         return {}
 
-    return ensure_demo_restorers, restore_cub_root
+    return demo_restorer_replicates, restore_cub_root
 
 
 def test_embedded_demo_fast(tiny_ckpts, demo_degraded, mini_root, monkeypatch, tmp_path, capsys):
@@ -645,12 +653,12 @@ def test_embedded_demo_fast(tiny_ckpts, demo_degraded, mini_root, monkeypatch, t
     assert main(["--no-progress"]) == 0
     out = capsys.readouterr().out
     assert "SYNTHETIC SMOKE BENCHMARK" in out and "python -m classifiers.finetune --arch resnet50" in out
-    assert "Read the McNemar rows" in out and "gamma = " in out  # the reader is told which DiffLoss settings and where to look
+    assert "read the paired comparisons" in out and "gamma = " in out  # the reader is told which DiffLoss settings and where to look
     rows = load_table(tmp_path / "runs" / "demo-table2")
     configs = {r["config"] for r in rows}
     assert configs == {"clean", "degraded", "w/o DiffLoss", "w/ DiffLoss"}
     assert {r["degradation"] for r in rows} == {"clean", "fog", "rain", "lowlight"}
-    assert len(calls) == 6
+    assert len(calls) == 18  # 2 rows x 3 corruptions x 3 restorer seeds
     cell = {(r["config"], r["degradation"], r["classifier"]): r["top1"] for r in rows}
     for clf in DEMO_ARCHS:
         for c in dt.DEMO_CORRUPTIONS:
@@ -681,3 +689,197 @@ def test_embedded_demo_full(tmp_path, monkeypatch, capsys):
         assert cell[("clean", "clean", clf)] > 80.0
         for c in dt.DEMO_CORRUPTIONS:
             assert cell[("degraded", c, clf)] < cell[("clean", "clean", clf)]
+
+
+# ---------------------------------------------------------------------------------------------- seed replicates
+def _replicated_argv(tiny_ckpts, mini_root, variants, out):
+    v = {k: str(p) for k, p in variants.items()}
+    return ["--classifier", f"vgg-mini={tiny_ckpts['vgg-mini']}", "--classifier", f"resnet-mini={tiny_ckpts['resnet-mini']}",
+            "--cub-root", str(mini_root), "--set", f"degraded/gray={v['gray']}",
+            "--set", f"w/o DiffLoss/gray={v['half']},{v['gray']}",           # two "seeds"
+            "--set", f"w/ DiffLoss/gray={v['copy']},{v['half']},{v['dark']}",  # three
+            "--set", f"degraded/dark={v['dark']}", "--set", f"w/ DiffLoss/dark={v['copy']}",
+            "--out", str(out), "--loader-workers", "0", "--batch-size", "32", "--no-progress", "--n-boot", "300"]
+
+
+@pytest.fixture(scope="module")
+def replicated_run(tiny_ckpts, mini_root, variants, tmp_path_factory):
+    out = tmp_path_factory.mktemp("table2-replicated")
+    assert main(_replicated_argv(tiny_ckpts, mini_root, variants, out)) == 0
+    return out
+
+
+def _runs_by_cell(out: Path) -> dict[tuple[str, str, str], np.ndarray]:
+    """{cell: 0/1 [runs, images]} from the predictions folder, replicates in manifest order."""
+    preds, _ = load_predictions(out)
+    cells = {}
+    for p in sorted(preds, key=lambda p: p.replicate):
+        cells.setdefault(p.key, []).append(p.correct)
+    return {k: np.stack(v).astype(float) for k, v in cells.items()}
+
+
+def test_replicated_table_cells_are_means_over_seeds_with_two_level_cis(replicated_run):
+    from analysis.stats import replicated_top1_with_ci
+
+    with open(replicated_run / "table.csv", newline="") as fh:
+        assert next(csv.reader(fh)) == list(ac.REPLICATE_TABLE_COLUMNS)
+    runs = _runs_by_cell(replicated_run)
+    rows = load_table(replicated_run)
+    assert len(rows) == 2 * 6 and {r["seeds"] for r in rows} == {1, 2, 3}
+    for r in rows:
+        c = runs[(r["config"], r["degradation"], r["classifier"])]
+        assert r["seeds"] == c.shape[0] and r["n"] == c.shape[1] == 120 and r["correct"] == int(c.sum())
+        # the mean over the seeds of each seed's top-1
+        assert r["top1"] == pytest.approx(np.mean([100 * run.mean() for run in c]), abs=1e-4)
+        want = replicated_top1_with_ci(c, n_boot=300, seed=0)
+        assert (r["ci_low"], r["ci_high"]) == pytest.approx((want["ci_low"], want["ci_high"]), abs=1e-4)
+        assert (r["seed_sd"] is None) == (c.shape[0] == 1)
+    md = (replicated_run / "table.md").read_text()
+    assert "two-level percentile bootstrap" in md and "w/o DiffLoss 2, w/ DiffLoss 1-3" in md
+    assert not (replicated_run / "mcnemar.csv").exists()
+    doc = json.loads((replicated_run / "table.json").read_text())
+    assert doc["columns"] == list(ac.REPLICATE_TABLE_COLUMNS) and len(doc["comparisons"]) == 8
+    assert doc["meta"]["sets"][2]["roots"] and len(doc["meta"]["sets"][2]["roots"]) == 3
+    assert r"two-level bootstrap" in (replicated_run / "table.tex").read_text()
+
+
+def test_replicated_comparisons_match_the_stats_functions(replicated_run):
+    from analysis.stats import paired_delta_with_ci, two_level_t_test
+
+    runs = _runs_by_cell(replicated_run)
+    tests = ac.load_comparisons(replicated_run)
+    assert len(tests) == 2 * 4
+    for t in tests:
+        a = runs[(t["config_a"], t["degradation"], t["classifier"])]
+        b = runs[(t["config_b"], t["degradation"], t["classifier"])]
+        assert (t["seeds_a"], t["seeds_b"], t["n"]) == (a.shape[0], b.shape[0], 120)
+        assert t["delta"] == pytest.approx(t["top1_b"] - t["top1_a"], abs=1e-3)
+        assert t["delta"] == pytest.approx(100 * (b.mean() - a.mean()), abs=1e-3)
+        d = paired_delta_with_ci(a, b, n_boot=300, seed=0)
+        assert (t["ci_low"], t["ci_high"]) == pytest.approx((100 * d["ci_low"], 100 * d["ci_high"]), abs=1e-3)
+        if a.shape[0] == b.shape[0] == 1:  # degraded vs w/ DiffLoss on dark: McNemar's exact test, as before
+            hand_b, hand_c = int(np.sum((a[0] == 1) & (b[0] == 0))), int(np.sum((a[0] == 0) & (b[0] == 1)))
+            assert t["test"] == "mcnemar" and (t["b"], t["c"]) == (hand_b, hand_c) and t["t"] is None
+            assert t["p_value"] == pytest.approx(mcnemar_exact_p(hand_b, hand_c), rel=1e-5)
+        else:
+            ref = two_level_t_test(a, b)
+            assert t["test"] == "two-level t" and t["b"] is None
+            assert t["p_value"] == pytest.approx(ref["p_value"], rel=1e-5) and t["df"] == pytest.approx(ref["df"], rel=1e-5)
+    raw = [t["p_value"] for t in tests]
+    assert [t["p_adjusted"] for t in tests] == pytest.approx(_holm_by_hand(raw), rel=1e-5)
+    md = (replicated_run / "table.md").read_text()
+    assert "| 1 v 3 |" in md and "| 2 v 3 |" in md and "two-level t, df" in md and "McNemar b=" in md
+    assert f"Holm-corrected over all {len(tests)} tests" in md
+
+
+def test_replicated_rows_say_so_in_the_bar_plot(replicated_run):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from analysis.table2_plot import plot_table2_bars
+
+    fig, ax = plt.subplots()
+    plot_table2_bars(load_table(replicated_run), ax=ax, classifier="vgg-mini")
+    labels = ax.get_legend_handles_labels()[1]
+    assert "degraded" in labels and "w/o DiffLoss (mean of 2 seeds)" in labels and "w/ DiffLoss (mean of 1-3 seeds)" in labels
+    plt.close(fig)
+
+
+def test_replicated_tables_remake_from_predictions(replicated_run, tmp_path, capsys):
+    shutil.copytree(replicated_run / "predictions", tmp_path / "src" / "predictions")
+    assert main(["--from-predictions", str(tmp_path / "src"), "--out", str(tmp_path / "again"), "--n-boot", "300"]) == 0
+    for name in ("table.csv", "comparisons.csv", "table.md", "table.tex"):
+        assert (tmp_path / "again" / name).read_bytes() == (replicated_run / name).read_bytes(), name
+    # without the manifest each file is a run, replicates numbered in file order: the same table
+    (tmp_path / "src" / "predictions" / "manifest.json").unlink()
+    assert main(["--from-predictions", str(tmp_path / "src"), "--out", str(tmp_path / "bare"), "--n-boot", "300"]) == 0
+    assert (tmp_path / "bare" / "table.csv").read_bytes() == (replicated_run / "table.csv").read_bytes()
+    capsys.readouterr()
+
+
+def test_spec_file_replicates(tmp_path):
+    import yaml
+
+    doc = {"cub_root": "cub", "classifiers": {"r": "r.pt"},
+           "sets": {"degraded": {"fog": "deg/fog"}, "w/ DiffLoss": {"fog": ["w/s0", "w/s1"]},
+                    "w/o DiffLoss/fog": ["wo/s0", "wo/s1", "wo/s2"]}}
+    (tmp_path / "a.yaml").write_text(yaml.safe_dump(doc))
+    spec, _ = ac.load_spec(tmp_path / "a.yaml")
+    roots = {(s.config, s.degradation): s.roots for s in spec.sets}
+    assert roots[("degraded", "fog")] == (str(tmp_path / "deg/fog"),)
+    assert roots[("w/ DiffLoss", "fog")] == (str(tmp_path / "w/s0"), str(tmp_path / "w/s1"))
+    assert len(roots[("w/o DiffLoss", "fog")]) == 3
+    listed = {"cub_root": "cub", "classifiers": ["r=r.pt"],
+              "sets": [{"config": "w/ DiffLoss", "degradation": "fog", "roots": ["a", "b"]},
+                       {"config": "degraded", "degradation": "fog", "root": "d"}, "w/o DiffLoss/fog=c,e"]}
+    (tmp_path / "b.json").write_text(json.dumps(listed))
+    spec, _ = ac.load_spec(tmp_path / "b.json")
+    assert [len(s.roots) for s in spec.sets] == [2, 1, 2]
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump({"sets": {"w/ DiffLoss": {"fog": []}}}))
+    with pytest.raises(ValueError, match="a root or a list of roots"):
+        ac.load_spec(tmp_path / "c.yaml")
+
+
+# ---------------------------------------------------------------------------------------------- the run folder
+def test_foreign_out_refused_and_own_run_rewritten(tiny_ckpts, mini_root, variants, tmp_path, capsys):
+    common = ["--classifier", f"vgg-mini={tiny_ckpts['vgg-mini']}", "--cub-root", str(mini_root),
+              "--loader-workers", "0", "--no-progress", "--n-boot", "50"]
+    argv = common + ["--set", f"degraded/gray={variants['gray']}"]
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    for name in ("table.csv", "mcnemar.csv", "config.json"):
+        (mine / name).write_text("mine\n")
+    assert main(argv + ["--out", str(mine)]) == 2
+    err = _one_error_line(capsys)
+    assert str(mine) in err and "--overwrite" in err
+    assert all((mine / n).read_text() == "mine\n" for n in ("table.csv", "mcnemar.csv", "config.json"))
+    # its own earlier run, same inputs: scored again, rewritten (other statistics too)
+    out = tmp_path / "run"
+    assert main(argv + ["--out", str(out)]) == 0
+    first = (out / "table.csv").read_bytes()
+    assert main(argv + ["--out", str(out)]) == 0 and (out / "table.csv").read_bytes() == first
+    assert main(argv + ["--out", str(out), "--seed", "3"]) == 0 and (out / "table.csv").read_bytes() != first
+    assert json.loads((out / "done.json").read_text())["command"] == "analysis.classify"
+    # its run of other sets: refused, unless --overwrite
+    other = common + ["--set", f"degraded/dark={variants['dark']}", "--out", str(out)]
+    assert main(other) == 2
+    assert "other settings" in _one_error_line(capsys) and (out / "table.csv").exists()
+    assert main(other + ["--overwrite"]) == 0
+    assert {r["degradation"] for r in load_table(out)} == {"clean", "dark"}
+    # --from-predictions into a foreign folder: refused too
+    assert main(["--from-predictions", str(out), "--out", str(mine)]) == 2
+    assert "--overwrite" in _one_error_line(capsys) and (mine / "table.csv").read_text() == "mine\n"
+    capsys.readouterr()
+
+
+@pytest.mark.parametrize("flags", [["--cub-root", "c"], ["--classifier", "a=x.pt"], ["--set", "d/fog=r"],
+                                   ["--spec", "s.yaml"], ["--bbox-crop"], ["--no-restore"]])
+def test_from_predictions_with_scoring_flags_refused(flags, tmp_path, monkeypatch, capsys):
+    _forbid_work(monkeypatch)
+    assert main(["--from-predictions", str(tmp_path / "p"), "--out", str(tmp_path / "o")] + flags) == 2
+    err = _one_error_line(capsys)
+    assert "--from-predictions" in err and flags[0] in err and "scores nothing" in err
+    assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("damage, workers", [("garbage", 0), ("truncated", 2)])
+def test_unreadable_image_in_a_set_is_one_line(damage, workers, tiny_ckpts, mini_root, tmp_path, capsys, monkeypatch):
+    if damage == "garbage":  # found by the header check, before any image is scored
+        import analysis.classify.scoring as scoring
+
+        monkeypatch.setattr(scoring, "predict", lambda *a, **k: pytest.fail("scored before the inputs were checked"))
+    broken = _variant(mini_root, tmp_path / "broken")
+    rec = read_cub(broken).split("test")[5]
+    path = broken / "images" / rec.rel_path
+    # garbage fails the header check before any model runs; a truncated JPEG has a valid header and fails in a
+    # DataLoader worker, whose traceback must still end as one line naming the file
+    path.write_bytes(b"not an image" if damage == "garbage" else path.read_bytes()[:300])
+    out = tmp_path / "o"
+    assert main(["--classifier", f"vgg-mini={tiny_ckpts['vgg-mini']}", "--cub-root", str(mini_root),
+                 "--set", f"degraded/x={broken}", "--out", str(out), "--loader-workers", str(workers),
+                 "--no-progress", "--n-boot", "20"]) == 2
+    err = _one_error_line(capsys)
+    assert "cannot decode image" in err and str(path) in err and "Traceback" not in err
+    assert not out.exists() or not any(out.iterdir())

@@ -147,7 +147,7 @@ OUT_KIND_CASES = {
     "restoration.train": ("restoration.train", [], "file", "restoration.train.cli.train_restoration"),
     "diffloss.prior.train": ("diffloss.prior.train", ["--prior-config", "tiny"], "file",
                              "diffloss.prior.train.cli.train_prior"),
-    "analysis.naturalness": ("analysis.naturalness", ["--quick"], "file", "analysis.naturalness._main"),
+    "analysis.naturalness": ("analysis.naturalness", ["--quick"], "file", "analysis.naturalness.cli.run"),
     "analysis.quality": ("analysis.quality", ["--set", "{good}", "--cub-root", "{good}"], "file", "analysis.quality.cli.run"),
     "analysis.hspace": ("analysis.hspace", ["--quick"], "file", "analysis.hspace.cli.run"),
     "classifiers.finetune": ("classifiers.finetune", ["--arch", "vgg-mini", "--cub-root", "{good}"], "file",

@@ -12,7 +12,8 @@ import re
 import pytest
 
 CLIS = ("corruptions.degrade", "corruptions.preview", "restoration.train", "diffloss.prior.train", "restoration.restore",
-        "classifiers.finetune", "analysis.classify", "analysis.quality", "analysis.hspace", "analysis.naturalness")
+        "classifiers.finetune", "analysis.classify", "analysis.quality", "analysis.hspace", "analysis.naturalness",
+        "analysis.hprobe", "analysis.hspace.calibrate")
 # the flags each parser requires, so that parse_args can be called with one flag more
 REQUIRED = {
     "restoration.train": ["--out", "run"],
@@ -23,18 +24,20 @@ REQUIRED = {
 }
 # the CLIs that run torch models: each takes --threads (0: torch's choice) and --device (default auto)
 TORCH_CLIS = ("restoration.train", "diffloss.prior.train", "restoration.restore", "classifiers.finetune",
-              "analysis.classify", "analysis.quality", "analysis.hspace", "analysis.naturalness")
+              "analysis.classify", "analysis.quality", "analysis.hspace", "analysis.naturalness", "analysis.hprobe",
+              "analysis.hspace.calibrate")
 # the CLIs that batch images, and the attribute --batch-size fills
 BATCH_DEST = {"restoration.train": "batch_size", "diffloss.prior.train": "batch_size", "restoration.restore": "batch_size",
               "classifiers.finetune": "batch_size", "analysis.classify": "batch_size",
-              "analysis.hspace": "batch_images", "analysis.naturalness": "batch_size"}
+              "analysis.hspace": "batch_images", "analysis.naturalness": "batch_size", "analysis.hprobe": "batch_size",
+              "analysis.hspace.calibrate": "batch_size"}
 #: Spellings of earlier releases, and of concepts that now have one name: none may be an option any more.
 RETIRED_FLAGS = ("--batch", "--batch-images", "--bootstrap-seed", "--clean", "--gt", "--pred", "--names", "--in",
                  "--data", "--group", "--resume", "--no-restored")
 #: The commands whose input is a CUB root (--cub-root), and those that take labelled sets (--set LABEL=ROOT).
 CUB_ROOT_CLIS = ("corruptions.degrade", "restoration.restore", "diffloss.prior.train", "classifiers.finetune",
-                 "analysis.classify", "analysis.quality", "analysis.naturalness")
-SET_CLIS = ("analysis.classify", "analysis.quality", "analysis.hspace", "analysis.naturalness")
+                 "analysis.classify", "analysis.quality", "analysis.naturalness", "analysis.hprobe")
+SET_CLIS = ("analysis.classify", "analysis.quality", "analysis.hspace", "analysis.naturalness", "analysis.hprobe")
 
 
 def _module(name: str):

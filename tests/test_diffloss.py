@@ -516,6 +516,35 @@ def test_autocast_keeps_the_diffusion_gradient_at_the_papers_weights(prior, pape
     torch.testing.assert_close(full - grad, pixel_grad, rtol=1e-4, atol=1e-9)
 
 
+def test_fp16_overflow_is_detected_counted_and_passed_on(prior, small_batch, monkeypatch, caplog):
+    """A forced overflow: scaling the UNet's output gradients to 2^20 (float16 ends at 65504) makes the float16
+    backward inf. After unscaling it is caught: one warning, one count, and the gradient stays non-finite so that
+    the caller's check skips the step (GradScaler's contract); the forward value is untouched."""
+    from diffloss.criterion import grad_scaling
+
+    model, diffusion = prior
+    crit = DiffLoss(model, diffusion, gamma=1.0, lam=1.0, autocast="fp16")
+    with caplog.at_level(logging.WARNING, logger=grad_scaling.__name__):
+        ok, ok_grad = _value_and_grad(crit, *small_batch)
+    assert torch.isfinite(ok_grad).all() and crit.grad_overflows == 0 and "overflowed" not in caplog.text
+    monkeypatch.setattr(grad_scaling, "_GRAD_TARGET", 2.0**20)
+    with caplog.at_level(logging.WARNING, logger=grad_scaling.__name__):
+        out, grad = _value_and_grad(crit, *small_batch)
+    assert torch.equal(out.total, ok.total)
+    assert not torch.isfinite(grad).all() and crit.grad_overflows == 1
+    assert "float16 UNet's backward pass overflowed" in caplog.text and "scale 2^" in caplog.text
+    # the functional core reports it to its callback
+    calls = []
+    r = small_batch[0].clone().requires_grad_(True)
+    diffloss_terms(model, diffusion, r, *small_batch[1:], autocast_dtype=torch.float16,
+                   on_grad_overflow=lambda: calls.append(1))[1].backward()
+    assert calls == [1]
+    # float32 runs no scaling, so there is nothing to overflow and nothing is counted
+    fp32 = DiffLoss(model, diffusion, gamma=1.0, lam=1.0)
+    _value_and_grad(fp32, *small_batch)
+    assert fp32.grad_overflows == 0
+
+
 def test_checkpointing_under_cpu_autocast_torch_impl_works_guided_diffusion_impl_is_refused(prior, small_batch):
     model, diffusion = prior
     plain, plain_grad = _value_and_grad(DiffLoss(model, diffusion, autocast="bf16"), *small_batch)

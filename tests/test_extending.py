@@ -76,9 +76,9 @@ def test_readme_plugins_run_through_build_train_restore_finetune_and_table2(read
     clf = finetune(FinetuneConfig(arch="tiny-cnn", cub_root=str(mini_root), out=str(tmp_path / "tiny-cnn.pt"),
                                   weights="none", epochs=1, batch_size=16, loader_workers=0, device="cpu", amp=False,
                                   progress=False))
-    row = dataclasses.replace(readme_plugins.ROW, root=str(restored))
+    row = dataclasses.replace(readme_plugins.ROW, roots=(str(restored),))
     spec = Table2Spec(str(mini_root), {"tiny-cnn": clf["ckpt"]},
-                      [dataclasses.replace(row, config="degraded", root=str(degraded / "invert" / "1")), row])
+                      [dataclasses.replace(row, config="degraded", roots=(str(degraded / "invert" / "1"),)), row])
     run_table2(spec, tmp_path / "table", device="cpu", batch_size=32, workers=0, n_boot=10, progress=False)
     rows = load_table(tmp_path / "table")
     assert {(r["config"], r["degradation"]) for r in rows} >= {("my restorer", "invert"), ("degraded", "invert")}

@@ -72,21 +72,27 @@ def _kind(fig: dict) -> str:
         return "grid"
     if axes and all(ax["bar_groups"] for ax in axes):
         return "histograms"
-    return "overlay" if len(axes) == 1 and axes[0]["polygons"] else "other"
+    if len(axes) == 1 and axes[0]["polygons"]:
+        return "overlay"
+    if len(axes) == 1 and axes[0]["xlabel"] == "perturbation level":
+        return "flip_rates"
+    return "pca" if axes and axes[0]["title"] == "train" else "other"
 
 
-def test_fig2_notebook_quick(tmp_path, kernel_env, monkeypatch):
+def test_fig2_notebook_quick(tmp_path, kernel_env, monkeypatch, tiny_ckpts):
     from analysis.hspace import load_grid
 
-    out = tmp_path / "fig2"
+    out, probe_out = tmp_path / "fig2", tmp_path / "probe"
     nb, figures = _execute("fig2_hspace.ipynb", tmp_path / "fig2.ipynb", tmp_path, monkeypatch, mode="quick",
-                           out=str(out), images_per_group=2, steps=2, levels=2, feature_size=32, batch_images=2,
-                           restored=False)
+                           out=str(out), probe_out=str(probe_out), images_per_group=2, steps=2, levels=2,
+                           batch_images=2, restored=False, classifier=str(tiny_ckpts["resnet-mini"]), probe_t=[100])
     with open(out / "distances.csv") as fh:
         rows = list(csv.DictReader(fh))
-    assert len(rows) == 2 * 2 * 2 and {"level", "distance", "group", "image_id"} <= set(rows[0])
-    # each figure twice: saved by the study (PNG + PDF), then shown by the notebook
-    assert Counter(_kind(f) for f in figures) == {"grid": 2, "histograms": 2, "overlay": 2}
+    assert len(rows) == 2 * 2 * 2 and {"level", "distance", "group", "image_id", "label_flip"} <= set(rows[0])
+    assert {r["label_flip"] for r in rows} <= {"0.0", "1.0"}    # the classifier judged every generation
+    # each figure twice: saved by the study (PNG + PDF), then shown by the notebook; the probe's PCA once (saved)
+    kinds = Counter(_kind(f) for f in figures)
+    assert kinds == {"grid": 2, "histograms": 2, "overlay": 2, "flip_rates": 2, "pca": 1}, kinds
     per_group = {g: n // 2 for g, n in Counter(r["group"] for r in rows).items()}    # images: rows / levels
     assert per_group == {"clean": 2, "degraded": 2}
     grid = load_grid(out)                                       # the generations saved as PNG
@@ -96,12 +102,22 @@ def test_fig2_notebook_quick(tmp_path, kernel_env, monkeypatch):
             assert_grid_drawn(fig, grid, levels=2)
         elif _kind(fig) == "histograms":
             assert_histograms_drawn(fig, per_group, levels=2)
-        else:
+        elif _kind(fig) == "overlay":
             assert_overlay_drawn(fig, per_group)
-    for stem in ("histograms", "histogram_overlay", "grid"):
+        elif _kind(fig) == "pca":                               # one panel per group: train, clean, degraded
+            assert [ax["title"] for ax in fig["axes"]] == ["train", "clean", "degraded"]
+    for stem in ("histograms", "histogram_overlay", "grid", "flip_rates"):
         for ext in ("png", "pdf"):
             assert (out / f"{stem}.{ext}").is_file(), stem
-    assert _images_shown(nb) == 3                               # grid, per-group histograms, overlay
+    with open(probe_out / "probe.csv") as fh:
+        probe = list(csv.DictReader(fh))
+    assert [(r["t"], r["features"], r["group"]) for r in probe] == [("100", "h", "clean"), ("100", "h", "degraded"),
+                                                                    ("100", "x_t pixels", "clean"),
+                                                                    ("100", "x_t pixels", "degraded")]
+    shown = "".join(o.get("data", {}).get("text/markdown", "") for c in nb.cells if c.cell_type == "code"
+                    for o in c.outputs)
+    assert "| h | clean |" in shown                             # the probe's table
+    assert _images_shown(nb) == 5                               # grid, flip rates, histograms, overlay, PCA
 
 
 def test_table2_notebook_quick(tmp_path, kernel_env, monkeypatch):

@@ -2,12 +2,15 @@
 and the step-indexed batch plan that makes resuming exact."""
 from __future__ import annotations
 
+import json
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
+from cubdata import ImageDecodeError, load_rgb, read_cub, train_val_split
 from restoration.pairs import (
     FolderPairs,
     RandomCropPairs,
@@ -123,7 +126,9 @@ def test_size_mismatch_is_an_error(tmp_path):
 def test_synthetic_pairs_deterministic_and_degraded(mini_root):
     a = open_pairs(f"synthetic:lowlight:3:{mini_root}", "train", seed=0)
     b = SyntheticPairs("lowlight", 3, mini_root, "train", seed=0)
-    assert len(a) == 80 and len(open_pairs(f"synthetic:lowlight:3:{mini_root}", "val")) == 120
+    # only the train split (80 images) is read: 10% of each class (1 of 8) is val, the rest train
+    assert len(a) == 70 and len(open_pairs(f"synthetic:lowlight:3:{mini_root}", "val")) == 10
+    assert len(open_pairs(f"synthetic:lowlight:3:{mini_root}", "all")) == 80
     lo_a, hi_a = a.load(5)
     lo_b, hi_b = b.load(5)
     np.testing.assert_array_equal(lo_a, lo_b)
@@ -131,6 +136,43 @@ def test_synthetic_pairs_deterministic_and_degraded(mini_root):
     assert lo_a.shape == hi_a.shape and lo_a.mean() < 0.6 * hi_a.mean()  # low light is darker
     lo_c, _ = SyntheticPairs("lowlight", 3, mini_root, "train", seed=1).load(5)
     assert not np.array_equal(lo_a, lo_c)
+
+
+def test_train_val_split_is_seeded_stratified_and_inside_the_train_split(mini_root):
+    index = read_cub(mini_root)
+    train_ids = {r.image_id for r in index.split("train")}
+    train, val = train_val_split(index)  # 10%, seed 0
+    assert {r.image_id for r in train} | {r.image_id for r in val} == train_ids
+    assert not {r.image_id for r in train} & {r.image_id for r in val}
+    assert Counter(r.class_id for r in val) == {c: 1 for c in range(1, 11)}  # round(0.1 * 8) = 1 per class
+    assert [r.image_id for r in val] == sorted(r.image_id for r in val)  # images.txt order
+    assert train_val_split(index) == (train, val)  # seeded: the same parts again
+    other = train_val_split(index, seed=1)[1]
+    assert {r.image_id for r in other} != {r.image_id for r in val}
+    assert Counter(r.class_id for r in train_val_split(index, 0.25)[1]) == {c: 2 for c in range(1, 11)}
+    assert train_val_split(index, 0.0)[1] == [] and len(train_val_split(index, 0.99)[1]) == 70  # never all 8
+    with pytest.raises(ValueError, match=r"\[0, 1\), got 1"):
+        train_val_split(index, 1)
+    with pytest.raises(ValueError, match="--val-fraction 0 holds none"):
+        SyntheticPairs("fog", 3, mini_root, "val", val_fraction=0.0)
+    src = SyntheticPairs("fog", 3, mini_root, "val", val_fraction=0.25)
+    assert sorted(src.names) == sorted(r.rel_path for r in train_val_split(index, 0.25)[1])
+
+
+def test_training_and_validation_never_read_a_test_image(mini_root_unreadable_test, tmp_path):
+    from restoration.train import train_restoration
+
+    root = mini_root_unreadable_test
+    with pytest.raises(ImageDecodeError):  # the copy really is broken
+        load_rgb(read_cub(root).image_path(read_cub(root).split("test")[0]))
+    for split in ("train", "val", "all"):
+        src = open_pairs(f"synthetic:fog:3:{root}", split)
+        for i in range(len(src)):
+            src.load(i)
+    run = train_restoration(out=str(tmp_path / "run"), pairs=f"synthetic:fog:3:{root}", crop=32, batch_size=2,
+                            steps=2, val_every=1, val_images=10, ckpt_every=0, plot=False, progress=False)
+    assert (run / "val.csv").read_text().count("\n") == 3  # header + 2 validations
+    assert json.loads((run / "config.json").read_text())["settings"]["val_fraction"] == 0.1  # recorded in the run
 
 
 def test_synthetic_spec_errors(mini_root):

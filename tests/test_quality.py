@@ -272,3 +272,157 @@ def test_fid_with_a_local_inception_file(folders, tmp_path, monkeypatch):
     assert same["summary"]["n"] == 4 and abs(same["summary"]["fid"]) < 1e-6
     res = evaluate_quality(pred, gt, "psnr,fid", fid_weights=path, progress=False)
     assert math.isfinite(res["summary"]["fid"]) and res["summary"]["fid"] >= -1e-6
+
+
+# ---------------------------------------------------------------------------------------------- paired comparisons
+def _results(**methods):
+    """``{method: [run, ...]}`` as `evaluate_quality` returns them, from {method: [{image: psnr}, ...]}."""
+    return {name: [{"per_image": [{"image": k, "psnr": v} for k, v in run.items()], "metrics": ["psnr"],
+                    "summary": {"n": len(run), "psnr": float(np.mean(list(run.values())))}} for run in runs]
+            for name, runs in methods.items()}
+
+
+def test_paired_rows_against_a_hand_computation():
+    from scipy.stats import wilcoxon
+
+    from analysis.stats import bootstrap_ci
+
+    images = [f"i{k}" for k in range(5)]
+    a = dict(zip(images, [20.0, 22.0, 25.0, 21.0, 30.0]))
+    b = dict(zip(images, [19.0, 22.5, 23.0, 20.0, 26.0]))
+    rows = quality.paired_rows(_results(A=[a], B=[b]), [("A", "B")], ["psnr"], n_boot=500, seed=2)
+    (r,) = rows
+    d = [1.0, -0.5, 2.0, 1.0, 4.0]  # A - B per image
+    assert (r["a"], r["b"], r["metric"], r["n"], r["seeds_a"], r["seeds_b"]) == ("A", "B", "psnr", 5, 1, 1)
+    assert r["delta"] == pytest.approx(1.5) and r["mean_a"] == pytest.approx(23.6) and r["mean_b"] == pytest.approx(22.1)
+    assert (r["ci_low"], r["ci_high"]) == pytest.approx(bootstrap_ci(d, n_boot=500, seed=2))
+    # |d| ranks: 0.5 -> 1, 1 and 1 -> 2.5 each, 2 -> 4, 4 -> 5; the one negative difference holds rank 1: W = 1
+    assert r["test"] == "wilcoxon" and r["statistic"] == 1.0
+    assert r["p_value"] == pytest.approx(wilcoxon(d).pvalue) and r["p_adjusted"] == r["p_value"]  # one test
+    # an image with infinite PSNR (identical to its ground truth) in one run is left out of that comparison
+    a_inf = dict(a, i4=math.inf)
+    (r,) = quality.paired_rows(_results(A=[a_inf], B=[b]), [("A", "B")], ["psnr"], n_boot=200)
+    assert r["n"] == 4 and r["delta"] == pytest.approx(np.mean(d[:4]))
+
+
+def test_paired_rows_with_replicates_use_the_two_level_statistics():
+    from analysis.stats import paired_delta_with_ci, two_level_t_test
+
+    rng = np.random.default_rng(0)
+    images = [f"i{k}" for k in range(12)]
+    runs_a = [dict(zip(images, rng.normal(25, 2, 12))) for _ in range(3)]
+    run_b = dict(zip(images, rng.normal(24, 2, 12)))
+    rows = quality.paired_rows(_results(A=runs_a, B=[run_b], C=[run_b]), [("A", "B"), ("B", "C")], ["psnr"],
+                               n_boot=400, seed=1)
+    a = np.array([[r[k] for k in images] for r in runs_a])
+    b = np.array([[run_b[k] for k in images]])
+    first, second = rows
+    assert first["seeds_a"] == 3 and first["test"] == "two-level t"
+    assert first["delta"] == pytest.approx(a.mean() - b.mean())
+    ref = two_level_t_test(b, a)  # its delta is mean(a) - mean(b)
+    assert first["statistic"] == pytest.approx(ref["t"]) and first["df"] == pytest.approx(ref["df"])
+    ci = paired_delta_with_ci(b, a, n_boot=400, seed=1)
+    assert (first["ci_low"], first["ci_high"]) == pytest.approx((ci["ci_low"], ci["ci_high"]))
+    # B against an identical C: Delta 0 on every image, CI (0, 0), p = 1; Holm over both rows
+    assert second["delta"] == 0.0 and (second["ci_low"], second["ci_high"]) == (0.0, 0.0) and second["p_value"] == 1.0
+    assert first["p_adjusted"] == pytest.approx(min(1.0, 2 * first["p_value"]))
+    # replicates that agree with each other and with B: nothing varies, no t statistic, p = 1
+    flat = quality.compare_methods(np.full((2, 4), 30.0), np.full((1, 4), 30.0), n_boot=50)
+    assert flat["test"] == "two-level t" and flat["statistic"] is None and flat["p_value"] == 1.0
+    md = quality.format_paired_markdown([{"a": "x", "b": "y", "metric": "psnr", **flat, "p_adjusted": 1.0,
+                                          "p_adjust": "holm"}])
+    assert "| x | y | PSNR ↑ | 4 | 2 v 1 | +0.00 [+0.00, +0.00] | two-level t (no variance) | 1 | 1 |" in md
+
+
+@pytest.fixture()
+def three_methods(folders, tmp_path):
+    """folders' +5 PNGs beside a +10 copy (PSNR 20 log10(255/10) per image: 6.02 dB below the +5 one)."""
+    pred, gt = folders
+    pred10 = tmp_path / "pred10"
+    for p in sorted(pred.rglob("*.png")):
+        arr = np.asarray(Image.open(p)).astype(np.int16)
+        _save(pred10 / p.relative_to(pred), (arr + 5).astype(np.uint8))
+    return pred, pred10, gt
+
+
+def test_cli_compare_writes_paired_csv_against_hand_values(three_methods, tmp_path, capsys):
+    pred, pred10, gt = three_methods
+    out = tmp_path / "report"
+    argv = ["--set", f"plus5={pred}", "--set", f"plus10={pred10}", "--cub-root", str(gt), "--metrics", "psnr,ssim",
+            "--compare", "plus5", "plus10", "--out", str(out), "--no-progress", "--n-boot", "200"]
+    assert quality.main(argv) == 0
+    with open(out / "paired.csv") as fh:
+        rows = list(csv.DictReader(fh))
+    assert list(rows[0]) == list(quality.PAIRED_COLUMNS) and [r["metric"] for r in rows] == ["psnr", "ssim"]
+    psnr_row = rows[0]
+    gap = 20 * math.log10(2)  # 20 log10(255/5) - 20 log10(255/10) on every image
+    assert float(psnr_row["delta"]) == pytest.approx(gap, abs=1e-4)
+    assert float(psnr_row["ci_low"]) == pytest.approx(gap, abs=1e-4) and float(psnr_row["ci_high"]) == pytest.approx(gap, abs=1e-4)
+    # Wilcoxon, 3 images, all differences positive: exact two-sided p = 2 / 2^3; Holm over the 2 rows
+    assert psnr_row["test"] == "wilcoxon" and float(psnr_row["p_value"]) == pytest.approx(0.25)
+    assert float(psnr_row["p_adjusted"]) == pytest.approx(min(1, 2 * min(float(r["p_value"]) for r in rows)))
+    # the SSIM row: the mean of the per-image differences of per_image.csv
+    with open(out / "per_image.csv") as fh:
+        per = list(csv.DictReader(fh))
+    ssim = {m: [float(r["ssim"]) for r in per if r["method"] == m] for m in ("plus5", "plus10")}
+    assert float(rows[1]["delta"]) == pytest.approx(np.mean(np.subtract(ssim["plus5"], ssim["plus10"])), abs=1e-6)
+    md = (out / "summary.md").read_text()
+    assert "Paired comparisons" in md and "| plus5 | plus10 | PSNR ↑ | 3 | 1 v 1 | +6.02 [+6.02, +6.02] | Wilcoxon |" in md
+    assert "Paired comparisons" in capsys.readouterr().out
+    # rerun of the same inputs without --compare: its own folder, rewritten, no stale paired.csv
+    assert quality.main(argv[:8] + ["--out", str(out), "--no-progress"]) == 0
+    assert not (out / "paired.csv").exists() and "Paired" not in (out / "summary.md").read_text()
+
+
+def test_cli_replicates_are_averaged_and_compared(three_methods, tmp_path):
+    pred, pred10, gt = three_methods
+    out = tmp_path / "rep"
+    assert quality.main(["--set", f"seeds={pred},{pred10}", "--set", f"plus5={pred}", "--cub-root", str(gt),
+                         "--metrics", "psnr", "--compare", "seeds", "plus5", "--out", str(out), "--no-progress",
+                         "--n-boot", "200"]) == 0
+    with open(out / "summary.csv") as fh:
+        rows = list(csv.DictReader(fh))
+    p5, p10 = 20 * math.log10(255 / 5), 20 * math.log10(255 / 10)
+    assert list(rows[0]) == ["method", "seeds", "n", "psnr"] and rows[0]["seeds"] == "2"
+    assert float(rows[0]["psnr"]) == pytest.approx((p5 + p10) / 2, abs=1e-4)
+    with open(out / "per_image.csv") as fh:
+        per = list(csv.DictReader(fh))
+    assert list(per[0]) == ["method", "replicate", "image", "psnr"] and len(per) == 3 * 3
+    with open(out / "paired.csv") as fh:
+        (row,) = list(csv.DictReader(fh))
+    assert row["test"] == "two-level t" and (row["seeds_a"], row["seeds_b"]) == ("2", "1")
+    assert float(row["delta"]) == pytest.approx((p10 - p5) / 2, abs=1e-4)
+
+
+def test_cli_refusals_before_any_work(three_methods, tmp_path, capsys, monkeypatch):
+    import analysis.quality.cli as qcli
+
+    pred, pred10, gt = three_methods
+    monkeypatch.setattr(qcli, "evaluate_quality", lambda *a, **k: pytest.fail("scored before the checks"))
+    base = ["--set", f"plus5={pred}", "--set", f"plus10={pred10}", "--cub-root", str(gt), "--no-progress"]
+
+    def one_line(argv):
+        assert quality.main(argv) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith("error: "), err
+        return err[0]
+
+    assert "no method named 'w/ DiffLoss'" in one_line(base + ["--compare", "w/ DiffLoss", "plus5", "--out", str(tmp_path / "a")])
+    assert "FID is one number per set" in one_line(base + ["--metrics", "fid", "--compare", "plus5", "plus10",
+                                                           "--out", str(tmp_path / "a")])
+    # a method whose images are another set's
+    (pred10 / "002.B" / "x2.png").unlink()
+    assert "needs the same images" in one_line(base + ["--compare", "plus5", "plus10", "--out", str(tmp_path / "a")])
+    assert "replicates hold different images" in one_line(["--set", f"s={pred},{pred10}", "--cub-root", str(gt),
+                                                           "--out", str(tmp_path / "a")])
+    assert not (tmp_path / "a").exists()
+    # a foreign --out: refused, nothing overwritten
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "summary.csv").write_text("mine\n")
+    err = one_line(["--set", f"plus5={pred}", "--cub-root", str(gt), "--out", str(mine)])
+    assert str(mine) in err and "--overwrite" in err and (mine / "summary.csv").read_text() == "mine\n"
+    # an unreadable image: one line naming it, before any scoring
+    (pred / "001.A" / "x0.png").write_bytes(b"not an image")
+    err = one_line(["--set", f"plus5={pred}", "--cub-root", str(gt), "--out", str(tmp_path / "b")])
+    assert "cannot decode image" in err and "x0.png" in err

@@ -425,3 +425,45 @@ def test_autocast_reaches_the_criterion_and_is_a_result_setting(monkeypatch, tmp
         train_mod.train_restoration(autocast="fp32", **kw)
     with pytest.raises(ValueError, match="autocast"):
         TrainConfig(out="x", autocast="fp8").validate()
+
+
+def test_fp16_overflow_skips_the_step_counts_it_and_an_all_skipped_run_says_so(monkeypatch, tmp_path, caplog,
+                                                                                capsys):
+    """A forced float16 overflow inside DiffLoss (its gradient scale pushed to 2^20 > 65504) on the second of
+    three steps: that step's non-finite gradient never reaches Adam, ``skipped`` marks it in log.csv, a warning
+    names it; a run where every step overflows ends in one line."""
+    import logging
+
+    from diffloss.criterion import grad_scaling
+
+    real = grad_scaling._power_of_two_scale
+    calls = []
+
+    def overflow_on_second_backward(grads):
+        calls.append(1)
+        scale = real(grads)
+        return scale * 2.0**40 if len(calls) == 2 else scale
+
+    monkeypatch.setattr(grad_scaling, "_power_of_two_scale", overflow_on_second_backward)
+    steps = []
+    real_step = torch.optim.Adam.step
+    monkeypatch.setattr(torch.optim.Adam, "step", lambda self, *a, **k: (steps.append(1), real_step(self, *a, **k))[1])
+    kw = dict(net="small-unet", pairs="synthetic:rain:2", batch_size=1, crop=32, val_images=0, diffloss=True,
+              prior="random", autocast="fp16", plot=False, progress=False)
+    with caplog.at_level(logging.WARNING, logger="restoration.train.loop"):
+        out = train_restoration(out=str(tmp_path / "r"), steps=3, **kw)
+    rows = read_log(out / "log.csv")
+    assert [r["skipped"] for r in rows] == [0, 1, 0] and len(calls) == 3 and len(steps) == 2
+    assert all(np.isfinite(r["total"]) for r in rows)  # the loss was finite: the gradient overflowed
+    assert "step 2 skipped" in caplog.text and "float16 gradient overflowed" in caplog.text
+    assert "1 of 2 steps skipped so far" in caplog.text
+
+    monkeypatch.setattr(grad_scaling, "_GRAD_TARGET", 2.0**20)  # every backward overflows
+    monkeypatch.setattr(grad_scaling, "_power_of_two_scale", real)
+    rc = train_mod.main(["--out", str(tmp_path / "all"), "--net", "small-unet", "--pairs", "synthetic:rain:2",
+                         "--steps", "2", "--batch-size", "1", "--crop", "32", "--val-images", "0", "--diffloss", "on",
+                         "--prior", "random", "--autocast", "fp16", "--no-progress", "--no-plot"])
+    err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error")]
+    assert rc == 2 and len(err) == 1
+    assert err[0].startswith("error: every one of the 2 steps was skipped") and "float16" in err[0], err
+    assert not (tmp_path / "all" / "done.json").exists()

@@ -64,7 +64,7 @@ def test_cli_refuses_an_existing_cub_root_as_out(ckpt, small_cub, tmp_path, caps
     assert rc != 0
     assert "Traceback" not in err
     line = err.strip().splitlines()[-1]
-    assert str(target) in line and "empty folder" in line and "--overwrite" in line
+    assert str(target) in line and "empty folder" in line and "even with --overwrite" in line
     assert snapshot(target) == before  # nothing rewritten, nothing added (images.txt keeps its 8 rows)
 
 
@@ -88,12 +88,14 @@ def test_library_refuses_any_foreign_file_and_accepts_an_empty_folder(ckpt, smal
 
 
 def test_overwrite_is_the_way_past(ckpt, small_cub, tmp_path):
-    target = tmp_path / "cub-copy"
-    shutil.copytree(small_cub, target)
+    target = tmp_path / "folder-with-notes"
+    target.mkdir()
+    (target / "notes.txt").write_text("mine\n")
     s = restore_cub_root(ckpt, small_cub, target, overwrite=True, progress=False)
     assert s["n_restored"] == 4
     idx = read_cub(target)
     assert len(idx.records) == 4 and all(r.rel_path.endswith(".png") for r in idx.records)
+    assert (target / "notes.txt").read_text() == "mine\n"  # a foreign file is left alone
     # the output now carries our manifest: an identical re-run resumes without --overwrite
     again = restore_cub_root(ckpt, small_cub, target, progress=False)
     assert again["n_restored"] == 0 and again["n_skipped"] == 4

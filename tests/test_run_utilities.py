@@ -183,3 +183,21 @@ def test_check_out(tmp_path):
         check_out(tmp_path / "f")
     with pytest.raises(ValueError, match="is a folder; give a file path"):
         check_out(tmp_path, "file")
+
+
+def test_config_replays_a_real_run_and_the_rerun_resumes(mini_root, tmp_path, capsys):
+    """``--config OUT/config.json`` replays a restoration.train run: with ``--steps`` raised it continues the
+    same run (the other settings come from the file), and the rerun reads back what the first run wrote."""
+    from restoration.train import main
+
+    out = tmp_path / "run"
+    argv = ["--pairs", f"synthetic:lowlight:3:{mini_root}", "--out", str(out), "--steps", "2", "--crop", "32",
+            "--batch-size", "2", "--val-images", "0", "--no-progress", "--no-plot", "--threads", "1"]
+    assert main(argv) == 0
+    first = json.loads((out / "config.json").read_text())
+    assert first["command"] == "restoration.train" and first["settings"]["batch_size"] == 2
+    assert main(["--config", str(out / "config.json"), "--steps", "3"]) == 0
+    done = json.loads((out / "done.json").read_text())
+    assert done["step"] == 3 and done["settings"]["batch_size"] == 2 and done["settings"]["crop"] == 32
+    rows = (out / "log.csv").read_text().strip().splitlines()
+    assert [r.split(",")[0] for r in rows[1:]] == ["1", "2", "3"]  # steps 1-2 kept, step 3 added

@@ -14,8 +14,15 @@ anything is scored.
         --cub-root data/CUB_200_2011 --set "degraded/fog=data/cub-degraded/fog/3" \\
         --set "w/o DiffLoss/fog=data/restored/fog-l2" --set "w/ DiffLoss/fog=data/restored/fog-diffloss" --out runs/table2
 
---set takes CONFIG/DEGRADATION=ROOT (the last '/' before '=' separates them, so 'w/o DiffLoss/fog' works).
-The same can be given as a JSON/YAML --spec file. --bbox-crop scores box-cropped images instead (URIE's CUB-C
+--set takes CONFIG/DEGRADATION=ROOT (the label ends at the last '=', its last '/' separates row and column, so
+'w/o DiffLoss/fog' works). CONFIG/DEGRADATION=ROOT1,ROOT2,ROOT3 gives a row replicates, one restoration per
+restorer seed: each cell is then the mean over seeds with a two-level bootstrap CI (seeds, then images), and each
+pair of rows gets Delta top-1 with that CI and the two-level t-test (per-image and between-seed variance;
+McNemar's exact test where both rows hold one run), written to OUT/comparisons.csv instead of mcnemar.csv.
+The same can be given as a JSON/YAML --spec file (a list of roots for replicates). OUT is a run folder: a folder
+holding other files, or this command's table of other inputs, is refused unless --overwrite.
+
+--bbox-crop scores box-cropped images instead (URIE's CUB-C
 protocol: crop to the box, resize to 256x256, centre-crop 227; --bbox-size changes the two sizes). Each
 classifier must have been trained on the protocol it is scored with (python -m classifiers.finetune --bbox-crop
 records it in the checkpoint); a mismatch is an error unless
@@ -34,12 +41,15 @@ from classifiers.scoring_data import ScoringDataset
 from analysis.stats import P_ADJUST_METHODS
 from analysis.classify.cli import DEFAULT_OUT, DEMO_OUT, build_parser, check_out_writable, main
 from analysis.classify.formats import (
+    COMPARISON_COLUMNS,
     MCNEMAR_COLUMNS,
     PREDICTION_COLUMNS,
     PREDICTIONS_FORMAT,
+    REPLICATE_TABLE_COLUMNS,
     TABLE_COLUMNS,
     format_latex,
     format_markdown,
+    load_comparisons,
     load_mcnemar,
     load_predictions,
     load_table,
@@ -59,7 +69,7 @@ from analysis.classify.spec import (
     parse_classifier_arg,
     parse_set_arg,
 )
-from analysis.classify.summary import DEFAULT_P_ADJUST, StatsConfig, finish_table2, run_table2, summarize
+from analysis.classify.summary import DEFAULT_P_ADJUST, StatsConfig, finish_table2, replicated, run_table2, summarize
 
 __all__ = [
     # what to score (spec.py)
@@ -68,10 +78,11 @@ __all__ = [
     # scoring (scoring.py; the dataset lives with the classifiers)
     "Predictions", "ScoringDataset", "score_table2",
     # the table (summary.py)
-    "P_ADJUST_METHODS", "DEFAULT_P_ADJUST", "StatsConfig", "summarize", "finish_table2", "run_table2",
+    "P_ADJUST_METHODS", "DEFAULT_P_ADJUST", "StatsConfig", "replicated", "summarize", "finish_table2", "run_table2",
     # files (formats.py)
-    "TABLE_COLUMNS", "MCNEMAR_COLUMNS", "PREDICTION_COLUMNS", "PREDICTIONS_FORMAT", "format_markdown", "format_latex",
-    "write_outputs", "load_table", "load_mcnemar", "load_predictions", "slug",
+    "TABLE_COLUMNS", "MCNEMAR_COLUMNS", "REPLICATE_TABLE_COLUMNS", "COMPARISON_COLUMNS", "PREDICTION_COLUMNS",
+    "PREDICTIONS_FORMAT", "format_markdown", "format_latex", "write_outputs", "load_table", "load_mcnemar",
+    "load_comparisons", "load_predictions", "slug",
     # the command line (cli.py)
     "DEFAULT_OUT", "DEMO_OUT", "build_parser", "main", "check_out_writable",
 ]

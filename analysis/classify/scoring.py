@@ -16,6 +16,7 @@ from classifiers.scoring_data import ScoringDataset
 from cubdata import CubIndex, read_cub
 from runkit.distributed import distributed, gather_checked, shard
 
+from analysis.quality.files import check_decodable
 from analysis.classify.spec import CLEAN, Table2Spec, check_classes, check_protocol, check_same_test_split
 
 log = logging.getLogger(__name__)
@@ -25,7 +26,8 @@ __all__ = ["Predictions", "score_table2", "shard_positions"]
 
 @dataclass
 class Predictions:
-    """Per-image top-1 predictions of one classifier on one set (arrays of shape ``[N]``, test split order)."""
+    """Per-image top-1 predictions of one classifier on one root of a set (arrays of shape ``[N]``, test split
+    order). ``replicate``: the root's place among the set's replicates (0 for a set of one root)."""
 
     config: str
     degradation: str
@@ -34,6 +36,7 @@ class Predictions:
     label: np.ndarray
     pred: np.ndarray
     rel_path: list[str]
+    replicate: int = 0
 
     @property
     def correct(self) -> np.ndarray:
@@ -41,18 +44,27 @@ class Predictions:
 
     @property
     def key(self) -> tuple[str, str, str]:
+        """The table cell: ``(config, degradation, classifier)``; a cell's replicates share it."""
         return self.config, self.degradation, self.classifier
+
+    @property
+    def run_key(self) -> tuple[str, str, str, int]:
+        """One scored root: the cell and the replicate."""
+        return (*self.key, self.replicate)
 
 
 def score_table2(spec: Table2Spec, device: str | torch.device = "auto", batch_size: int = 64, workers: int = 2,
                  progress: bool = True) -> tuple[list[Predictions], dict[str, Any]]:
     """Score every classifier of ``spec`` on the clean test split and on every set's test split.
 
-    Returns ``(predictions, meta)``: predictions in row order (clean first), one per (set, classifier);
+    Returns ``(predictions, meta)``: predictions in row order (clean first), one per (set, root, classifier):
+    a set of several roots (replicates, one per restorer seed) gives one `Predictions` per root, numbered by
+    ``replicate``;
     ``meta`` records the roots, the checkpoints with their arch/preprocessing/training protocol and
-    ``bbox_crop``. Sets (`check_same_test_split`) and each classifier's training protocol against the requested
-    one (`check_protocol`: ValueError, or a warning with ``spec.allow_protocol_mismatch``) are checked before
-    any model runs.
+    ``bbox_crop``. Sets (`check_same_test_split`), every test image's header (an unreadable file:
+    `cubdata.ImageDecodeError` naming it) and each classifier's training protocol against the requested one
+    (`check_protocol`: ValueError, or a warning with ``spec.allow_protocol_mismatch``) are checked before any
+    model runs.
 
     Under ``torchrun --nproc_per_node N`` (`runkit.distributed`; each rank on its LOCAL_RANK GPU) the
     batches of every set are shared out between the ranks, whole batches, so every image is scored in the
@@ -80,23 +92,27 @@ def shard_positions(n: int, batch_size: int, rank: int, world: int) -> list[int]
     return [i for b in shard(batches, rank, world) for i in b]
 
 
-def _open_roots(spec: Table2Spec) -> tuple[CubIndex, list[tuple[str, str, CubIndex]]]:
-    """The clean index and ``(config, degradation, index)`` of every root, clean first; each set checked
-    against the clean test split, and the boxes against ``--bbox-crop``."""
+def _open_roots(spec: Table2Spec) -> tuple[CubIndex, list[tuple[str, str, int, CubIndex]]]:
+    """The clean index and ``(config, degradation, replicate, index)`` of every root, clean first; each set's
+    roots checked against the clean test split, every test image's header read (`check_decodable`), and the
+    boxes checked against ``--bbox-crop``."""
     clean = read_cub(spec.clean)
     records = clean.split("test")
     if not records:
         raise ValueError(f"the clean root {clean.root} has no test images")
-    roots: list[tuple[str, str, CubIndex]] = [(CLEAN, CLEAN, clean)]
+    roots: list[tuple[str, str, int, CubIndex]] = [(CLEAN, CLEAN, 0, clean)]
     for s in spec.sets:
-        try:
-            idx = read_cub(s.root)
-        except ValueError as err:
-            raise ValueError(f"set '{s.config}/{s.degradation}': {err}") from err
-        check_same_test_split(clean, idx, what=f"set '{s.config}/{s.degradation}'")
-        roots.append((s.config, s.degradation, idx))
+        for k, root in enumerate(s.roots):
+            what = f"set '{s.config}/{s.degradation}'" + (f" (root {k + 1} of {len(s.roots)})" if len(s.roots) > 1 else "")
+            try:
+                idx = read_cub(root)
+            except ValueError as err:
+                raise ValueError(f"{what}: {err}") from err
+            check_same_test_split(clean, idx, what=what)
+            roots.append((s.config, s.degradation, k, idx))
     if spec.bbox_crop and any(r.bbox is None for r in records):
         raise ValueError(f"--bbox-crop needs {clean.root}/bounding_boxes.txt with a box for every test image")
+    check_decodable(idx.image_path(idx.record(r.image_id)) for *_, idx in roots for r in records)
     return clean, roots
 
 
@@ -131,7 +147,7 @@ def _score_shard(spec: Table2Spec, roots, models, infos, mine: list, device: tor
     bboxes = [r.bbox for r in mine] if spec.bbox_crop else None
     protocol = eval_protocol(spec.bbox_crop, spec.bbox_size)
     found_per_root = []
-    for config, degradation, idx in roots:
+    for config, degradation, _, idx in roots:
         paths = [idx.image_path(idx.record(i)) for i in ids]
         found: dict[str, dict[str, np.ndarray]] = {}
         for key, names in groups.items():
@@ -149,7 +165,7 @@ def _merge(parts, where: list[np.ndarray], roots, classifiers: list[str], record
     ids = np.asarray([r.image_id for r in records], np.int64)
     rel = [r.rel_path for r in records]
     out: list[Predictions] = []
-    for k, (config, degradation, _) in enumerate(roots):
+    for k, (config, degradation, replicate, _) in enumerate(roots):
         for name in classifiers:
             r = {}
             for field_ in ("pred", "label", "image_id"):
@@ -159,9 +175,11 @@ def _merge(parts, where: list[np.ndarray], roots, classifiers: list[str], record
                 r[field_] = merged
             if not np.array_equal(r["image_id"], ids):
                 raise RuntimeError("internal error: predictions are not in test-split order")
-            out.append(Predictions(config, degradation, name, r["image_id"], r["label"], r["pred"], list(rel)))
+            out.append(Predictions(config, degradation, name, r["image_id"], r["label"], r["pred"], list(rel),
+                                   replicate))
             if log_cells:
-                log.info("%s / %s / %s: top-1 %.2f%% on %d images", config, degradation, name,
+                log.info("%s / %s / %s%s: top-1 %.2f%% on %d images", config, degradation, name,
+                         f" / replicate {replicate}" if replicate else "",
                          100.0 * float(np.mean(r["pred"] == r["label"])), len(ids))
     return out
 
@@ -177,5 +195,5 @@ def _meta(spec: Table2Spec, clean: CubIndex, infos: dict, mismatched: list[str])
         "classifiers": {n: {"ckpt": str(spec.classifiers[n]), "arch": infos[n]["arch"],
                             "preprocess": infos[n]["preprocess"], "protocol": infos[n]["protocol"],
                             "clean_test_top1_at_training": infos[n]["clean_test_top1"]} for n in spec.classifiers},
-        "sets": [{"config": s.config, "degradation": s.degradation, "root": str(s.root)} for s in spec.sets],
+        "sets": [{"config": s.config, "degradation": s.degradation, "roots": list(s.roots)} for s in spec.sets],
     }

@@ -3,12 +3,14 @@ JSON/YAML spec file, and the checks that a set and a classifier fit the clean ro
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from classifiers import URIE_BBOX_SIZE, describe_protocol, eval_protocol, parse_bbox_size, protocol_preprocess
 from cubdata import CubIndex
+from runkit.cli import parse_set
 
 __all__ = ["CLEAN", "DEGRADED", "SetSpec", "Table2Spec", "parse_set_arg", "parse_classifier_arg", "load_spec",
            "check_same_test_split", "check_classes", "check_protocol"]
@@ -23,12 +25,21 @@ _SPEC_KEYS = ("cub_root", "classifiers", "sets", "bbox_crop", "bbox_size", "allo
 
 @dataclass(frozen=True)
 class SetSpec:
-    """One scored set: the test split of the CUB root ``root`` under row ``config`` and column group
-    ``degradation``."""
+    """One scored cell group: the test split of the CUB root(s) ``roots`` under row ``config`` and column group
+    ``degradation``. Several roots are replicates: restorations of the same degraded set, one per restorer
+    seed (``SetSpec("w/ DiffLoss", "fog", ("r/s0", "r/s1", "r/s2"))``); the table reports their mean with a
+    two-level bootstrap CI (`analysis.stats.two_level_bootstrap`). A single root may be given as a string."""
 
     config: str
     degradation: str
-    root: str
+    roots: tuple[str, ...]
+
+    def __post_init__(self) -> None:
+        roots = (self.roots,) if isinstance(self.roots, (str, os.PathLike)) else tuple(self.roots)
+        object.__setattr__(self, "roots", tuple(str(r) for r in roots))
+        if not self.roots or not all(r.strip() for r in self.roots):
+            raise ValueError(f"set '{self.config}/{self.degradation}' needs at least one non-empty root, got "
+                             f"{self.roots!r}")
 
 
 @dataclass
@@ -64,6 +75,10 @@ class Table2Spec:
             if key in seen:
                 raise ValueError(f"set '{s.config}/{s.degradation}' is given twice")
             seen.add(key)
+            twice = sorted({r for r in s.roots if s.roots.count(r) > 1})
+            if twice:
+                raise ValueError(f"set '{s.config}/{s.degradation}' lists {twice[0]} twice; each replicate must be "
+                                 "another restoration (one per restorer seed)")
         if self.bbox_size is not None:
             resize, crop = (int(v) for v in self.bbox_size)
             if not 16 <= crop <= resize:
@@ -71,13 +86,18 @@ class Table2Spec:
 
 
 def parse_set_arg(text: str) -> SetSpec:
-    """``"CONFIG/DEGRADATION=ROOT"`` -> `SetSpec`; the last ``/`` before the first ``=`` separates config
-    and degradation (``"w/o DiffLoss/fog=..."`` -> config ``"w/o DiffLoss"``, degradation ``"fog"``)."""
-    key, eq, root = text.partition("=")
+    """``"CONFIG/DEGRADATION=ROOT[,ROOT...]"`` -> `SetSpec` (`runkit.cli.parse_set`: the label ends at the
+    last ``=``, commas separate replicate roots, one per restorer seed); the last ``/`` of the label separates
+    config and degradation (``"w/o DiffLoss/fog=..."`` -> config ``"w/o DiffLoss"``, degradation ``"fog"``)."""
+    try:
+        key, roots = parse_set(text)
+    except ValueError:
+        key, roots = "", []
     config, slash, degradation = key.rpartition("/")
-    if not eq or not slash or not config.strip() or not degradation.strip() or not root.strip():
-        raise ValueError(f"expected CONFIG/DEGRADATION=ROOT (e.g. '{DEGRADED}/fog=cub-degraded/fog/3'), got {text!r}")
-    return SetSpec(config.strip(), degradation.strip(), root.strip())
+    if not roots or not slash or not config.strip() or not degradation.strip():
+        raise ValueError(f"--set: expected CONFIG/DEGRADATION=ROOT or CONFIG/DEGRADATION=ROOT1,ROOT2,... (one root "
+                         f"per restorer seed; e.g. '{DEGRADED}/fog=cub-degraded/fog/3'), got {text!r}")
+    return SetSpec(config.strip(), degradation.strip(), tuple(roots))
 
 
 def parse_classifier_arg(text: str) -> tuple[str, str]:
@@ -119,39 +139,58 @@ def _spec_classifiers(raw: Any, base: Path) -> dict[str, str]:
     return {str(name): _resolve(base, str(ckpt)) for name, ckpt in items}
 
 
+def _roots(val: Any, where: str, path: Path) -> tuple[str, ...]:
+    """A set's root(s) in a spec file: one path, or a list of paths (replicates, one per restorer seed)."""
+    if isinstance(val, (list, tuple)) and val and all(isinstance(v, (str, os.PathLike)) for v in val):
+        return tuple(str(v) for v in val)
+    if isinstance(val, (str, os.PathLike)) and str(val).strip():
+        return (str(val),)
+    raise ValueError(f"spec file {path}: set '{where}' needs a root or a list of roots (one per restorer seed), "
+                     f"found {val!r}")
+
+
 def _spec_set(item: Any, path: Path) -> SetSpec:
-    """One entry of a list of sets: ``"CONFIG/DEGRADATION=ROOT"`` or ``{config, degradation, root}``."""
+    """One entry of a list of sets: ``"CONFIG/DEGRADATION=ROOT[,ROOT...]"`` or ``{config, degradation, root}``
+    (``roots: [...]`` for replicates)."""
     if isinstance(item, str):
         return parse_set_arg(item)
-    if isinstance(item, dict) and {"config", "degradation", "root"} <= set(item):
-        return SetSpec(str(item["config"]), str(item["degradation"]), str(item["root"]))
+    if isinstance(item, dict) and {"config", "degradation"} <= set(item) and len({"root", "roots"} & set(item)) == 1:
+        where = f"{item['config']}/{item['degradation']}"
+        return SetSpec(str(item["config"]), str(item["degradation"]),
+                       _roots(item.get("root", item.get("roots")), where, path))
     raise ValueError(f"spec file {path}: each set must be 'CONFIG/DEGRADATION=ROOT' or a mapping with "
-                     f"config, degradation, root; found {item!r}")
+                     f"config, degradation and root (or roots: a list, one per restorer seed); found {item!r}")
 
 
 def _spec_sets(raw: Any, path: Path) -> list[SetSpec]:
-    """The ``sets`` of a spec file: a mapping ``"CONFIG/DEGRADATION"`` -> root or config -> {degradation: root},
-    or a list (`_spec_set`); roots resolved against the file's folder."""
+    """The ``sets`` of a spec file: a mapping ``"CONFIG/DEGRADATION"`` -> root(s) or config -> {degradation:
+    root(s)}, or a list (`_spec_set`); a list of roots is one set's replicates; roots resolved against the
+    file's folder."""
     if isinstance(raw, dict):
         found = []
         for key, val in raw.items():
             if isinstance(val, dict):
-                found += [SetSpec(str(key), str(deg), str(root)) for deg, root in val.items()]
+                found += [SetSpec(str(key), str(deg), _roots(roots, f"{key}/{deg}", path)) for deg, roots in val.items()]
             else:
-                found.append(parse_set_arg(f"{key}={val}"))
+                config, slash, degradation = str(key).rpartition("/")
+                if not slash or not config.strip() or not degradation.strip():
+                    raise ValueError(f"spec file {path}: set key {key!r} must be CONFIG/DEGRADATION (or a config "
+                                     "holding {degradation: root})")
+                found.append(SetSpec(config.strip(), degradation.strip(), _roots(val, str(key), path)))
     elif isinstance(raw, list):
         found = [_spec_set(item, path) for item in raw]
     else:
         raise ValueError(f"spec file {path}: 'sets' must be a mapping or a list, found {type(raw).__name__}")
-    return [SetSpec(s.config, s.degradation, _resolve(path.parent, s.root)) for s in found]
+    return [SetSpec(s.config, s.degradation, tuple(_resolve(path.parent, r) for r in s.roots)) for s in found]
 
 
 def load_spec(path: str | Path) -> tuple[Table2Spec, dict[str, Any]]:
     """Read a JSON or YAML spec file. Returns the spec and the file's other options (``out``, ...).
 
-    Keys: ``clean`` (root), ``classifiers`` (mapping name -> checkpoint, or list of ``"NAME=CKPT"``),
-    ``sets`` (mapping ``"CONFIG/DEGRADATION"`` -> root, nested mapping config -> {degradation: root}, or a
-    list of ``{config, degradation, root}``), optional ``bbox_crop``, ``bbox_size`` (``"256,227"``,
+    Keys: ``cub_root`` (the clean root), ``classifiers`` (mapping name -> checkpoint, or list of
+    ``"NAME=CKPT"``), ``sets`` (mapping ``"CONFIG/DEGRADATION"`` -> root, nested mapping config ->
+    {degradation: root}, or a list of ``{config, degradation, root}``; wherever a root goes, a list of roots
+    gives the set's replicates, one per restorer seed), optional ``bbox_crop``, ``bbox_size`` (``"256,227"``,
     ``[256, 227]`` or ``"classifier"``), ``allow_protocol_mismatch``, ``out``. Relative paths are relative
     to the spec file's folder.
     """

@@ -1,5 +1,10 @@
 """From per-image predictions to Table 2: top-1 with bootstrap CIs per cell, McNemar's exact test per pair of
-rows (Holm-corrected as one family), and the whole run (score, summarise, write)."""
+rows (Holm-corrected as one family), and the whole run (score, summarise, write).
+
+A table whose sets each hold one root keeps its classic form (`TABLE_COLUMNS`, McNemar's test). When a set
+holds several roots (replicates: one restoration per restorer seed), each cell is the mean over its runs
+with a two-level bootstrap CI, and each pair of rows gets Delta top-1 with the same CI and the two-level
+t-test (`analysis.stats.two_level_t_test`; McNemar's exact test where both rows hold one run)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -13,12 +18,20 @@ from runkit.checks import positive_int
 from runkit.options import Options, option
 from runkit.distributed import distributed, on_rank0
 
-from analysis.stats import P_ADJUST_METHODS, adjust_p_values, mcnemar_test, top1_with_ci
+from analysis.stats import (
+    P_ADJUST_METHODS,
+    adjust_p_values,
+    mcnemar_test,
+    paired_delta_with_ci,
+    replicated_top1_with_ci,
+    top1_with_ci,
+    two_level_t_test,
+)
 from analysis.classify.formats import table_grid, write_outputs
 from analysis.classify.scoring import Predictions, score_table2
 from analysis.classify.spec import CLEAN, Table2Spec
 
-__all__ = ["DEFAULT_P_ADJUST", "StatsConfig", "summarize", "finish_table2", "run_table2"]
+__all__ = ["DEFAULT_P_ADJUST", "StatsConfig", "replicated", "summarize", "finish_table2", "run_table2"]
 
 DEFAULT_P_ADJUST = "holm"
 
@@ -68,22 +81,92 @@ def _mcnemar_pairs(preds: Sequence[Predictions], order: dict[str, list[str]]) ->
     return tests
 
 
+def _cells(preds: Sequence[Predictions]) -> dict[tuple[str, str, str], list[Predictions]]:
+    """The runs of every cell (first-appearance order of the cells; runs by replicate), checked to be scored
+    on the same images in the same order."""
+    cells: dict[tuple[str, str, str], list[Predictions]] = {}
+    for p in preds:
+        cells.setdefault(p.key, []).append(p)
+    for key, runs in cells.items():
+        runs.sort(key=lambda p: p.replicate)
+        if any(not np.array_equal(r.image_id, runs[0].image_id) for r in runs):
+            raise ValueError(f"the replicates of {'/'.join(key)} were scored on different images")
+    return cells
+
+
+def _correct(runs: Sequence[Predictions]) -> np.ndarray:
+    return np.stack([r.correct for r in runs])
+
+
+def _replicate_pairs(cells, order: dict[str, list[str]], n_boot: int, confidence: float,
+                     seed: int) -> list[dict[str, Any]]:
+    """Every pair of non-clean rows scored on the same images, per degradation and classifier (A before B in
+    row order): Delta top-1 (B - A, points) with its two-level bootstrap CI, and the test: McNemar's exact
+    test when both rows hold one run, else the two-level t-test."""
+    configs = [c for c in order["configs"] if c != CLEAN]
+    tests = []
+    for deg in order["degradations"]:
+        for clf in order["classifiers"]:
+            for i, ca in enumerate(configs):
+                for cb in configs[i + 1:]:
+                    a, b = cells.get((ca, deg, clf)), cells.get((cb, deg, clf))
+                    if a is None or b is None:
+                        continue
+                    if not np.array_equal(a[0].image_id, b[0].image_id):
+                        raise ValueError(f"{ca}/{deg} and {cb}/{deg} ({clf}) were scored on different images; "
+                                         "a paired comparison needs the same images in the same order")
+                    ca_, cb_ = _correct(a), _correct(b)
+                    d = paired_delta_with_ci(ca_, cb_, n_boot=n_boot, confidence=confidence, seed=seed)
+                    row = {"config_a": ca, "config_b": cb, "degradation": deg, "classifier": clf,
+                           "n": int(ca_.shape[1]), "seeds_a": len(a), "seeds_b": len(b),
+                           "top1_a": 100.0 * float(ca_.mean()), "top1_b": 100.0 * float(cb_.mean()),
+                           "delta": 100.0 * d["delta"], "ci_low": 100.0 * d["ci_low"], "ci_high": 100.0 * d["ci_high"]}
+                    if len(a) == len(b) == 1:
+                        m = mcnemar_test(ca_[0], cb_[0])
+                        row.update(test="mcnemar", b=m["b"], c=m["c"], t=None, df=None, p_value=m["p_value"])
+                    else:
+                        t = two_level_t_test(ca_, cb_)
+                        finite = np.isfinite(t["t"])  # not when nothing varies (se = 0): p is then 0 or 1
+                        row.update(test="two-level t", b=None, c=None, t=t["t"] if finite else None,
+                                   df=t["df"] if finite else None, p_value=t["p_value"])
+                    tests.append(row)
+    return tests
+
+
+def replicated(preds: Sequence[Predictions]) -> bool:
+    """Whether some cell holds several runs (replicates): the table then takes its replicated form."""
+    return len({p.run_key for p in preds}) != len({p.key for p in preds})
+
+
 def summarize(preds: Sequence[Predictions], n_boot: int = 1000, confidence: float = 0.95,
               seed: int = 0, p_adjust: str = DEFAULT_P_ADJUST) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """Tidy table rows (`TABLE_COLUMNS`, top1/ci in percent) and McNemar rows (`MCNEMAR_COLUMNS`) for
-    every pair of non-clean configurations scored on the same images, per degradation and classifier
-    (rows in table order; pairs A before B in row order).
+    """Tidy table rows (top1/ci in percent) and one test row for every pair of non-clean configurations
+    scored on the same images, per degradation and classifier (rows in table order; pairs A before B in row
+    order).
 
-    Every cell's bootstrap draws from ``seed``. All McNemar tests of the table form one family:
-    ``p_adjusted`` is their p-value corrected by ``p_adjust`` (`analysis.stats.P_ADJUST_METHODS`; "holm":
-    Holm's step-down correction, family-wise error rate; "none": the raw p-value)."""
+    One run per cell: rows in `TABLE_COLUMNS` (percentile bootstrap CI), tests in `MCNEMAR_COLUMNS`.
+    Several runs in some cell (`replicated`): rows in `REPLICATE_TABLE_COLUMNS` (mean over the runs,
+    two-level bootstrap CI: seeds, then images; ``seed_sd`` the runs' spread), tests in
+    `COMPARISON_COLUMNS` (Delta top-1 = B - A with its two-level CI; McNemar's exact test where both rows
+    hold one run, else `analysis.stats.two_level_t_test`).
+
+    Every bootstrap draws from ``seed``. All tests of the table form one family: ``p_adjusted`` is their
+    p-value corrected by ``p_adjust`` (`analysis.stats.P_ADJUST_METHODS`; "holm": Holm's step-down
+    correction, family-wise error rate; "none": the raw p-value)."""
     if p_adjust not in P_ADJUST_METHODS:
         raise ValueError(f"unknown p-value adjustment {p_adjust!r}; valid: {', '.join(P_ADJUST_METHODS)}")
-    if len({p.key for p in preds}) != len(preds):
-        raise ValueError("duplicate (config, degradation, classifier) among the predictions")
-    rows = [{"config": p.config, "degradation": p.degradation, "classifier": p.classifier,
-             **top1_with_ci(p.correct, n_boot=n_boot, confidence=confidence, seed=seed)} for p in preds]
-    tests = _mcnemar_pairs(preds, table_grid(rows)[0])
+    if len({p.run_key for p in preds}) != len(preds):
+        raise ValueError("duplicate (config, degradation, classifier, replicate) among the predictions")
+    if replicated(preds):
+        cells = _cells(preds)
+        rows = [{"config": k[0], "degradation": k[1], "classifier": k[2],
+                 **replicated_top1_with_ci(_correct(runs), n_boot=n_boot, confidence=confidence, seed=seed)}
+                for k, runs in cells.items()]
+        tests = _replicate_pairs(cells, table_grid(rows)[0], n_boot, confidence, seed)
+    else:
+        rows = [{"config": p.config, "degradation": p.degradation, "classifier": p.classifier,
+                 **top1_with_ci(p.correct, n_boot=n_boot, confidence=confidence, seed=seed)} for p in preds]
+        tests = _mcnemar_pairs(preds, table_grid(rows)[0])
     for t, adj in zip(tests, adjust_p_values([t["p_value"] for t in tests], p_adjust)):
         t.update(p_adjusted=adj, p_adjust=p_adjust)
     return rows, tests
@@ -93,19 +176,20 @@ def finish_table2(preds: Sequence[Predictions], meta: dict[str, Any], out: str |
                   confidence: float = 0.95, seed: int = 0, p_adjust: str = DEFAULT_P_ADJUST,
                   write_predictions: bool = True) -> dict[str, Any]:
     """`summarize` ``preds`` and write every file into ``out`` (the predictions too if ``write_predictions``).
-    Returns ``{"rows", "mcnemar", "markdown", "out", "meta"}``."""
+    Returns ``{"rows", "tests", "replicated", "markdown", "out", "meta"}`` (``tests``: the McNemar rows, or with
+    replicates the comparison rows; ``replicated``: which of the two forms, `replicated`)."""
     rows, tests = summarize(preds, n_boot=n_boot, confidence=confidence, seed=seed, p_adjust=p_adjust)
     meta = dict(meta, n_boot=int(n_boot), confidence=float(confidence), seed=int(seed), p_adjust=p_adjust)
     md = write_outputs(out, rows, tests, preds if write_predictions else None, meta)["markdown"]
-    return {"rows": rows, "mcnemar": tests, "markdown": md, "out": str(out), "meta": meta}
+    return {"rows": rows, "tests": tests, "replicated": replicated(preds), "markdown": md, "out": str(out),
+            "meta": meta}
 
 
 def run_table2(spec: Table2Spec, out: str | Path, device: str = "auto", batch_size: int = 64, workers: int = 2,
                n_boot: int = 1000, confidence: float = 0.95, seed: int = 0, progress: bool = True,
                extra_meta: dict | None = None, p_adjust: str = DEFAULT_P_ADJUST) -> dict[str, Any]:
     """Score, summarise and write everything for ``spec`` into ``out``. ``seed``: the bootstrap's;
-    ``p_adjust``: the McNemar p-values' correction (`summarize`). Returns ``{"rows", "mcnemar", "markdown",
-    "out", "meta"}``.
+    ``p_adjust``: the tests' correction (`summarize`). Returns `finish_table2`'s dict.
 
     Under ``torchrun --nproc_per_node N`` the ranks share the scoring (`score_table2`); rank 0 alone
     summarises and writes, the same files as a one-process run, and every rank returns its result."""

@@ -1,4 +1,6 @@
-"""ResNet50 (ImageNet) penultimate features of the generations and their distances to the unperturbed one."""
+"""The feature networks of the generations and the distances to the unperturbed one: ResNet50 (ImageNet)
+penultimate features (paper mode), a fine-tuned classifier's penultimate features and predicted classes
+(`ClassifierFeatures`: quick mode's demo ResNet-mini, ``--classifier CKPT`` in paper mode) and the pixel change."""
 from __future__ import annotations
 
 import logging
@@ -11,8 +13,9 @@ from classifiers import IMAGENET_MEAN, IMAGENET_STD
 
 log = logging.getLogger(__name__)
 
-__all__ = ["ResNetFeatures", "build_feature_extractor", "feature_distances", "feature_distance_metrics",
-           "RESNET50_FILE", "RESNET50_URL", "IMAGENET_MEAN", "IMAGENET_STD"]
+__all__ = ["ResNetFeatures", "ClassifierFeatures", "build_feature_extractor", "load_classifier_features",
+           "feature_distances", "feature_distance_metrics", "pixel_change", "RESNET50_FILE", "RESNET50_URL",
+           "IMAGENET_MEAN", "IMAGENET_STD"]
 
 RESNET50_FILE = "resnet50-0676ba61.pth"
 RESNET50_URL = "https://download.pytorch.org/models/resnet50-0676ba61.pth"
@@ -68,6 +71,83 @@ def build_feature_extractor(weights: str = "imagenet", size: int = 224, device="
         log.warning("!!! ResNet50 with RANDOM weights (--weights none): the feature distances measure a random "
                     "network, not ImageNet semantics. Use --weights PATH for the real study. !!!")
     return ResNetFeatures(net, size=size).to(device)
+
+
+class ClassifierFeatures(nn.Module):
+    """A fine-tuned classifier (a `classifiers.finetune` checkpoint) as the study's feature network, frozen:
+    ``[0, 1] NCHW float`` -> its penultimate features ``[N, D]`` (the input of its classification head);
+    `predict` gives the predicted classes ``[N]`` (int64).
+
+    Inputs are preprocessed as the checkpoint scores test images (``preprocess``: the square image resized to
+    ``resize`` x ``resize``, bilinear and antialiased, centre-cropped to ``img_size``, normalised), so a
+    generation is judged at the size the classifier was trained at."""
+
+    def __init__(self, model: nn.Module, preprocess: dict, head: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+        self.resize = int(preprocess["resize"])
+        self.size = int(preprocess["img_size"])
+        self.register_buffer("mean", torch.tensor(preprocess["mean"], dtype=torch.float32).view(1, 3, 1, 1),
+                             persistent=False)
+        self.register_buffer("std", torch.tensor(preprocess["std"], dtype=torch.float32).view(1, 3, 1, 1),
+                             persistent=False)
+        self._head = head
+        self.eval().requires_grad_(False)
+
+    def train(self, mode: bool = True):  # frozen: always eval
+        return super().train(False)
+
+    def _prepare(self, images: torch.Tensor) -> torch.Tensor:
+        if images.ndim != 4 or images.shape[1] != 3:
+            raise ValueError(f"expected [0, 1] NCHW images with 3 channels, got shape {tuple(images.shape)}")
+        x = images.float()
+        if x.shape[-2:] != (self.resize, self.resize):
+            x = nn.functional.interpolate(x, size=(self.resize, self.resize), mode="bilinear", align_corners=False,
+                                          antialias=True)
+        top = (self.resize - self.size) // 2
+        x = x[..., top:top + self.size, top:top + self.size]
+        return (x - self.mean) / self.std
+
+    def features_and_logits(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(penultimate features [N, D], logits [N, classes]) of ``[0, 1] NCHW`` images, in one forward."""
+        seen: list[torch.Tensor] = []
+        handle = self._head.register_forward_hook(lambda _m, inputs, _out: seen.append(inputs[0]))
+        try:
+            logits = self.model(self._prepare(images))
+        finally:
+            handle.remove()
+        return seen[-1].flatten(1), logits
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.features_and_logits(images)[0]
+
+    @torch.no_grad()
+    def predict(self, images: torch.Tensor) -> torch.Tensor:
+        """Predicted classes [N] (int64, 0-based) of ``[0, 1] NCHW`` images."""
+        return self.features_and_logits(images)[1].argmax(dim=1)
+
+
+def load_classifier_features(ckpt: str | Path, device="cpu") -> ClassifierFeatures:
+    """`ClassifierFeatures` of the classifier checkpoint ``ckpt`` (a `classifiers.finetune` run folder or its
+    classifier.pt; `classifiers.load_classifier` names what is wrong with a missing or foreign file)."""
+    from classifiers import classifier_head, load_classifier
+
+    model, info = load_classifier(ckpt, device=device)
+    if info["protocol"].get("bbox_crop"):
+        log.warning("classifier %s was trained on bounding-box crops; the generations are whole images",
+                    info["path"])
+    _, head = classifier_head(model, info["arch"])
+    return ClassifierFeatures(model, info["preprocess"], head).to(device)
+
+
+def pixel_change(generations: torch.Tensor) -> torch.Tensor:
+    """Mean absolute pixel change of levels 1..K against level 0, in 8-bit units (0..255): ``generations``
+    [N, 1+K, 3, H, W] in [0, 1] -> [N, K] float64."""
+    if not isinstance(generations, torch.Tensor) or generations.ndim != 5 or generations.shape[1] < 2:
+        raise ValueError(f"generations must be [N, 1+K, 3, H, W] with K >= 1, got "
+                         f"{getattr(generations, 'shape', generations)}")
+    g = generations.double()
+    return (g[:, 1:] - g[:, :1]).abs().mean(dim=(2, 3, 4)) * 255.0
 
 
 def _check_features(features) -> torch.Tensor:

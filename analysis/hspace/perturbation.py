@@ -1,17 +1,25 @@
 """The h-space edit (functional core): the rank-1 top singular component of h, the per-sample perturbation
-``h + alpha * s1 * u1 v1^T`` (``--svd-mode sample``), the batch principal direction (``batch-svd``), the levels'
-strengths and `PerturbationEdit`, the callable the h-space hook applies during generation."""
+``h + alpha * s1 * u1 v1^T`` (``--svd-mode sample``), the batch principal direction (``batch-svd``), the
+pullback of h's principal component to x_t (``pullback``), the levels' strengths and the edits applied during
+generation: `PerturbationEdit` (the h-space hook's callable) and `PullbackEdit` (moves x_t, records the change
+of h)."""
 from __future__ import annotations
 
 import math
 from typing import Sequence
 
 import torch
+from torch import nn
 
 __all__ = ["principal_component", "perturb_principal", "check_svd_mode", "batch_principal_direction",
-           "perturb_along", "make_alphas", "PerturbationEdit", "SVD_MODES"]
+           "perturb_along", "make_alphas", "PerturbationEdit", "PullbackEdit", "pullback_direction", "make_edit",
+           "middle_block_output",
+           "SVD_MODES"]
 
-SVD_MODES = ("sample", "batch-svd")
+#: The edits: ``sample`` (the paper's: h + alpha s1 u1 v1^T per sample), ``batch-svd`` (h along the batch's first
+#: principal component) and ``pullback`` (x_t moved along the gradient of h's top singular value: for priors
+#: whose decoder ignores h, docs/hspace.md).
+SVD_MODES = ("sample", "batch-svd", "pullback")
 
 
 def _alpha_vector(alpha, batch: int, like: torch.Tensor) -> torch.Tensor:
@@ -150,6 +158,8 @@ class PerturbationEdit:
     def __init__(self, alpha: torch.Tensor, svd_mode: str = "sample") -> None:
         self.alpha = torch.as_tensor(alpha, dtype=torch.float32).reshape(-1)
         self.svd_mode = check_svd_mode(svd_mode)
+        if self.svd_mode == "pullback":
+            raise ValueError("--svd-mode pullback moves x_t, not h: use PullbackEdit (make_edit picks it)")
         self.active = False
         self.calls = 0
         self._dh_sum = torch.zeros(self.alpha.shape[0], dtype=torch.float64)
@@ -172,6 +182,10 @@ class PerturbationEdit:
             self._rel_sum += torch.where(hn > 0, dh / hn, torch.zeros_like(dh)).cpu()
         return out
 
+    def move(self, model: nn.Module, spaced, x: torch.Tensor, i: int) -> torch.Tensor:
+        """The h-space edits leave x_t alone (the hook edits h)."""
+        return x
+
     @property
     def dh_norm(self) -> torch.Tensor:
         """[B] float64: mean over the edited steps of ||h' - h||_F per sample (|alpha| s1 in sample mode,
@@ -182,3 +196,124 @@ class PerturbationEdit:
     def dh_rel(self) -> torch.Tensor:
         """[B] float64: mean over the edited steps of ||h' - h||_F / ||h||_F per sample."""
         return self._rel_sum / max(self.calls, 1)
+
+
+class _StopAfterMiddleBlock(Exception):
+    """Raised by the truncating hook of `middle_block_output`: the decoder's half of the UNet is not needed."""
+
+
+def middle_block_output(model: nn.Module, x: torch.Tensor, t: torch.Tensor, call=None) -> torch.Tensor:
+    """h = the output of ``model``'s middle block at ``(x, t)``, computing only the input blocks and the middle
+    block (a forward hook stops the forward there, after Park et al.'s truncated forward). ``call``: how to run
+    the model (default ``model`` itself; e.g. a ``SpacedDiffusion``'s ``_wrap_model(model)`` for its respaced
+    timestep indices). Differentiable when grad is enabled."""
+    from diffloss.prior.hspace import find_middle_block
+
+    seen: list[torch.Tensor] = []
+
+    def stop(_module, _inputs, output):
+        seen.append(output)
+        raise _StopAfterMiddleBlock
+
+    handle = find_middle_block(model).register_forward_hook(stop)
+    try:
+        (call or model)(x, t)
+    except _StopAfterMiddleBlock:
+        pass
+    finally:
+        handle.remove()
+    if not seen:
+        raise RuntimeError("the model's forward never reached its middle block")
+    return seen[-1]
+
+
+def pullback_direction(model: nn.Module, spaced, x: torch.Tensor, i: int) -> torch.Tensor:
+    """The pullback of h's principal component to x_t (after Park et al. 2023): per sample the unit vector
+    ``d = J^T (s1 u1 v1^T) / ||J^T (s1 u1 v1^T)||``, J = dh/dx_t the Jacobian of the middle block's output at
+    the step ``i`` of ``spaced`` (a guided-diffusion ``SpacedDiffusion``), s1 u1 v1^T the top singular component
+    of h (`principal_component`). Since <h, s1 u1 v1^T> = s1^2, d is the direction of x_t along which h's top
+    singular value grows fastest. ``x``: [B, 3, S, S] (x_t in the diffusion's scale); returns [B, 3, S, S]
+    (zeros where the gradient is zero). One truncated forward (`middle_block_output`) and one backward; the
+    model's parameters get no gradient."""
+    t = torch.full((x.shape[0],), int(i), device=x.device, dtype=torch.long)
+    with torch.enable_grad():
+        xg = x.detach().clone().requires_grad_(True)
+        h = middle_block_output(model, xg, t, call=spaced._wrap_model(model))
+        comp = principal_component(h.detach()).to(h.dtype)
+        (grad,) = torch.autograd.grad((h * comp).sum(), xg)
+    norm = torch.linalg.vector_norm(grad.flatten(1).double(), dim=1).to(grad.dtype).view(-1, 1, 1, 1)
+    return torch.where(norm > 0, grad / torch.where(norm > 0, norm, torch.ones_like(norm)), torch.zeros_like(grad))
+
+
+class PullbackEdit:
+    """``--svd-mode pullback``: at every step with t >= t_edit (``active``), x_t of each sample with alpha != 0 is
+    moved by ``alpha * sqrt(1 - abar_t) * sqrt(D) * d`` (D = 3 S S: alpha is the move in units of the norm of
+    the noise in x_t), d the `pullback_direction` of its image's unperturbed sample (the nearest sample before
+    it with alpha == 0: the study's batches are image-major, level 0 first). h itself is not edited.
+
+    As the h-space hook's callable it returns h unchanged and, at the edited steps, records per sample
+    ||h - h_ref|| and ||h - h_ref|| / ||h_ref||, h_ref its unperturbed sample's h: `dh_norm` / `dh_rel` are
+    their means over the edited steps (the change of h the move caused, comparable with the h-space edits'
+    ||h' - h||)."""
+
+    svd_mode = "pullback"
+
+    def __init__(self, alpha: torch.Tensor) -> None:
+        self.alpha = torch.as_tensor(alpha, dtype=torch.float32).reshape(-1)
+        if not torch.isfinite(self.alpha).all():
+            raise ValueError(f"alpha must be finite, got {self.alpha.tolist()}")
+        if self.alpha.numel() and self.alpha[0] != 0:
+            raise ValueError("the first sample must be an unperturbed one (alpha 0): each sample is moved along "
+                             "the pullback direction of the unperturbed sample before it")
+        is_ref = self.alpha == 0
+        idx = torch.arange(self.alpha.numel())
+        self.ref = torch.cummax(torch.where(is_ref, idx, torch.zeros_like(idx)), dim=0).values
+        self.active = False
+        self.calls = 0
+        self._dh_sum = torch.zeros(self.alpha.shape[0], dtype=torch.float64)
+        self._rel_sum = torch.zeros(self.alpha.shape[0], dtype=torch.float64)
+
+    def move(self, model: nn.Module, spaced, x: torch.Tensor, i: int) -> torch.Tensor:
+        """x at spaced step ``i`` with the perturbed samples moved (see the class)."""
+        moved = self.alpha != 0
+        if not bool(moved.any()):
+            return x
+        refs = torch.unique(self.ref[moved])
+        d = torch.zeros_like(x)
+        active, self.active = self.active, False  # the probing forward is not a generation step: not recorded
+        try:
+            d[refs] = pullback_direction(model, spaced, x[refs], i)
+        finally:
+            self.active = active
+        sigma = math.sqrt(1.0 - float(spaced.alphas_cumprod[int(i)]))
+        size = self.alpha.to(x.device, x.dtype) * sigma * math.sqrt(x[0].numel())
+        return x + size.view(-1, 1, 1, 1) * d[self.ref.to(x.device)]
+
+    def __call__(self, h: torch.Tensor) -> torch.Tensor:
+        if not self.active:
+            return h
+        self.calls += 1
+        with torch.no_grad():
+            ref = h[self.ref.to(h.device)]
+            dh = torch.linalg.vector_norm((h - ref).flatten(1).double(), dim=1)
+            hn = torch.linalg.vector_norm(ref.flatten(1).double(), dim=1)
+            self._dh_sum += dh.cpu()
+            self._rel_sum += torch.where(hn > 0, dh / hn, torch.zeros_like(dh)).cpu()
+        return h
+
+    @property
+    def dh_norm(self) -> torch.Tensor:
+        """[B] float64: mean over the edited steps of ||h - h_ref||_F (0 for the unperturbed samples)."""
+        return self._dh_sum / max(self.calls, 1)
+
+    @property
+    def dh_rel(self) -> torch.Tensor:
+        """[B] float64: mean over the edited steps of ||h - h_ref||_F / ||h_ref||_F."""
+        return self._rel_sum / max(self.calls, 1)
+
+
+def make_edit(alpha, svd_mode: str = "sample") -> PerturbationEdit | PullbackEdit:
+    """The edit of ``svd_mode`` (`SVD_MODES`) for samples of strengths ``alpha`` [B]."""
+    if check_svd_mode(svd_mode) == "pullback":
+        return PullbackEdit(alpha)
+    return PerturbationEdit(alpha, svd_mode)

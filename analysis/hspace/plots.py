@@ -18,16 +18,17 @@ from matplotlib.ticker import MaxNLocator
 log = logging.getLogger(__name__)
 
 __all__ = ["plot_group_histogram", "plot_distance_histograms", "plot_histogram_overlay", "plot_level_grid",
-           "save_figure", "LEVEL_MARKS", "METRIC_LABELS"]
+           "plot_flip_rates", "save_figure", "LEVEL_MARKS", "METRIC_LABELS"]
 
 #: The paper marks the levels with circled digits.
 LEVEL_MARKS = {1: "\u2460", 2: "\u2461", 3: "\u2462", 4: "\u2463", 5: "\u2464", 6: "\u2465", 7: "\u2466",
                8: "\u2467", 9: "\u2468"}
 
 #: Axis labels of the metrics (row keys of the distance rows).
-METRIC_LABELS = {"distance": "L2 distance of ResNet50 features",
-                 "cosine_distance": "cosine distance of ResNet50 features",
-                 "relative_distance": "L2 distance of ResNet50 features / norm of the unperturbed ones"}
+METRIC_LABELS = {"distance": "L2 distance of the features",
+                 "cosine_distance": "cosine distance of the features",
+                 "relative_distance": "L2 distance of the features / norm of the unperturbed ones",
+                 "pixel_change": "mean |pixel change| (0-255)"}
 
 
 def _plt():
@@ -134,8 +135,7 @@ def plot_histogram_overlay(rows: Sequence[Mapping], ax=None, level: int | None =
         d = _values([r for r in sel if str(r["group"]) == g], metric)
         ax.hist(d, bins=edges, histtype="stepfilled", alpha=0.25, color=colors(i % 10))
         ax.hist(d, bins=edges, histtype="step", linewidth=1.6, color=colors(i % 10), label=f"{g} (n={len(d)})")
-    label = METRIC_LABELS.get(metric, metric).replace(" of ResNet50 features", "")
-    ax.set_xlabel(f"ResNet50 feature {label} at level {LEVEL_MARKS.get(level, level)}")
+    ax.set_xlabel(f"{METRIC_LABELS.get(metric, metric)} at level {LEVEL_MARKS.get(level, level)}")
     ax.set_ylabel("images")
     ax.yaxis.set_major_locator(MaxNLocator(integer=True))
     ax.legend(fontsize=8, frameon=False)
@@ -173,6 +173,34 @@ def plot_level_grid(grid: Mapping[str, Sequence[tuple]], fig=None, groups: Seque
         axes[r][0].set_ylabel(f"{g}\n#{key}", fontsize=8, rotation=0, ha="right", va="center")
     fig.subplots_adjust(left=0.16, right=0.99, top=0.93, bottom=0.01, wspace=0.04, hspace=0.06)
     return fig
+
+
+def plot_flip_rates(summary: Sequence[Mapping], ax=None, groups: Sequence[str] | None = None):
+    """Label-flip rate per level, one line per group, with its bootstrap 95% interval as error bars:
+    ``summary`` is `summarize_distances`' rows (group, level, flip_rate, flip_ci_low, flip_ci_high). Returns the
+    Axes."""
+    plt = _plt()
+    ax = ax if ax is not None else plt.gca()
+    rows = [s for s in summary if s["flip_rate"] == s["flip_rate"]]
+    if not rows:
+        raise ValueError("the summary has no flip rates (the study ran without a classifier)")
+    groups = list(groups) if groups is not None else _groups(rows)
+    for i, g in enumerate(groups):
+        sel = sorted((s for s in rows if str(s["group"]) == g), key=lambda s: int(s["level"]))
+        if not sel:
+            raise ValueError(f"group {g!r} has no flip rates; groups present: {_groups(rows)}")
+        x = np.array([int(s["level"]) for s in sel]) + (i - (len(groups) - 1) / 2) * 0.06
+        y = np.array([100 * float(s["flip_rate"]) for s in sel])
+        err = np.array([[100 * (float(s["flip_rate"]) - float(s["flip_ci_low"])) for s in sel],
+                        [100 * (float(s["flip_ci_high"]) - float(s["flip_rate"])) for s in sel]])
+        ax.errorbar(x, y, yerr=err, marker="o", capsize=3, label=g)
+    levels = sorted({int(s["level"]) for s in rows})
+    ax.set_xticks(levels, [LEVEL_MARKS.get(k, str(k)) for k in levels])
+    ax.set_xlabel("perturbation level")
+    ax.set_ylabel("label flips (% of images)")
+    ax.set_ylim(-2, 102)
+    ax.legend(fontsize=8, frameon=False)
+    return ax
 
 
 def save_figure(fig, stem: str | Path, formats: Sequence[str] = ("png", "pdf"), dpi: int = 150) -> list[Path]:

@@ -9,7 +9,7 @@ from torch import nn
 
 from diffloss.prior.sampling import ddim_schedule, keep_global_rng, spaced_diffusion
 
-from analysis.hspace.perturbation import PerturbationEdit
+from analysis.hspace.perturbation import PerturbationEdit, PullbackEdit, make_edit
 
 __all__ = ["ddim_schedule", "spaced_diffusion", "ddim_invert", "start_latent", "ddim_generate", "START_MODES"]
 
@@ -48,14 +48,16 @@ def start_latent(model: nn.Module, spaced, x0: torch.Tensor, start: str = "noise
 @torch.no_grad()
 def ddim_generate(model: nn.Module, spaced, x_t: torch.Tensor, alpha: torch.Tensor | None = None,
                   t_edit: int = 0, svd_mode: str = "sample", hook=None,
-                  edit: PerturbationEdit | None = None) -> torch.Tensor:
+                  edit: PerturbationEdit | PullbackEdit | None = None, on_step=None) -> torch.Tensor:
     """DDIM (eta 0, predicted x0 clipped to [-1, 1]) from the last timestep of ``spaced`` to x_0.
 
     ``x_t`` [B, 3, S, S]; ``alpha`` [B] the per-sample h-space perturbation strengths (None or 0: none),
-    applied at the steps whose original timestep is >= ``t_edit``. ``hook`` is the h-space hook factory
-    (default ``diffloss.prior.hspace.hspace_hook``). ``edit``: a `PerturbationEdit` to use instead of building one from
-    ``alpha`` and ``svd_mode`` (read its ``dh_norm`` / ``dh_rel`` afterwards). One UNet evaluation per timestep;
-    returns [-1, 1] NCHW."""
+    applied at the steps whose original timestep is >= ``t_edit`` (``svd_mode`` "pullback": x_t is moved before
+    those steps, `PullbackEdit`). ``hook`` is the h-space hook factory (default
+    ``diffloss.prior.hspace.hspace_hook``). ``edit``: a `PerturbationEdit` or `PullbackEdit` to use instead of
+    building one from ``alpha`` and ``svd_mode`` (read its ``dh_norm`` / ``dh_rel`` afterwards). ``on_step``:
+    called with no argument after every step (progress). One UNet evaluation per timestep (pullback: plus a
+    truncated forward and backward of the unperturbed samples per edited step); returns [-1, 1] NCHW."""
     if hook is None:
         from diffloss.prior.hspace import hspace_hook as hook
     B = x_t.shape[0]
@@ -66,13 +68,17 @@ def ddim_generate(model: nn.Module, spaced, x_t: torch.Tensor, alpha: torch.Tens
     alpha = torch.zeros(B) if alpha is None else torch.as_tensor(alpha, dtype=torch.float32).reshape(-1)
     if alpha.shape != (B,):
         raise ValueError(f"alpha must have one value per sample ({B}), got shape {tuple(alpha.shape)}")
-    edit = edit if edit is not None else PerturbationEdit(alpha, svd_mode)
+    edit = edit if edit is not None else make_edit(alpha, svd_mode)
     any_edit = bool((alpha != 0).any())
     x = x_t
     with hook(model, edit=edit):
         for i in reversed(range(spaced.num_timesteps)):
             edit.active = any_edit and spaced.timestep_map[i] >= t_edit
+            if edit.active:
+                x = edit.move(model, spaced, x, i)
             t = torch.full((B,), i, device=x.device, dtype=torch.long)
             with keep_global_rng(x.device):
                 x = spaced.ddim_sample(model, x, t, clip_denoised=True, eta=0.0)["sample"]
+            if on_step is not None:
+                on_step()
     return x

@@ -18,10 +18,10 @@ from runkit.distributed import distributed, gather_checked, on_rank0, shard
 from runkit.manifest import Manifest
 
 from analysis.hspace.config import HSpaceConfig
-from analysis.hspace.features import feature_distance_metrics
+from analysis.hspace.features import feature_distance_metrics, pixel_change
 from analysis.hspace.grid import GridEntry, grid_dir, read_grid_item, to_uint8, write_grid_item
 from analysis.hspace.groups import ImageItem, image_seed, list_group_images, load_image_tensor, select_images
-from analysis.hspace.perturbation import PerturbationEdit
+from analysis.hspace.perturbation import make_edit
 from analysis.hspace.report import RECORD_FIELDS
 from analysis.hspace.sampling import ddim_generate, ddim_schedule, spaced_diffusion, start_latent
 
@@ -30,13 +30,15 @@ log = logging.getLogger(__name__)
 __all__ = ["HSpaceResult", "run_hspace_study", "MANIFEST_FORMAT"]
 
 #: The manifest's format tag (a manifest of another format is ignored with a warning and everything is redone).
-MANIFEST_FORMAT = "analysis.hspace/2"
+MANIFEST_FORMAT = "analysis.hspace/3"
 
 
 @dataclass
 class HSpaceResult:
     """``rows``: one dict per (group, image, level >= 1): group, image_id, level, alpha, distance, path,
-    cosine_distance, relative_distance (`feature_distance_metrics`), dh_norm, dh_rel (`PerturbationEdit`).
+    cosine_distance, relative_distance (`feature_distance_metrics`), dh_norm, dh_rel (`PerturbationEdit` /
+    `PullbackEdit`), pixel_change (`pixel_change`, 0..255) and label_flip (1.0 when the classifier's predicted
+    class of the level differs from the unperturbed generation's, 0.0 when not, NaN without a classifier).
     ``grid``: group -> list of (image_id, uint8 HxWx3 input, [uint8 HxWx3 generation of level 0..K]).
     ``seconds_per_image``: mean wall time per image (start latent + generation + features)."""
 
@@ -69,6 +71,10 @@ def _plan_study(groups: Mapping[str, str | Path], config: HSpaceConfig, size: in
     images whose grid PNGs are missing are redone."""
     items = {g: list_group_images(src, config.split) for g, src in groups.items()}
     chosen = select_images(items, config.images_per_group, config.seed, paired=paired)
+    few = {g: len(v) for g, v in chosen.items() if len(v) < 2}
+    if config.svd_mode == "batch-svd" and few:
+        raise ValueError(f"--svd-mode batch-svd needs at least 2 images per group (its direction is a principal "
+                         f"component over a batch's images), found {few}; use --svd-mode sample")
     for it in dict.fromkeys(it for picked in chosen.values() for it in picked):
         load_pil_rgb(it.path)  # ImageDecodeError names the file, before hours of generation
     settings = {"protocol": config.protocol(), "image_size": size, "record": list(RECORD_FIELDS),
@@ -105,10 +111,13 @@ def _start_latents(model: nn.Module, spaced, x0: torch.Tensor, items: Sequence[I
 
 
 def _study_batch(model: nn.Module, spaced, extractor: nn.Module, batch: Sequence[tuple[int, ImageItem]],
-                 config: HSpaceConfig, size: int, hook=None) -> list[tuple[str, dict, GridEntry | None]]:
+                 config: HSpaceConfig, size: int, hook=None, classifier=None,
+                 on_step=None) -> list[tuple[str, dict, GridEntry | None]]:
     """Steps 1-5 of the study for one batch of images of one group (each with 1 + K samples in one UNet batch).
     Returns per image ``(key, manifest record, grid entry or None)``; the grid entry ``(key, uint8 HxWx3 input,
-    [uint8 HxWx3 generation of level 0..K])`` only for selection indices < ``config.grid_images``."""
+    [uint8 HxWx3 generation of level 0..K])`` only for selection indices < ``config.grid_images``.
+    ``classifier``: predicts the classes of [0, 1] NCHW images (`ClassifierFeatures.predict`) for the label
+    flips, or None. ``on_step``: called after every DDIM step (progress)."""
     device = next(model.parameters()).device
     dtype = next(model.parameters()).dtype
     K, n = config.levels, len(batch)
@@ -117,13 +126,19 @@ def _study_batch(model: nn.Module, spaced, extractor: nn.Module, batch: Sequence
     x0 = torch.stack([load_image_tensor(it.path, size) for _, it in batch]).to(device, dtype) * 2 - 1
     x_t = _start_latents(model, spaced, x0, [it for _, it in batch], config)
     x_rep = x_t.repeat_interleave(K + 1, dim=0)            # [n*(1+K)], image-major, level-minor
-    edit = PerturbationEdit(alphas.repeat(n), config.svd_mode)
-    gen_x = ddim_generate(model, spaced, x_rep, t_edit=config.t_edit, hook=hook, edit=edit)
+    edit = make_edit(alphas.repeat(n), config.svd_mode)
+    gen_x = ddim_generate(model, spaced, x_rep, t_edit=config.t_edit, hook=hook, edit=edit, on_step=on_step)
     gen01 = ((gen_x.float() + 1) / 2).clamp(0, 1)
     with torch.no_grad():
         feats = extractor(gen01.to(next(extractor.parameters()).device)).reshape(n, K + 1, -1)
+        if classifier is not None:
+            pred = classifier.predict(gen01.to(next(classifier.parameters()).device)).reshape(n, K + 1).cpu()
+            flips = (pred[:, 1:] != pred[:, :1]).double()
+        else:
+            flips = torch.full((n, K), float("nan"), dtype=torch.float64)
     per_level = {k: v.cpu() for k, v in feature_distance_metrics(feats).items()}
-    per_level.update(dh_norm=edit.dh_norm.reshape(n, K + 1)[:, 1:], dh_rel=edit.dh_rel.reshape(n, K + 1)[:, 1:])
+    per_level.update(dh_norm=edit.dh_norm.reshape(n, K + 1)[:, 1:], dh_rel=edit.dh_rel.reshape(n, K + 1)[:, 1:],
+                     pixel_change=pixel_change(gen01.cpu().reshape(n, K + 1, *gen01.shape[1:])), label_flip=flips)
     per_image = (time.perf_counter() - t_start) / n
     results = []
     for j, (i, it) in enumerate(batch):
@@ -139,7 +154,7 @@ def _study_batch(model: nn.Module, spaced, extractor: nn.Module, batch: Sequence
 def run_hspace_study(groups: Mapping[str, str | Path], model: nn.Module, diffusion, extractor: nn.Module,
                      config: HSpaceConfig | None = None, out: str | Path | None = None,
                      provenance: Mapping | None = None, progress: bool = True, hook=None,
-                     paired: bool = True) -> HSpaceResult:
+                     paired: bool = True, classifier: nn.Module | None = None) -> HSpaceResult:
     """Run the perturbation study over ``groups`` (name -> CUB root or image folder).
 
     ``paired`` (for the paired Wilcoxon tests): every group must hold the same images (see `select_images`,
@@ -147,13 +162,14 @@ def run_hspace_study(groups: Mapping[str, str | Path], model: nn.Module, diffusi
     selected image is decoded once before anything is generated, so an unreadable file fails at once.
 
     ``model``/``diffusion``: the prior (``diffloss.load_prior``); images are sized to ``model.image_size``.
-    ``extractor``: [0, 1] NCHW -> [N, D] features (`build_feature_extractor`). With ``out`` a manifest
-    (out/manifest.json) records finished images and the grid images are saved under out/generations, so a
-    re-run with the same protocol skips finished work. Returns an `HSpaceResult`.
+    ``extractor``: [0, 1] NCHW -> [N, D] features (`build_feature_extractor`, `load_classifier_features`).
+    ``classifier``: a `ClassifierFeatures` (its ``predict``) for the label flips, or None (label_flip NaN). With
+    ``out`` a manifest (out/manifest.json) records finished images and the grid images are saved under
+    out/generations, so a re-run with the same protocol skips finished work. Returns an `HSpaceResult`.
 
     Under ``torchrun --nproc_per_node N`` (every rank holding the prior and the extractor on its own device):
-    rank 0 plans the run (`_plan_study`); the batches of ``config.batch_images`` images (within a group, in
-    selection order: the batches of one process) are dealt out round-robin, batch b to rank b mod N, so every
+    rank 0 plans the run (`_plan_study`); the batches (`_batches`: ``config.batch_images`` images within a group,
+    in selection order: the batches of one process) are dealt out round-robin, batch b to rank b mod N, so every
     image is computed in the same batch as on one process. After each round of N batches the records are
     gathered; rank 0 alone writes the grid PNGs and the manifest, so an interrupted run resumes (with any number
     of processes) from the last round. Every rank returns the same rows; ``grid`` is filled on rank 0 only."""
@@ -171,8 +187,8 @@ def run_hspace_study(groups: Mapping[str, str | Path], model: nn.Module, diffusi
                    if (g, it.key) not in pending]
         grid: dict[str, list] = {g: list(plan.cached.get(g, [])) for g in groups}
 
-        def compute(batch):
-            return _study_batch(model, spaced, extractor, batch, config, size, hook)
+        def compute(batch, on_step=None):
+            return _study_batch(model, spaced, extractor, batch, config, size, hook, classifier, on_step)
 
         seconds += _run_rounds(plan, groups, config, compute, grid, out, rank, world, progress)
         if out is not None:
@@ -194,29 +210,62 @@ def _run_rounds(plan: _Plan, groups: Mapping, config: HSpaceConfig, compute, gri
     rank 0, to ``grid`` and the output folder. Returns the seconds per image of the computed images."""
     from tqdm.auto import tqdm
 
-    batches = [(g, plan.todo[g][s:s + config.batch_images]) for g in groups
-               for s in range(0, len(plan.todo[g]), config.batch_images)]
+    batches = _batches(plan, groups, config)
     mine = shard(batches, rank, world)
+    pending = {(g, it.key) for g in groups for _, it in plan.todo[g]}
     n_total = sum(len(v) for v in plan.chosen.values())
-    n_pending = sum(len(v) for v in plan.todo.values())
+    n_done = n_total - len(pending)
+    steps = max(1, int(config.steps))
     seconds: list[float] = []
-    with tqdm(total=n_total, initial=n_total - n_pending, desc="h-space study", unit="img",
-              disable=not progress or rank != 0) as bar:
+    # the bar ticks at every DDIM step (a fraction of the batch's images), not once per batch of minutes
+    with tqdm(total=n_total, initial=n_done, desc="h-space study", unit="img", disable=not progress or rank != 0,
+              bar_format="{l_bar}{bar}| {n:.1f}/{total} img [{elapsed}<{remaining}]") as bar:
         for r in range(-(-len(batches) // world)):
             def my_batch(r=r) -> tuple[str, list] | None:  # None: this rank has no batch in the last round
-                return None if r >= len(mine) else (mine[r][0], compute(mine[r][1]))
+                if r >= len(mine):
+                    return None
+                g, batch = mine[r]
+                share = sum((g, it.key) in pending for _, it in batch) / steps
+                return g, compute(batch, on_step=lambda: bar.update(share))
 
             new = [part for part in gather_checked(my_batch, rank, world) if part is not None]
+            new = [(g, [res for res in results if (g, res[0]) in pending]) for g, results in new]
             for g, results in new:
                 for key, rec, entry in results:
                     plan.done.setdefault(g, {})[key] = rec
                     seconds.append(float(rec["seconds"]))
+                    pending.discard((g, key))
                     if entry is not None and rank == 0:
                         grid[g].append(entry)
             if out is not None:
                 on_rank0(lambda new=new: _save_round(out, new, plan), rank, world)  # rank 0 writes
-            bar.update(sum(len(results) for _, results in new))
+            n_done += sum(len(results) for _, results in new)
+            bar.n = n_done  # exact after each round (rank 0 saw only its own batches' steps)
+            bar.refresh()
     return seconds
+
+
+def _batches(plan: _Plan, groups: Mapping, config: HSpaceConfig) -> list[tuple[str, list[tuple[int, ImageItem]]]]:
+    """The batches to compute, in order: per group, ``config.batch_images`` images at a time in selection order.
+
+    ``sample`` and ``pullback`` edit each sample on its own: the pending images are batched. ``batch-svd``'s
+    direction depends on the batch, so the batches are fixed over the whole selection (a last batch of one image
+    joins the batch before it: the direction needs two images), and a batch with any pending image is computed
+    whole (its finished images come out the same and are not counted twice)."""
+    b = int(config.batch_images)
+    out = []
+    for g in groups:
+        if config.svd_mode != "batch-svd":
+            todo = plan.todo[g]
+            out += [(g, todo[s:s + b]) for s in range(0, len(todo), b)]
+            continue
+        chosen = list(enumerate(plan.chosen[g]))
+        fixed = [chosen[s:s + b] for s in range(0, len(chosen), b)]
+        if len(fixed) > 1 and len(fixed[-1]) == 1:
+            fixed[-2:] = [fixed[-2] + fixed[-1]]
+        pending = {it.key for _, it in plan.todo[g]}
+        out += [(g, batch) for batch in fixed if any(it.key in pending for _, it in batch)]
+    return out
 
 
 def _save_round(out: Path, new: Sequence[tuple[str, list]], plan: _Plan) -> None:

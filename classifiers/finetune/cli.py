@@ -42,7 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     config = config_from_args(FinetuneConfig, build_parser().parse_args(argv))
-    return run_cli(lambda: finetune(config), threads=config.threads, report=_report, out=config.out)
+    return run_cli(lambda: finetune(config), config=config, threads=config.threads, report=_report, out=config.out)
 
 
 def _report(summary: dict) -> None:

@@ -9,7 +9,7 @@ from typing import Any
 from runkit.checks import fraction, nonnegative_int, nonnegative_number, positive_int, positive_number
 from runkit.options import LoaderOptions, RunOptions, option
 
-from classifiers.preprocess import URIE_BBOX_SIZE, default_preprocess, eval_protocol, parse_bbox_size, protocol_preprocess
+from classifiers.preprocess import NO_COLOR_JITTER, URIE_BBOX_SIZE, default_preprocess, eval_protocol, parse_bbox_size, protocol_preprocess
 from classifiers.registry import CLASSIFIERS
 
 __all__ = ["FinetuneConfig", "run_preprocess", "jsonable"]
@@ -57,6 +57,10 @@ class FinetuneConfig(RunOptions, LoaderOptions):
     warmup_epochs: float = option(1.0, check=nonnegative_number, result=True, help="linear warm-up length")
     crop_scale: tuple[float, float] = option((0.25, 1.0), parse=float, nargs=2, metavar=("LOW", "HIGH"),
                                              result=True, help="RandomResizedCrop area range")
+    color_jitter: tuple[float, float, float, float] = option(
+        NO_COLOR_JITTER, parse=float, nargs=4, metavar=("B", "C", "S", "H"), result=True,
+        help="colour jitter of the training images: brightness, contrast, saturation in [0, 1) (factor drawn from "
+             "[1 - v, 1 + v]) and hue in [0, 0.5] (shift, in turns); all 0 (default): off")
     label_smoothing: float = option(0.0, check=fraction(zero=True, one=False), result=True,
                                     help="cross-entropy smoothing")
     amp: bool = option(True, result=True, help="mixed precision on CUDA (bf16 where supported, else fp16 + "
@@ -68,6 +72,7 @@ class FinetuneConfig(RunOptions, LoaderOptions):
 
     def __post_init__(self) -> None:
         self.crop_scale = tuple(self.crop_scale)
+        self.color_jitter = tuple(self.color_jitter)
 
     def check(self) -> None:
         """ValueError naming the first bad setting (unknown arch: the valid names)."""
@@ -75,6 +80,10 @@ class FinetuneConfig(RunOptions, LoaderOptions):
         lo, hi = self.crop_scale
         if not 0 < lo <= hi <= 1:
             raise ValueError(f"--crop-scale must satisfy 0 < LOW <= HIGH <= 1, got {lo} {hi}")
+        *bcs, hue = self.color_jitter
+        if not all(0 <= v < 1 for v in bcs) or not 0 <= hue <= 0.5:
+            raise ValueError(f"--color-jitter needs brightness, contrast, saturation in [0, 1) and hue in [0, 0.5], "
+                             f"got {' '.join(f'{v:g}' for v in self.color_jitter)}")
         if self.bbox_crop:
             self._check_bbox_size()
 

@@ -20,9 +20,9 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from cubdata import CubDataset, CubIndex, read_cub
+from cubdata import CubDataset, CubIndex, read_cub, require_decodable
 from runkit.files import atomic_save_torch
-from runkit.distributed import barrier, distributed
+from runkit.distributed import barrier, distributed, on_rank0
 from runkit.rundir import RunDir
 from runkit.runtime import torch_threads
 
@@ -92,7 +92,7 @@ def _load_data(config: FinetuneConfig) -> _Data:
     index = read_cub(config.cub_root)
     preprocess, protocol = run_preprocess(config)
     # with bbox_crop both splits are cropped to their boxes before the transforms (missing boxes: ValueError)
-    train_set = CubDataset(index, "train", transform=train_transform(preprocess, config.crop_scale),
+    train_set = CubDataset(index, "train", transform=train_transform(preprocess, config.crop_scale, config.color_jitter),
                            bbox_crop=protocol["bbox_crop"])
     test_set = CubDataset(index, "test", transform=protocol_transform(preprocess, protocol),
                           bbox_crop=protocol["bbox_crop"])
@@ -120,6 +120,11 @@ def finetune(config: FinetuneConfig, on_epoch_end: Callable[[int, dict], None] |
             return {"ckpt": str(run_dir.file(CHECKPOINT_NAME)), "arch": config.arch, "epochs": existing["epochs"],
                     "clean_test_top1": existing["clean_test_top1"], "seconds": 0.0, "skipped": True}
         data = _load_data(config)
+        # every image decoded once before the first write: a broken one is one line naming it, not a worker's
+        # traceback in the middle of an epoch
+        on_rank0(lambda: require_decodable([data.index.image_path(r) for d in (data.train_set, data.test_set)
+                                            for r in d.records], desc="checking images",
+                                           progress=config.progress and rank == 0), rank, world)
         cuda_devices = [device.index or 0] if device.type == "cuda" else []
         # Library code never touches the caller's global RNG: fork it, seed the fork, restore on exit.
         with torch_threads(config.threads), torch.random.fork_rng(devices=cuda_devices):

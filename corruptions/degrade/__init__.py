@@ -20,12 +20,14 @@ from corruptions.degrade.cli import build_parser, main
 from corruptions.degrade.manifests import MANIFEST_FORMAT, library_versions
 from corruptions.degrade.outdir import MANIFEST_NAME, BuildConfigError, variant_root
 from corruptions.degrade.settings import DEFAULT_OUT, DegradeConfig
+from corruptions.degrade.worker import CorruptionFailed
 
 __all__ = [
     "build_degraded_cub",
     "run_build",
     "DegradeConfig",
     "BuildConfigError",
+    "CorruptionFailed",
     "MANIFEST_NAME",
     "MANIFEST_FORMAT",
     "DEFAULT_OUT",

@@ -2,6 +2,7 @@
 and return the summary."""
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import time
@@ -15,7 +16,7 @@ from corruptions.registry import corruption_entry
 from corruptions.degrade.manifests import Variant, library_versions, open_variant
 from corruptions.degrade.outdir import check_out_folder, remove_stray_temp_files
 from corruptions.degrade.settings import DEFAULT_OUT, DegradeConfig
-from corruptions.degrade.worker import ImageTask, Job, run_tasks
+from corruptions.degrade.worker import ImageTask, Job, probe_task, run_tasks
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +55,8 @@ def build_degraded_cub(
 
     Raises ``CubLayoutError`` for a bad root, ``BuildConfigError`` if OUT holds files this builder did not
     write or a build with other settings (without ``overwrite``), ``ValueError``/``TypeError`` for bad
-    arguments, ``RuntimeError`` if a corruption fails on an image.
+    arguments, `CorruptionFailed` (a RuntimeError) if a corruption fails on an image (tried once per
+    variant before anything is written, so a broken plug-in leaves nothing behind).
     """
     cfg = DegradeConfig(cub_root=cub_root, out=out, corruptions=corruptions, severities=severities, split=split,
                         workers=workers, seed=seed, fmt=fmt, quality=quality, overwrite=overwrite,
@@ -77,6 +79,7 @@ def run_build(cfg: DegradeConfig) -> dict:
     variants = {v.key: v for v in (open_variant(corruption_entry(name), sev, cfg, index.root, versions)
                                    for name in cfg.corruptions for sev in cfg.severities)}  # all checked first
     tasks = _plan(variants.values(), index, records, rel_out, cfg)
+    _probe(tasks)  # a broken corruption fails here, before the first manifest or folder is written
     n_todo = sum(len(t.jobs) for t in tasks)
     log.info("building %d variant(s) x %d %s image(s) of %s into %s: %d to write, %d already done",
              len(variants), len(records), cfg.split, index.root, cfg.out, n_todo,
@@ -110,6 +113,19 @@ def _plan(variants, index: CubIndex, records: list[CubRecord], rel_out: dict[int
                 pending.setdefault(rec.image_id, []).append(Job(var.entry, var.severity, str(dst)))
     return [ImageTask(rec.image_id, str(index.image_path(rec)), tuple(pending[rec.image_id]), cfg.seed, cfg.fmt,
                       cfg.quality) for rec in records if rec.image_id in pending]
+
+
+def _probe(tasks: list[ImageTask]) -> None:
+    """Try each pending (corruption, severity) once, in memory, on the first decodable source image that
+    needs it (`probe_task`): the cost of one image per variant, paid so that a plug-in that is not a
+    corruption stops the build in one line with nothing written. Raises `CorruptionFailed`."""
+    untried = {(job.corruption.name, job.severity) for task in tasks for job in task.jobs}
+    for task in tasks:
+        if not untried:
+            return
+        jobs = tuple(job for job in task.jobs if (job.corruption.name, job.severity) in untried)
+        if jobs and probe_task(dataclasses.replace(task, jobs=jobs)):
+            untried -= {(job.corruption.name, job.severity) for job in jobs}
 
 
 def _run(tasks: list[ImageTask], variants: dict[tuple[str, int], Variant], rel_out: dict[int, str],

@@ -1,5 +1,6 @@
 """``python -m corruptions.degrade``: the flags are the fields of `DegradeConfig`; prints one row per variant and
-exits 1 when images failed, 2 (one line on stderr) on a bad root, a foreign --out or other settings."""
+exits 1 when images failed, 2 (one line on stderr) on a bad root, a foreign --out, other settings or a broken
+corruption, 130 on Ctrl-C (rerun to resume)."""
 from __future__ import annotations
 
 import argparse
@@ -7,12 +8,13 @@ import sys
 
 from runkit.cli import ArgumentParser
 from runkit.options import add_config_arguments, config_from_args
-from runkit.errors import run_cli
+from runkit.errors import EXPECTED_ERRORS, run_cli
 
 from corruptions.registry import get_corruption_names
 from corruptions.degrade.builder import run_build
 from corruptions.degrade.outdir import MANIFEST_NAME
 from corruptions.degrade.settings import DegradeConfig
+from corruptions.degrade.worker import CorruptionFailed
 
 __all__ = ["build_parser", "main"]
 
@@ -51,5 +53,6 @@ def print_summary(summary: dict) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    return run_cli(lambda: print_summary(run_build(config_from_args(DegradeConfig, args))))
+    cfg = config_from_args(DegradeConfig, build_parser().parse_args(argv))
+    return run_cli(lambda: print_summary(run_build(cfg)), config=cfg, errors=(*EXPECTED_ERRORS, CorruptionFailed),
+                   out=cfg.out)

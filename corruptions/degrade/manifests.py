@@ -109,7 +109,7 @@ def _refuse_other_settings(root: Path, old: dict, new: dict) -> None:
     if diff:
         settings = ", ".join(f"{k}: {old.get(k)!r} there, {new[k]!r} now" for k in diff)
         raise BuildConfigError(f"{root} was built with other settings ({settings}). Use another --out, or pass "
-                               "--overwrite (overwrite=True) to rebuild it.")
+                               "--overwrite to rebuild it.")
 
 
 def open_variant(entry: Corruption, severity: int, cfg: DegradeConfig, source_root: Path,

@@ -67,7 +67,7 @@ def check_out_folder(out: Path, corruptions: tuple[str, ...]) -> None:
         shown = ", ".join(repr(f) for f in foreign[:3]) + (f" and {len(foreign) - 3} more" if len(foreign) > 3 else "")
         raise BuildConfigError(
             f"--out {out} holds files not written by corruptions.degrade ({shown}); choose an empty folder or pass "
-            "--overwrite (overwrite=True) to write into it anyway"
+            "--overwrite to write into it anyway"
         )
 
 

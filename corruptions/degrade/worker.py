@@ -5,21 +5,24 @@ from __future__ import annotations
 import hashlib
 import multiprocessing
 import os
-import signal
 import sys
-import threading
-import time
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
 from cubdata import ImageDecodeError, encode_image, load_rgb
 from runkit.files import atomic_write_bytes
+from runkit.process import die_with_parent, ignore_sigint
 
 from corruptions.registry import Corruption
 
-__all__ = ["Job", "ImageTask", "process_image", "run_tasks", "die_with_parent", "watch_parent", "init_worker",
+__all__ = ["Job", "ImageTask", "CorruptionFailed", "process_image", "probe_task", "run_tasks", "init_worker",
            "keep_freed_memory"]
+
+
+class CorruptionFailed(RuntimeError):
+    """A corruption (or the encoder) raised on an image: a bug of that corruption, a plug-in's above all. The
+    message names the corruption, severity and image; the build stops (one line from the CLI)."""
 
 
 @dataclass(frozen=True)
@@ -37,25 +40,6 @@ class ImageTask:
     seed: int
     fmt: str
     quality: int
-
-
-def die_with_parent(parent_pid: int) -> None:
-    """Pool initializer: end this worker as soon as its parent dies, even by SIGKILL (when no clean-up of the
-    parent runs), so that no orphan goes on writing into OUT. Linux: the kernel sends SIGKILL on the
-    parent's death (prctl PR_SET_PDEATHSIG); elsewhere a watchdog thread polls the parent pid."""
-    if sys.platform.startswith("linux"):
-        try:
-            import ctypes
-
-            libc = ctypes.CDLL(None, use_errno=True)
-            pr_set_pdeathsig = 1
-            if libc.prctl(pr_set_pdeathsig, int(signal.SIGKILL), 0, 0, 0) == 0:
-                if os.getppid() != parent_pid:  # the parent died before the request took effect
-                    os._exit(1)
-                return
-        except (OSError, AttributeError):
-            pass
-    threading.Thread(target=watch_parent, args=(parent_pid,), name="parent-watchdog", daemon=True).start()
 
 
 #: glibc mallopt parameters (malloc.h) and the values a worker sets
@@ -83,15 +67,11 @@ def keep_freed_memory() -> bool:
 
 
 def init_worker(parent_pid: int) -> None:
-    """Pool initializer: die with the parent (`die_with_parent`) and keep freed memory (`keep_freed_memory`)."""
+    """Pool initializer: die with the parent (`runkit.process.die_with_parent`), leave Ctrl-C to it (no
+    traceback per worker; the parent stops the pool) and keep freed memory (`keep_freed_memory`)."""
     die_with_parent(parent_pid)
+    ignore_sigint()
     keep_freed_memory()
-
-
-def watch_parent(parent_pid: int, interval: float = 0.5) -> None:
-    while os.getppid() == parent_pid:
-        time.sleep(interval)
-    os._exit(1)  # reparented: the parent is gone
 
 
 def _result(task: ImageTask, job: Job, status: str, sha256=None, size=None, error=None) -> dict:
@@ -99,11 +79,23 @@ def _result(task: ImageTask, job: Job, status: str, sha256=None, size=None, erro
             "status": status, "sha256": sha256, "bytes": size, "error": error}
 
 
+def _degraded_bytes(task: ImageTask, job: Job, image) -> bytes:
+    """The encoded output of one job; `CorruptionFailed` naming the image when the corruption or encoder raises."""
+    rng = job.corruption.rng(task.seed, task.image_id, job.severity)
+    try:
+        return encode_image(job.corruption(image, job.severity, rng), task.fmt, task.quality)
+    except Exception as err:  # name the image; the caller stops the run
+        raise CorruptionFailed(
+            f"corruption {job.corruption.name} severity {job.severity} failed on image {task.image_id} "
+            f"({task.src}) of shape {image.shape}: {type(err).__name__}: {err}"
+        ) from err
+
+
 def process_image(task: ImageTask) -> list[dict]:
     """Decode one source image once and write all its pending degraded versions (runs in a worker).
 
     A source that cannot be decoded gives ``failed`` results; an exception inside a corruption or the
-    encoder is a bug and propagates (with the image and corruption named) so the run stops.
+    encoder is a bug and propagates as `CorruptionFailed` (naming the image and corruption): the run stops.
     """
     try:
         image = load_rgb(task.src)
@@ -112,19 +104,25 @@ def process_image(task: ImageTask) -> list[dict]:
         return [_result(task, job, status="failed", error=msg) for job in task.jobs]
     results = []
     for job in task.jobs:
-        rng = job.corruption.rng(task.seed, task.image_id, job.severity)
-        try:
-            data = encode_image(job.corruption(image, job.severity, rng), task.fmt, task.quality)
-        except Exception as err:  # name the image; the caller stops the run
-            raise RuntimeError(
-                f"{job.corruption.name} severity {job.severity} failed on image {task.image_id} ({task.src}) "
-                f"of shape {image.shape}: {type(err).__name__}: {err}"
-            ) from err
+        data = _degraded_bytes(task, job, image)
         # no fsync per image: the manifest (written durably) holds its SHA-256 and a resume re-verifies it,
         # so an image lost to a power cut is redone
         atomic_write_bytes(job.dst, data, durable=False)
         results.append(_result(task, job, status="ok", sha256=hashlib.sha256(data).hexdigest(), size=len(data)))
     return results
+
+
+def probe_task(task: ImageTask) -> bool:
+    """Run every job of ``task`` in memory, writing nothing: a broken corruption (a plug-in that is no
+    corruption, one returning the wrong array) raises `CorruptionFailed` before the build writes anything.
+    False when the source image cannot be decoded (nothing was tried)."""
+    try:
+        image = load_rgb(task.src)
+    except (ImageDecodeError, FileNotFoundError):
+        return False
+    for job in task.jobs:
+        _degraded_bytes(task, job, image)
+    return True
 
 
 #: Builds with fewer source images and one worker run in this process (no spawn start-up, about 1.5 s).

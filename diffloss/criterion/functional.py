@@ -14,7 +14,7 @@ validation here (``diffloss.criterion.checks`` and :class:`diffloss.DiffLoss` do
 from __future__ import annotations
 
 import contextlib
-from typing import Any, Mapping, NamedTuple
+from typing import Any, Callable, Mapping, NamedTuple
 
 import numpy as np
 import torch
@@ -138,6 +138,7 @@ def diffloss_terms(
     batch_branches: bool = True,
     model_kwargs: Mapping[str, Any] | None = None,
     autocast_dtype: torch.dtype | None = None,
+    on_grad_overflow: Callable[[], None] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``(pixel, nat, sem)`` scalar float32 tensors; no input validation (see :class:`DiffLoss`).
 
@@ -155,6 +156,9 @@ def diffloss_terms(
             in float16 (this option, an outer fp16 autocast region or float16 weights), the gradient through
             it is scaled by a power of two and unscaled again (see ``diffloss.criterion.grad_scaling``): at the paper's
             weights it would otherwise underflow to 0. Values and the returned gradient are unchanged.
+        on_grad_overflow: called (no arguments) in the backward pass when that scaled float16 gradient is not
+            finite after unscaling (an overflow; a warning is logged too). The non-finite gradient is passed on,
+            so the caller's gradient check can skip the step, as torch's GradScaler does.
     """
     device_type = restored.device.type
     _refuse_gd_checkpointing_under_cpu_autocast(model, device_type, autocast_dtype)
@@ -165,7 +169,8 @@ def diffloss_terms(
     z_t = diffuse(diffusion, z, t, noise)
     x_t = diffuse(diffusion, x, t, noise)
     # fp16 UNet: scale the gradient through it (diffloss.criterion.grad_scaling); the z branch only, in both modes
-    holder = GradScale() if z_t.requires_grad and unet_backward_in_float16(model, device_type, autocast_dtype) else None
+    fp16 = z_t.requires_grad and unet_backward_in_float16(model, device_type, autocast_dtype)
+    holder = GradScale(on_grad_overflow) if fp16 else None
     z_in = z_t if holder is None else UnscaleGradOutOfUNet.apply(holder, z_t)
     amp = (contextlib.nullcontext if autocast_dtype is None
            else lambda: torch.autocast(device_type, dtype=autocast_dtype))
@@ -220,11 +225,12 @@ def _unet_branches(model: nn.Module, z_in: torch.Tensor, x_t: torch.Tensor, ts: 
 def diffloss(model: nn.Module, diffusion: Any, restored: torch.Tensor, clean: torch.Tensor, t: torch.Tensor,
              noise: torch.Tensor, *, gamma: float = 1e-3, lam: float = 1e-2, target: str = "eps",
              weights: torch.Tensor | None = None, batch_branches: bool = True,
-             model_kwargs: Mapping[str, Any] | None = None, autocast_dtype: torch.dtype | None = None) -> DiffLossOutput:
+             model_kwargs: Mapping[str, Any] | None = None, autocast_dtype: torch.dtype | None = None,
+             on_grad_overflow: Callable[[], None] | None = None) -> DiffLossOutput:
     """The full criterion for given ``t`` and ``noise``: ``total = pixel + gamma * (nat + lam * sem)``; the
     other keywords are those of :func:`diffloss_terms`."""
     pixel, nat, sem = diffloss_terms(model, diffusion, restored, clean, t, noise, target=target, weights=weights,
                                      batch_branches=batch_branches, model_kwargs=model_kwargs,
-                                     autocast_dtype=autocast_dtype)
+                                     autocast_dtype=autocast_dtype, on_grad_overflow=on_grad_overflow)
     total = pixel + gamma * (nat + lam * sem)
     return DiffLossOutput(total, pixel, nat, sem, t)

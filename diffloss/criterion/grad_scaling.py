@@ -8,14 +8,24 @@ their largest magnitude to ~1; on the way out the gradient of the UNet's input i
 Powers of two make both steps exact, so the value of ``total`` and the gradient the caller sees are
 unchanged; only the float16 arithmetic in between sees well-scaled numbers.
 
-    holder = GradScale()
+Overflow. Scaling the largest output gradient to ~1 leaves 16 binades of float16 headroom, but a backward
+pass that amplifies gradients more than that (or an inf/NaN already in the forward pass) gives a non-finite
+gradient where unscaled float16 might have stayed finite (and underflowed). As torch's GradScaler does, the
+unscaled gradient is checked (one device sync per backward pass): if it is not finite, a warning is logged,
+``holder.on_overflow`` is called (`DiffLoss` counts it in ``grad_overflows``) and the non-finite gradient is
+passed on unchanged, so that the caller's gradient check skips the optimisation step (``restoration.train``
+does; in your own loop torch's ``GradScaler.step`` does, or check the gradients before ``optimizer.step()``).
+The scale is chosen afresh from each pass's own gradients, so unlike GradScaler's carried-over scale it has
+no state to back off.
+
+    holder = GradScale(on_overflow=callback)   # callback optional
     x_in = UnscaleGradOutOfUNet.apply(holder, x_t)          # before the UNet
     out, h = ScaleGradIntoUNet.apply(holder, out, h)       # after it (float32 outputs)
 """
 from __future__ import annotations
 
 import logging
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
 from torch import nn
@@ -28,12 +38,14 @@ _GRAD_TARGET = 1.0  # largest |gradient| entering the UNet after scaling: ample 
 
 
 class GradScale:
-    """The scale chosen by :class:`ScaleGradIntoUNet` for one backward pass, read by :class:`UnscaleGradOutOfUNet`."""
+    """The scale chosen by :class:`ScaleGradIntoUNet` for one backward pass, read by :class:`UnscaleGradOutOfUNet`,
+    and ``on_overflow``: called (no arguments) when the unscaled gradient is not finite."""
 
-    __slots__ = ("scale",)
+    __slots__ = ("scale", "on_overflow")
 
-    def __init__(self) -> None:
+    def __init__(self, on_overflow: Callable[[], None] | None = None) -> None:
         self.scale: torch.Tensor | None = None
+        self.on_overflow = on_overflow
 
 
 def _power_of_two_scale(grads: Sequence[torch.Tensor]) -> torch.Tensor:
@@ -63,7 +75,8 @@ class ScaleGradIntoUNet(torch.autograd.Function):
 
 
 class UnscaleGradOutOfUNet(torch.autograd.Function):
-    """Identity on the UNet's (float32) input; backward divides its gradient by the scale applied at the outputs."""
+    """Identity on the UNet's (float32) input; backward divides its gradient by the scale applied at the outputs
+    and reports a non-finite result (`GradScale.on_overflow`, a warning); the gradient is passed on as it is."""
 
     @staticmethod
     def forward(ctx, holder: GradScale, x: torch.Tensor) -> torch.Tensor:
@@ -72,8 +85,24 @@ class UnscaleGradOutOfUNet(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
-        scale = ctx.holder.scale
-        return None, (grad if scale is None else grad / scale.to(grad.dtype))
+        holder = ctx.holder
+        if holder.scale is None:
+            return None, grad
+        grad = grad / holder.scale.to(grad.dtype)
+        if not bool(torch.isfinite(grad).all()):
+            _report_overflow(grad, holder)
+        return None, grad
+
+
+def _report_overflow(grad: torch.Tensor, holder: GradScale) -> None:
+    bad = int((~torch.isfinite(grad)).sum())
+    log.warning(
+        "DiffLoss: the float16 UNet's backward pass overflowed: %d of %d input-gradient values are inf/NaN after "
+        "unscaling (scale 2^%d). The gradient is passed on as it is, so skip this optimisation step (restoration.train "
+        "does; in your own loop use torch's GradScaler or check the gradients before optimizer.step()); "
+        "autocast='bf16' has float32's range", bad, grad.numel(), int(torch.log2(holder.scale).item()))
+    if holder.on_overflow is not None:
+        holder.on_overflow()
 
 
 def unet_backward_in_float16(model: nn.Module, device_type: str, autocast_dtype: torch.dtype | None) -> bool:

@@ -67,6 +67,9 @@ class DiffLoss(nn.Module):
             ``torch.autocast`` (the diffusion arithmetic and the MSEs stay float32). An autocast region
             around the whole criterion works too. Under fp16 the gradient through the UNet is scaled
             internally (a power of two, divided out again), so it does not underflow at the paper's weights.
+            If it overflows instead (inf/NaN after unscaling), a warning is logged, ``grad_overflows`` counts
+            it, and the non-finite gradient is passed on: skip that optimisation step, as torch's GradScaler
+            does (``restoration.train`` checks every gradient and does).
         channels_last: convert the UNet's conv weights and the UNet inputs to ``torch.channels_last``.
         checkpointing: False (leave the model as it is), True or "torch" (``torch.utils.checkpoint``
             around every ResBlock/AttentionBlock, works with frozen weights under any autocast), or
@@ -130,6 +133,11 @@ class DiffLoss(nn.Module):
         table = timestep_weight_table(diffusion, t_weighting, self.t_range)
         self._weight_table = None if np.all(table == 1.0) else table
         self._size_noted: set[tuple[int, int]] = set()
+        #: backward passes whose float16-scaled gradient was not finite after unscaling (see ``autocast``)
+        self.grad_overflows = 0
+
+    def _count_grad_overflow(self) -> None:
+        self.grad_overflows += 1
 
     def train(self, mode: bool = True) -> "DiffLoss":
         super().train(mode)
@@ -199,5 +207,5 @@ class DiffLoss(nn.Module):
         return diffloss(
             self.model, self.diffusion, restored, clean, t, noise, gamma=self.gamma, lam=self.lam,
             target=self.target, weights=weights, batch_branches=self.batch_branches, model_kwargs=model_kwargs,
-            autocast_dtype=self.autocast_dtype,
+            autocast_dtype=self.autocast_dtype, on_grad_overflow=self._count_grad_overflow,
         )

@@ -19,9 +19,14 @@ term always uses the full crop. With crop == prior size (the paper's 256/256) no
 loss is exactly DiffLoss's ``total``.
 
 Outputs in ``--out``: ``ckpt.pt`` (atomic; net name/kwargs, weights, optimizer, step, RNG states, config),
-``log.csv`` (step, pixel, nat, sem, total), ``val.csv`` (validation PSNR/SSIM), ``loss_curve.png``,
-``config.json`` and ``done.json`` when finished. Rerunning the same command continues from ``ckpt.pt`` and gives the same
-weights as an uninterrupted run. Multi-GPU: ``torchrun --nproc_per_node N -m restoration.train ...`` (DDP;
+``log.csv`` (step, pixel, nat, sem, total, skipped: 1 where an inf/NaN loss or gradient skipped the
+optimizer step), ``val.csv`` (validation PSNR/SSIM), ``loss_curve.png``,
+``config.json`` and ``done.json`` when finished. ``ckpt.pt`` is written every ``--ckpt-every`` steps (500) and
+whenever ``--ckpt-minutes`` (10) of wall time have passed since the last one, so a crash, a full disk or Ctrl-C
+costs at most that much. Rerunning the same command continues from ``ckpt.pt`` and gives the same
+weights as an uninterrupted run. Before the first write every training image (and each validation image used)
+is decoded once (a few ms per CUB-sized image: ``python benchmarks/decode_check.py``), so a broken file is
+refused up front. Multi-GPU: ``torchrun --nproc_per_node N -m restoration.train ...`` (DDP;
 ``--batch-size`` is per process); CPU works.
 
 N processes at ``--batch-size B`` train on the same crops as one process at ``--batch-size N*B`` (rank r takes
@@ -44,9 +49,9 @@ from pathlib import Path
 
 from runkit.cli import ArgumentParser
 from runkit.errors import EXPECTED_ERRORS, run_cli
-from runkit.options import add_config_arguments, config_from_args
+from runkit.options import add_config_arguments, config_from_args, flag_of
 
-from restoration.train.config import TrainConfig
+from restoration.train.config import DIFFLOSS_FIELDS, TrainConfig
 from restoration.train.loop import train_restoration
 
 __all__ = ["TrainConfig", "train_restoration", "build_parser", "main"]
@@ -69,9 +74,28 @@ def _report(run_dir: Path) -> None:
           + (f", val PSNR {val['psnr']:.2f} dB SSIM {val['ssim']:.4f}" if val else ""))
 
 
+def _refuse_ignored_flags(parser: argparse.ArgumentParser, args: argparse.Namespace, cfg: TrainConfig) -> None:
+    """Refuse DiffLoss flags that ``--diffloss off`` would silently ignore: ValueError naming them when any of
+    `DIFFLOSS_FIELDS` was given a value other than its default (the field's, or a ``--config`` file's, so a
+    replayed run is never refused)."""
+    if cfg.diffloss:
+        return
+    given = [flag_of(TrainConfig, name) for name in DIFFLOSS_FIELDS if getattr(args, name) != parser.get_default(name)]
+    if given:
+        raise ValueError(f"{', '.join(given)} only matter(s) with --diffloss on, which this run does not use; add "
+                         "--diffloss on, or drop the flag(s)")
+
+
 def main(argv=None) -> int:
-    cfg = config_from_args(TrainConfig, build_parser().parse_args(argv))
-    return run_cli(lambda: train_restoration(cfg), threads=cfg.threads, errors=ERRORS, report=_report, out=cfg.out)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    cfg = config_from_args(TrainConfig, args)
+
+    def work() -> Path:
+        _refuse_ignored_flags(parser, args, cfg)
+        return train_restoration(cfg)
+
+    return run_cli(work, config=cfg, threads=cfg.threads, errors=ERRORS, report=_report, out=cfg.out)
 
 
 if __name__ == "__main__":

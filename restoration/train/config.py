@@ -9,9 +9,10 @@ import json
 from dataclasses import dataclass
 from typing import Any, Mapping
 
-from runkit.checks import nonnegative_int, one_of, positive_int, positive_number
+from runkit.checks import fraction, nonnegative_int, nonnegative_number, one_of, positive_int, positive_number
 from runkit.options import LoaderOptions, RunOptions, option
 
+from cubdata import VAL_FRACTION
 from diffloss.criterion import TARGETS
 from diffloss.prior.spec import PriorOptions
 from restoration.nets import DEFAULT_NET, NETS
@@ -49,7 +50,9 @@ class TrainConfig(RunOptions, LoaderOptions, PriorOptions):
     ``init``: a ``ckpt.pt`` whose network weights start this run (same net and kwargs); with
     ``init_optimizer`` its Adam moments too (at this run's lr), so a fine-tuning phase continues smoothly
     instead of restarting Adam, whose first steps move every weight by about lr.
-    ``val_every``/``ckpt_every`` 0: only at the end. ``val_images``: first N pairs of the val split.
+    ``val_every``/``ckpt_every`` 0: only at the end; ``ckpt_minutes`` also checkpoints after that much wall time
+    since the last checkpoint (0: off). ``val_images``: first N pairs of the val split (synthetic
+    CUB pairs: ``val_fraction`` of the train split, `cubdata.train_val_split`).
     """
 
     out: str = option(help="run folder (ckpt.pt, log.csv, val.csv, loss_curve.png)")
@@ -84,7 +87,14 @@ class TrainConfig(RunOptions, LoaderOptions, PriorOptions):
     init_optimizer: bool = option(False, result=True, help="with --init, also continue its Adam state")
     val_every: int = option(500, check=nonnegative_int, help="validate every N steps (0: only at the end)")
     val_images: int = option(16, check=nonnegative_int, help="number of validation pairs (0: no validation)")
-    ckpt_every: int = option(500, check=nonnegative_int, help="checkpoint every N steps (0: only at the end)")
+    val_fraction: float = option(VAL_FRACTION, check=fraction(zero=True, one=False), result=True,
+                                 help="synthetic CUB pairs: share of each class's train images held out for "
+                                      "validation (a seeded, class-stratified draw; the test split is never read)")
+    ckpt_every: int = option(500, check=nonnegative_int, help="checkpoint every N steps (0: only at the end and by "
+                                                                 "--ckpt-minutes)")
+    ckpt_minutes: float = option(10.0, check=nonnegative_number,
+                                 help="also checkpoint when this many minutes of wall time have passed since the last "
+                                      "checkpoint (0: off), so slow steps or --ckpt-every 0 never risk more than that")
     loader_workers: int = option(0, check=nonnegative_int, help="DataLoader worker processes")
     plot: bool = option(True, help="write loss_curve.png", negative_help="do not write loss_curve.png (written by default)")
 

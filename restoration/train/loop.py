@@ -23,13 +23,16 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from runkit.cli import resolve_device_name
-from runkit.distributed import barrier, distributed, gather
+from runkit.distributed import barrier, distributed, gather, on_rank0
+from runkit.process import loader_worker_init
 
 from restoration.checkpoint import load_checkpoint, read_checkpoint_file, save_checkpoint
 from restoration.metrics import psnr_ssim
 from restoration.nets import build_net, restore_tensor
 from runkit.runtime import count_parameters
-from restoration.pairs import PairSource, RandomCropPairs, StepBatchSampler, open_pairs, to_tensor
+from cubdata import require_decodable
+from restoration.pairs import (FolderPairs, PairSource, RandomCropPairs, StepBatchSampler, SyntheticPairs, open_pairs,
+                               to_tensor)
 from restoration.train.plots import save_loss_plot
 from runkit.rundir import RunDir
 from restoration.train.config import FIT_MODES, TrainConfig, as_config
@@ -41,8 +44,9 @@ __all__ = ["train_restoration", "fit_to_prior", "restoration_loss", "validate_re
 
 COMMAND = "restoration.train"
 OUTPUTS = ("ckpt.pt", "log.csv", "val.csv", "loss_curve.png")
-#: Columns of ``log.csv``: one row per optimisation step (``nat``/``sem`` empty without DiffLoss).
-LOG_FIELDS = ("step", "pixel", "nat", "sem", "total", "seconds")
+#: Columns of ``log.csv``: one row per optimisation step (``nat``/``sem`` empty without DiffLoss; ``skipped`` 1 where
+#: a non-finite loss or gradient kept the optimizer from stepping, see `_train_step`).
+LOG_FIELDS = ("step", "pixel", "nat", "sem", "total", "skipped", "seconds")
 #: Columns of ``val.csv``: one row per validation.
 VAL_FIELDS = ("step", "psnr", "ssim", "n")
 
@@ -124,7 +128,7 @@ class _Run:
     net: nn.Module
     opt: torch.optim.Optimizer
     train_src: PairSource
-    val_src: PairSource
+    val_src: PairSource | None  # None with val_images 0
     crit: Any = None
     prior_size: int | None = None
     step: int = 0
@@ -175,14 +179,38 @@ def _build_criterion(cfg: TrainConfig, device: torch.device, rank: int):
     return criterion, int(model.image_size)
 
 
+def _pair_files(source: PairSource | None, first: int | None = None) -> list[Path]:
+    """The image files behind the first ``first`` pairs of ``source`` (all when None): both sides of folder
+    pairs, the clean image of synthetic ones (its degraded side is computed)."""
+    if source is None:
+        return []
+    n = len(source) if first is None else min(first, len(source))
+    if isinstance(source, FolderPairs):
+        return [f for pair in source.pairs[:n] for f in (pair.low, pair.high)]
+    if isinstance(source, SyntheticPairs):
+        return [source.index.image_path(r) for r in source.records[:n]]
+    return []  # a pair source of your own: its files are its business
+
+
+def _check_images(cfg: TrainConfig, train_src: PairSource, val_src: PairSource | None, rank: int) -> None:
+    """Decode every training image and the validation images used (`cubdata.require_decodable`): a broken
+    one stops the run in one line before ``config.json`` is written, not at the step that draws it."""
+    files = _pair_files(train_src) + _pair_files(val_src, cfg.val_images)
+    n = require_decodable(dict.fromkeys(files), desc="checking images", progress=cfg.progress and rank == 0)
+    log.info("all %d training and validation images decode", n)
+
+
 def _setup(cfg: TrainConfig, run_dir: RunDir, rank: int, world: int, device: torch.device
            ) -> tuple[_Run, dict | None]:
     """Check every input (resume checkpoint, pairs, network, init checkpoint, prior) and build the run, then
     write ``config.json``: a refused run leaves nothing behind. Returns the run and the checkpoint to resume."""
     ckpt = _resume_checkpoint(run_dir, world)
-    train_src = open_pairs(cfg.pairs, "train", seed=cfg.seed)
-    val_src = open_pairs(cfg.val_pairs, "all", seed=cfg.seed) if cfg.val_pairs else open_pairs(cfg.pairs, "val", seed=cfg.seed)
+    train_src = open_pairs(cfg.pairs, "train", seed=cfg.seed, val_fraction=cfg.val_fraction)
+    val_src = None if not cfg.val_images else (
+        open_pairs(cfg.val_pairs, "all", seed=cfg.seed, val_fraction=cfg.val_fraction) if cfg.val_pairs
+        else open_pairs(cfg.pairs, "val", seed=cfg.seed, val_fraction=cfg.val_fraction))
     log.info("training pairs: %r; validation pairs: %r", train_src, val_src)
+    on_rank0(lambda: _check_images(cfg, train_src, val_src, rank), rank, world)  # a broken image: before any write
     net, init_ckpt = _initial_net(cfg, resuming=ckpt is not None)
     net = net.to(device).train()
     opt = torch.optim.Adam(net.parameters(), lr=cfg.lr)
@@ -220,20 +248,52 @@ def _loader(run: _Run) -> torch.utils.data.DataLoader:
         batch_sampler=StepBatchSampler(len(run.train_src), cfg.batch_size, cfg.seed, run.start, cfg.steps, run.rank, run.world),
         num_workers=cfg.loader_workers,
         pin_memory=run.device.type == "cuda",
+        worker_init_fn=loader_worker_init() if cfg.loader_workers else None,  # workers die with this process
     )
 
 
+def _all_finite(run: _Run, loss: torch.Tensor) -> bool:
+    """Whether the loss and every gradient of the net are finite (one device sync). Under DDP the gradients
+    are already all-reduced; the flag is reduced too, so every rank skips or steps together."""
+    flags = [torch.isfinite(loss.detach()).all()]
+    flags += [torch.isfinite(p.grad).all() for p in run.net.parameters() if p.grad is not None]
+    ok = torch.stack(flags).all()
+    if run.world > 1:
+        import torch.distributed as dist
+
+        ok = ok.float().to(run.device if dist.get_backend() == "nccl" else "cpu")
+        dist.all_reduce(ok, op=dist.ReduceOp.MIN)
+    return bool(ok)
+
+
 def _train_step(run: _Run, model: nn.Module, low: torch.Tensor, high: torch.Tensor) -> dict[str, float]:
-    """One optimisation step on a batch; returns its log row (without ``seconds``)."""
+    """One optimisation step on a batch; returns its log row (without ``seconds``).
+
+    A non-finite loss or gradient (DiffLoss's float16 gradient overflowing, a diverging net) never reaches
+    the optimizer: the step is skipped, as torch's GradScaler skips it, with a warning and ``skipped`` = 1 in
+    its row of ``log.csv``. A run whose every step was skipped ends with FloatingPointError (one line)."""
     low, high = low.to(run.device, non_blocking=True), high.to(run.device, non_blocking=True)
     loss, terms = restoration_loss(model(low), high, run.crit, run.prior_size, run.cfg.diffloss_fit)
-    if not torch.isfinite(loss):
-        raise FloatingPointError(f"loss became {float(loss)} at step {run.step + 1}; lower --lr (now {run.cfg.lr})")
     run.opt.zero_grad(set_to_none=True)
+    overflows = run.crit.grad_overflows if run.crit is not None else 0
     loss.backward()
-    run.opt.step()
+    finite = _all_finite(run, loss)
     run.step += 1
-    return {"step": run.step, **terms, "total": float(loss.detach())}
+    row = {"step": run.step, **terms, "total": float(loss.detach()), "skipped": int(not finite)}
+    if finite:
+        run.opt.step()
+        return row
+    skipped = 1 + sum(r.get("skipped", 0) for r in run.log_rows)
+    if run.crit is not None and run.crit.grad_overflows > overflows:
+        why = "DiffLoss's float16 gradient overflowed; --autocast bf16 has float32's range"
+    else:
+        why = f"loss {row['total']:g}, or an inf/NaN gradient; lower --lr (now {run.cfg.lr})"
+    log.warning("step %d skipped, the optimizer did not step (%s); %d of %d steps skipped so far",
+                run.step, why, skipped, run.step)
+    if run.step == run.cfg.steps and skipped == run.step:
+        raise FloatingPointError(f"every one of the {run.step} steps was skipped: their loss or gradients were "
+                                 f"never finite, so nothing was trained ({why})")
+    return row
 
 
 def _validate(run: _Run) -> None:
@@ -262,6 +322,22 @@ def _due(every: int, step: int, last: bool) -> bool:
     return bool(every and step % every == 0) or last
 
 
+def _time_due(run: _Run, since: float) -> bool:
+    """Whether ``--ckpt-minutes`` of wall time have passed since ``since`` (`time.monotonic`), by rank 0's
+    clock: under DDP every rank gets rank 0's answer, so all enter `_save`'s collectives together."""
+    minutes = run.cfg.ckpt_minutes
+    if not minutes:
+        return False
+    due = time.monotonic() - since >= 60.0 * minutes
+    if run.world > 1:
+        import torch.distributed as dist
+
+        flag = torch.tensor(float(due), device=run.device if dist.get_backend() == "nccl" else "cpu")
+        dist.broadcast(flag, src=0)
+        due = bool(flag.item())
+    return due
+
+
 def _train_steps(run: _Run) -> None:
     """Steps ``start + 1 .. steps``, validating and checkpointing as configured. The global RNG (dropout etc.
     inside user networks) is forked, so the caller's state is untouched, seeded per rank, and restored from
@@ -273,6 +349,7 @@ def _train_steps(run: _Run) -> None:
 
         model = DDP(run.net, device_ids=[run.device.index] if run.device.type == "cuda" else None)
     t0, elapsed0 = time.perf_counter(), run.log_rows[-1]["seconds"] if run.log_rows else 0.0
+    last_save = time.monotonic()  # --ckpt-minutes counts from here, then from each checkpoint
     bar = tqdm(total=cfg.steps, initial=run.start, desc=f"train {run.run_dir.path.name}", dynamic_ncols=True,
                disable=not cfg.progress or run.rank != 0)
     with torch.random.fork_rng(devices=[run.device] if run.device.type == "cuda" else []):
@@ -289,8 +366,9 @@ def _train_steps(run: _Run) -> None:
             last = run.step == cfg.steps
             if run.rank == 0 and cfg.val_images and _due(cfg.val_every, run.step, last):
                 _validate(run)
-            if _due(cfg.ckpt_every, run.step, last):
+            if _due(cfg.ckpt_every, run.step, last) or _time_due(run, last_save):
                 _save(run, final=last)
+                last_save = time.monotonic()
     bar.close()
 
 

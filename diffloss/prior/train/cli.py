@@ -9,6 +9,8 @@ of ``diffloss.PRIOR_CONFIGS``: learned sigma, so the loss is guided-diffusion's 
 MSE on the noise plus the variational bound for the variance). Data: random resized crops (area
 ``--min-scale``..1, aspect 3/4..4/3) and horizontal flips at the prior's size, [-1, 1]. AdamW with a linear
 warm-up, gradient clipping, and an exponential moving average (EMA) of the weights, which is what is saved.
+Its rate is warmed up as ``min(--ema-rate, (1 + s) / (10 + s))`` at step s: for 0.999 it is 0.9978 at step
+4,000 and reaches 0.999 only from step 8,991 on.
 
 Every random draw of step ``s`` (which images, crops, flips, timesteps, noise) comes from a generator
 seeded with ``(seed, s)``, so a run stopped and resumed (the same command again) gives the same weights
@@ -49,7 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     cfg = config_from_args(PriorTrainConfig, build_parser().parse_args(argv))
-    return run_cli(lambda: train_prior(cfg), threads=cfg.threads, errors=(*EXPECTED_ERRORS, TypeError),
+    return run_cli(lambda: train_prior(cfg), config=cfg, threads=cfg.threads, errors=(*EXPECTED_ERRORS, TypeError),
                    report=_report, out=cfg.out)
 
 

@@ -22,7 +22,8 @@ class PriorTrainConfig(RunOptions, LoaderOptions):
     ``cub_root``: a CUB root (its train split is used, never its test split) or a folder of images; None: the
     built-in mini-CUB. ``batch_size`` is the global batch (split over torchrun ranks). ``ema_rate``: the
     EMA decay, warmed up as ``min(ema_rate, (1 + s) / (10 + s))`` so early steps are not frozen at init (at
-    step s the rate in force is the smaller of the two: 0.9978 at step 4,000 for 0.999).
+    step s the rate in force is the smaller of the two: 0.9978 at step 4,000 for 0.999, which is reached only
+    from step 8,991 on; the EMA then averages over roughly the last 1 / (1 - rate) steps: 445 at step 4,000).
     ``steps`` is not a result setting: the schedule is constant after warm-up, so a finished run can be
     extended. ``ckpt_every``/``sample_every`` 0: only at the end.
     """
@@ -39,7 +40,8 @@ class PriorTrainConfig(RunOptions, LoaderOptions):
     warmup_steps: int = option(200, check=nonnegative_int, result=True, help="linear lr warm-up")
     grad_clip: float = option(1.0, check=nonnegative_number, result=True, help="gradient-norm clip (0: off)")
     ema_rate: float = option(0.999, check=fraction(zero=True, one=False), result=True,
-                             help="EMA decay of the saved weights (warmed up, see the docs)")
+                             help="EMA decay of the saved weights, a cap: the rate of step s is min(rate, (1+s)/(10+s)); "
+                                  "for 0.999 that is 0.9978 at step 4,000 and 0.999 from step 8,991 on")
     seed: int = option(0, check=nonnegative_int, result=True, help="seed of init, data, timesteps and noise")
     min_scale: float = option(0.5, check=fraction(zero=False, one=True), result=True,
                               help="smallest crop area as a fraction of the image")

@@ -20,11 +20,13 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from runkit.cli import resolve_device_name
-from runkit.distributed import barrier, distributed
+from runkit.distributed import barrier, distributed, on_rank0
+from runkit.process import loader_worker_init
 from runkit.files import atomic_save_torch
 from runkit.rundir import RunDir
 
 from runkit.runtime import count_parameters
+from cubdata import require_decodable
 from diffloss.prior.configs import prior_kwargs
 from diffloss.prior.train.data import CropDataset, StepBatches, step_draws, training_images
 from diffloss.prior.loading import build_trainable_prior
@@ -100,6 +102,8 @@ def _prepare(cfg: PriorTrainConfig, run_dir: RunDir, rank: int, world: int, devi
         raise ValueError(f"--batch-size {cfg.batch_size} is the global batch; it must be divisible by the "
                          f"{world} torchrun processes")
     paths = training_images(cfg.cub_root)  # fails before anything is written
+    # every image decoded once, so a broken one is refused now, not at the step that draws it
+    on_rank0(lambda: require_decodable(paths, desc="checking images", progress=cfg.progress and rank == 0), rank, world)
     state = load_train_state(run_dir)
     kwargs = prior_kwargs(cfg.prior_config)
     model, diffusion = build_trainable_prior(kwargs, seed=cfg.seed)
@@ -173,7 +177,8 @@ def _loader(run: _PriorRun) -> torch.utils.data.DataLoader:
         CropDataset(run.paths, run.size, cfg.min_scale, cfg.flip),
         batch_sampler=StepBatches(cfg, len(run.paths), int(run.diffusion.num_timesteps), run.size, run.start,
                                   run.rank, run.world),
-        num_workers=cfg.loader_workers, pin_memory=run.device.type == "cuda", persistent_workers=False)
+        num_workers=cfg.loader_workers, pin_memory=run.device.type == "cuda", persistent_workers=False,
+        worker_init_fn=loader_worker_init() if cfg.loader_workers else None)  # workers die with this process
 
 
 def _wrap_ddp(run: _PriorRun) -> nn.Module:
