@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import os
-from typing import Callable
+from typing import Callable, Sequence
 
 import numpy as np
 from PIL import Image
@@ -35,7 +35,8 @@ def crop_to_bbox(image: Image.Image | np.ndarray, bbox: tuple[float, float, floa
 
 
 class CubDataset:
-    """Images of one split of a CUB root.
+    """Images of one split of a CUB root (or of the given ``records`` of it, e.g. the parts of
+    `cubdata.train_val_split`).
 
     ``__getitem__`` returns ``(transform(img) or img, label, image_id)`` where ``img`` is an RGB PIL image
     (EXIF-transposed; grayscale/CMYK converted), ``label`` the 0-based class index and ``image_id`` the
@@ -49,10 +50,11 @@ class CubDataset:
         transform: Callable | None = None,
         bbox_crop: bool = False,
         bbox_margin: float = 0.0,
+        records: Sequence[CubRecord] | None = None,
     ) -> None:
         self.index = root if isinstance(root, CubIndex) else read_cub(root)
         self.split = split
-        self.records: list[CubRecord] = self.index.split(split)
+        self.records: list[CubRecord] = self.index.split(split) if records is None else list(records)
         self.transform = transform
         self.bbox_crop = bbox_crop
         self.bbox_margin = bbox_margin

@@ -413,3 +413,32 @@ def test_finetune_bbox_config_checks_and_flags(mini_root, tmp_path):
     assert eval_protocol(True) == {"bbox_crop": True, "bbox_size": [256, 227]}
     with pytest.raises(SystemExit):
         build_parser().parse_args(["--arch", "resnet-mini", "--cub-root", "x", "--out", "y", "--bbox-size", "227,256"])
+
+
+def test_eval_every_monitors_a_held_out_part_of_train_and_reads_test_once(mini_root, tmp_path, monkeypatch):
+    """--eval-every measures the --val-fraction part of the train split; the test split is scored once, at the
+    end, and the held-out images are not trained on."""
+    from classifiers.finetune import loop
+
+    with pytest.raises(ValueError, match="--eval-every .* --val-fraction"):
+        _tiny_config(mini_root, tmp_path / "x", eval_every=1).validate()
+    scored, trained_on = [], []
+    real_eval, real_data = loop.evaluate_top1, loop._load_data
+
+    def spy_eval(model, dataset, *a, **k):
+        scored.append((dataset.split, len(dataset)))
+        return real_eval(model, dataset, *a, **k)
+
+    def spy_data(config):
+        data = real_data(config)
+        trained_on.extend(r.image_id for r in data.train_set.records)
+        return data
+
+    monkeypatch.setattr(loop, "evaluate_top1", spy_eval)
+    monkeypatch.setattr(loop, "_load_data", spy_data)
+    cfg = _tiny_config(mini_root, tmp_path / "v", epochs=2, eval_every=1, val_fraction=0.25)
+    finetune(cfg)
+    assert scored == [("train", 20), ("train", 20), ("test", 120)]  # 2 of each class's 8 train images held out
+    assert len(trained_on) == 60
+    rows = read_table(tmp_path / "v" / "log.csv")
+    assert [r["epoch"] for r in rows] == [1, 2] and all(0 <= r["val_top1"] <= 100 for r in rows)

@@ -883,3 +883,11 @@ def test_unreadable_image_in_a_set_is_one_line(damage, workers, tiny_ckpts, mini
     err = _one_error_line(capsys)
     assert "cannot decode image" in err and str(path) in err and "Traceback" not in err
     assert not out.exists() or not any(out.iterdir())
+
+
+@pytest.mark.parametrize("flag", ["--retrain", "--no-restore"])
+def test_demo_only_flags_are_refused_outside_the_demo(flag, tmp_path, capsys):
+    assert main(["--classifier", "a=x.pt", "--cub-root", "c", "--out", str(tmp_path / "o"), flag]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"error: {flag} applies to the built-in demo only") and "\n" not in err
+    assert not (tmp_path / "o").exists()

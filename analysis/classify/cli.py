@@ -89,6 +89,11 @@ class ClassifyConfig(RunOptions, LoaderOptions, StatsConfig):
             if given:
                 raise ValueError(f"--from-predictions re-makes the tables from {self.from_predictions}'s predictions "
                                  f"and scores nothing: drop {', '.join(given)} (or drop --from-predictions to score)")
+        demo = not (self.classifier or self.spec or self.from_predictions)
+        if not demo and (self.retrain or not self.restore):
+            flag = "--retrain" if self.retrain else "--no-restore"
+            raise ValueError(f"{flag} applies to the built-in demo only (no --classifier, --spec or "
+                             "--from-predictions); drop it")
 
 
 def build_parser() -> argparse.ArgumentParser:

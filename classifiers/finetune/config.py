@@ -28,8 +28,8 @@ class FinetuneConfig(RunOptions, LoaderOptions):
 
     ``img_size=None`` uses the architecture's default (448 for vgg16/resnet50, 64 for the mini nets).
     ``lr`` applies to the pretrained body, ``lr * head_lr_mult`` to the new head. ``crop_scale`` is the
-    RandomResizedCrop area range. ``eval_every`` > 0 also measures test top-1 every that many epochs (the
-    final test top-1 is always measured). ``bbox_crop``: train and test on images cropped to their CUB boxes;
+    RandomResizedCrop area range. ``eval_every`` > 0 measures top-1 on the held-out ``val_fraction`` of the
+    train split every that many epochs (the test split is read only once, for the final test top-1). ``bbox_crop``: train and test on images cropped to their CUB boxes;
     the test transform resizes the box to ``bbox_size[0]`` square and centre-crops ``bbox_size[1]`` (which is
     then also the training crop size; ``bbox_size=None``: the arch's / ``img_size``'s own sizes).
     """
@@ -67,8 +67,12 @@ class FinetuneConfig(RunOptions, LoaderOptions):
                        "grad scaling)", negative_help="train in fp32 on CUDA too")
     seed: int = option(0, check=nonnegative_int, result=True, help="seed of init, shuffling and augmentation")
     download: bool = option(False, help="let torchvision download missing ImageNet weights")
-    eval_every: int = option(0, check=nonnegative_int, help="also measure test top-1 every N epochs (0: only at "
-                                                           "the end)")
+    val_fraction: float = option(0.0, check=fraction(zero=True, one=False), result=True,
+                                 help="hold out this fraction of the train split (class-stratified, seeded by --seed) "
+                                      "for --eval-every; 0: train on all of it")
+    eval_every: int = option(0, check=nonnegative_int, help="measure top-1 on the held-out part of the train split "
+                                                           "(--val-fraction) every N epochs (0: never); the test "
+                                                           "split is scored once, at the end")
 
     def __post_init__(self) -> None:
         self.crop_scale = tuple(self.crop_scale)
@@ -77,6 +81,9 @@ class FinetuneConfig(RunOptions, LoaderOptions):
     def check(self) -> None:
         """ValueError naming the first bad setting (unknown arch: the valid names)."""
         CLASSIFIERS[self.arch]  # unknown names -> an error listing the valid ones
+        if self.eval_every and not self.val_fraction:
+            raise ValueError("--eval-every measures the held-out part of the train split: pass --val-fraction too "
+                             "(e.g. 0.1); the test split is scored only at the end")
         lo, hi = self.crop_scale
         if not 0 < lo <= hi <= 1:
             raise ValueError(f"--crop-scale must satisfy 0 < LOW <= HIGH <= 1, got {lo} {hi}")

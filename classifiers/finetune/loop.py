@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from cubdata import CubDataset, CubIndex, read_cub, require_decodable
+from cubdata import CubDataset, CubIndex, read_cub, require_decodable, train_val_split
 from runkit.files import atomic_save_torch
 from runkit.distributed import barrier, distributed, on_rank0
 from runkit.rundir import RunDir
@@ -41,7 +41,7 @@ COMMAND = "classifiers.finetune"
 CHECKPOINT_NAME = "classifier.pt"
 OUTPUTS = (CHECKPOINT_NAME, "log.csv")
 #: Columns of ``log.csv``: one row per epoch.
-LOG_FIELDS = ("epoch", "train_loss", "train_top1", "test_top1", "lr", "seconds")
+LOG_FIELDS = ("epoch", "train_loss", "train_top1", "val_top1", "test_top1", "lr", "seconds")
 
 
 def lr_lambda(total_steps: int, warmup_steps: int) -> Callable[[int], float]:
@@ -86,19 +86,23 @@ class _Data:
     protocol: dict[str, Any]
     train_set: CubDataset
     test_set: CubDataset
+    val_set: CubDataset | None = None
 
 
 def _load_data(config: FinetuneConfig) -> _Data:
     index = read_cub(config.cub_root)
     preprocess, protocol = run_preprocess(config)
     # with bbox_crop both splits are cropped to their boxes before the transforms (missing boxes: ValueError)
+    train_records, val_records = train_val_split(index, config.val_fraction, config.seed)
     train_set = CubDataset(index, "train", transform=train_transform(preprocess, config.crop_scale, config.color_jitter),
-                           bbox_crop=protocol["bbox_crop"])
+                           bbox_crop=protocol["bbox_crop"], records=train_records)
     test_set = CubDataset(index, "test", transform=protocol_transform(preprocess, protocol),
                           bbox_crop=protocol["bbox_crop"])
+    val_set = (CubDataset(index, "train", transform=protocol_transform(preprocess, protocol),
+                          bbox_crop=protocol["bbox_crop"], records=val_records) if val_records else None)
     if len(train_set) == 0 or len(test_set) == 0:
         raise ValueError(f"{index.root} has {len(train_set)} train and {len(test_set)} test images; need both")
-    return _Data(index, _class_names(index), preprocess, protocol, train_set, test_set)
+    return _Data(index, _class_names(index), preprocess, protocol, train_set, test_set, val_set)
 
 
 def finetune(config: FinetuneConfig, on_epoch_end: Callable[[int, dict], None] | None = None) -> dict[str, Any]:
@@ -122,8 +126,9 @@ def finetune(config: FinetuneConfig, on_epoch_end: Callable[[int, dict], None] |
         data = _load_data(config)
         # every image decoded once before the first write: a broken one is one line naming it, not a worker's
         # traceback in the middle of an epoch
-        on_rank0(lambda: require_decodable([data.index.image_path(r) for d in (data.train_set, data.test_set)
-                                            for r in d.records], desc="checking images",
+        sets = [d for d in (data.train_set, data.val_set, data.test_set) if d is not None]
+        on_rank0(lambda: require_decodable([data.index.image_path(r) for d in sets for r in d.records],
+                                           desc="checking images",
                                            progress=config.progress and rank == 0), rank, world)
         cuda_devices = [device.index or 0] if device.type == "cuda" else []
         # Library code never touches the caller's global RNG: fork it, seed the fork, restore on exit.
@@ -309,10 +314,13 @@ class _Run:
         for epoch in range(start_epoch, cfg.epochs):
             record = self.train_epoch(train_model, epoch)
             final = epoch + 1 == cfg.epochs
-            if self.rank == 0 and (final or (cfg.eval_every and (epoch + 1) % cfg.eval_every == 0)):
+            if self.rank == 0 and self.data.val_set is not None and cfg.eval_every and (epoch + 1) % cfg.eval_every == 0:
+                record["val_top1"] = evaluate_top1(self.model, self.data.val_set, self.device,
+                                                   batch_size=cfg.batch_size, workers=cfg.loader_workers)
+            if self.rank == 0 and final:
                 record["test_top1"] = evaluate_top1(self.model, self.data.test_set, self.device,
                                                     batch_size=cfg.batch_size, workers=cfg.loader_workers)
-                top1 = record["test_top1"] if final else None
+                top1 = record["test_top1"]
             history.append(record)
             if self.rank == 0:
                 self.save(fields, epoch, record, history, final, top1)
@@ -328,8 +336,9 @@ class _Run:
              top1: float | None) -> None:
         """Log the epoch and write the checkpoint atomically (rank 0)."""
         cfg = self.config
-        log.info("epoch %d/%d: loss %.4f, train top-1 %.1f%%%s (%.1fs)", epoch + 1, cfg.epochs,
+        log.info("epoch %d/%d: loss %.4f, train top-1 %.1f%%%s%s (%.1fs)", epoch + 1, cfg.epochs,
                  record["train_loss"], record["train_top1"],
+                 f", val top-1 {record['val_top1']:.2f}%" if "val_top1" in record else "",
                  f", test top-1 {record['test_top1']:.2f}%" if "test_top1" in record else "", record["seconds"])
         ckpt = dict(fields, **self.training_state(final))
         ckpt.update({"epoch": epoch + 1, "history": history, "complete": final, "clean_test_top1": top1})
