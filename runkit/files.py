@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
 __all__ = ["sha256_file", "atomic_write_bytes", "atomic_write_text", "atomic_save_torch", "load_torch_file",
-           "csv_text", "write_csv", "read_csv", "unwrap_state_dict"]
+           "csv_text", "write_csv", "read_csv", "unwrap_state_dict", "replace_block"]
 
 
 def _current_umask() -> int:
@@ -153,3 +153,13 @@ def unwrap_state_dict(obj: Any, source: str | os.PathLike, wrappers: Sequence[st
     if sd and all(k.startswith("module.") for k in sd):
         sd = {k[len("module."):]: v for k, v in sd.items()}
     return sd
+
+
+def replace_block(text: str, block: str, start: str, end: str, where: str = "") -> str:
+    """``text`` with the part between the marker lines ``start`` and ``end`` replaced by ``block``: how the
+    generated parts of the README and docs are kept in step with the commands that write them."""
+    if start not in text or end not in text:
+        raise ValueError(f"{where or 'the text'} has no {start} ... {end} block")
+    head, rest = text.split(start, 1)
+    _, tail = rest.split(end, 1)
+    return f"{head}{start}\n{block}\n{end}{tail}"

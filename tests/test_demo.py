@@ -180,7 +180,7 @@ def test_record_cells_reproduce_from_the_shipped_weights(mini_root, monkeypatch,
 @pytest.mark.slow
 def test_the_whole_demo_reproduces_the_record(tmp_path, monkeypatch, capsys):
     """`make demo` from an empty cache: inference only from the shipped weights, the committed record again,
-    number for number; its wall time is printed (the 3-minute budget is measured in docs/table2.md)."""
+    number for number; its wall time is printed (the 3-minute budget: `benchmarks/timings.py`, the README's table)."""
     from analysis.classify import main
 
     monkeypatch.setenv("DIFFLOSS_CACHE", str(tmp_path / "cache"))

@@ -336,8 +336,10 @@ def test_ctrl_c_in_a_terminal_stops_degrade_and_its_workers_in_one_line(tmp_path
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(tmp_path), str(REPO)]), OMP_NUM_THREADS="1")
     cmd = [sys.executable, "-m", "corruptions.degrade", "--cub-root", str(root), "--out", str(out),
            "--corruptions", "slow_corr:slow", "--severities", "1,2", "--workers", "2", "--no-progress"]
+    # a terminal's child starts with SIGINT at its default; a background job of a non-interactive shell
+    # (`make test &`, nohup) inherits it ignored, and Ctrl-C could not reach it at all: start from the default
     proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True)
+                            start_new_session=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     children: list[psutil.Process] = []
     try:
         deadline = time.monotonic() + 30

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from runkit.files import atomic_write_text
+from runkit.files import replace_block as _replace_block
 
 __all__ = ["RECORD", "BLOCKS", "record_from_run", "read_record", "readme_block", "table2_block", "verdicts",
            "replace_block", "main"]
@@ -199,12 +200,8 @@ def write_figure(record, path: Path = FIGURE) -> Path:
 
 
 def replace_block(text: str, block: str, where: str = "", start: str = START, end: str = END) -> str:
-    """``text`` with the part between the markers ``start`` and ``end`` replaced by ``block``."""
-    if start not in text or end not in text:
-        raise ValueError(f"{where or 'the text'} has no {start} ... {end} block")
-    head, rest = text.split(start, 1)
-    _, tail = rest.split(end, 1)
-    return f"{head}{start}\n{block}\n{end}{tail}"
+    """``text`` with its demo block (or the one between ``start`` and ``end``) replaced by ``block``."""
+    return _replace_block(text, block, start, end, where)
 
 
 def rendered_files(record, repo: Path = REPO) -> dict[Path, str]:

@@ -5,7 +5,7 @@
     python -m analysis.naturalness.docs --check                   # exit 1 when a block differs from the record
 
 From a ``--quick`` run folder it writes ``docs/figures/naturalness-mini.json`` (the committed *record*: the
-settings, notes, per-set means and paired tests, the run's time with the machine's load) and copies the run's
+settings, notes, per-set means and paired tests) and copies the run's
 figure to ``docs/figures/naturalness-mini.png``. Then it rewrites the blocks between ``<!-- naturalness:start -->``
 and ``<!-- naturalness:end -->`` of README.md and docs/prior.md from the record. Without RUN_DIR it re-renders the
 blocks from the committed record. A test checks that the blocks equal what the record renders to; a slow test
@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from runkit.files import atomic_write_bytes, atomic_write_text, read_csv
+from runkit.files import replace_block as _replace_block
 
 __all__ = ["RECORD", "FIGURE", "BLOCKS", "COMMAND", "record_from_run", "read_record", "readme_block", "prior_block",
            "replace_block", "rendered_files", "main"]
@@ -147,7 +148,6 @@ def verdicts(record, metrics: tuple[str, ...] = ("nat", "sem", "sem_rel")) -> li
 def _setup_line(record) -> str:
     s = record["stats"]
     reps = sorted({n for n in record["sets"].values()})
-    load = ", ".join(f"{v:.2f}" for v in record["load_average"])
     ts = ", ".join(map(str, _timesteps(record)))
     return (f"The built-in prior ({record['prior']}) on {record['images']} mini-CUB test images (spread over the 10 "
             f"classes), timesteps {ts}, noise seed {s['seed']}; restored sets: the mean over {max(reps)} restorer "
@@ -155,8 +155,8 @@ def _setup_line(record) -> str:
             f"`*`: p < {ALPHA} after {s['p_adjust'].capitalize()} over all {len(record['paired'])} tests (two-level "
             f"t-test where a set has several seeds, Wilcoxon signed-rank otherwise; with {max(reps)} seeds the "
             "bootstrap CI can exclude 0 where the t-test, which weighs the few seeds with their degrees of freedom, "
-            f"finds no significant difference: read the star). The run took {record['seconds']:.0f} s on "
-            f"{record['cpus']} CPU cores at load average {load} (1, 5, 15 min).")
+            "finds no significant difference: read the star). Its time: the README's timings table "
+            "(`python benchmarks/timings.py`).")
 
 
 def _restored_pairs(record, row: str) -> set[tuple[str, str]]:
@@ -189,11 +189,7 @@ def prior_block(record) -> str:
 
 def replace_block(text: str, block: str, where: str = "") -> str:
     """``text`` with the part between `START` and `END` replaced by ``block``."""
-    if START not in text or END not in text:
-        raise ValueError(f"{where or 'the text'} has no {START} ... {END} block")
-    head, rest = text.split(START, 1)
-    _, tail = rest.split(END, 1)
-    return f"{head}{START}\n{block}\n{END}{tail}"
+    return _replace_block(text, block, START, END, where)
 
 
 def rendered_files(record, repo: Path = REPO) -> dict[Path, str]:
