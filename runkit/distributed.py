@@ -97,6 +97,23 @@ def barrier(world: int) -> None:
         dist.barrier()
 
 
+def minutes_passed(minutes: float, since: float, world: int, device: torch.device) -> bool:
+    """Whether ``minutes`` of wall time have passed since ``since`` (`time.monotonic`); 0 means never. By rank 0's
+    clock: under DDP every rank gets rank 0's answer, so all enter a checkpoint's collectives together."""
+    import time
+
+    if not minutes:
+        return False
+    due = time.monotonic() - since >= 60.0 * minutes
+    if world > 1:
+        import torch.distributed as dist
+
+        flag = torch.tensor(float(due), device=device if dist.get_backend() == "nccl" else "cpu")
+        dist.broadcast(flag, src=0)
+        due = bool(flag.item())
+    return due
+
+
 def shard(items: Sequence[T], rank: int, world: int) -> list[T]:
     """Rank ``rank``'s share of ``items``: every ``world``-th item from position ``rank`` (disjoint shares
     that cover ``items``; ``list(items)`` without DDP). Shard whole batches, not images, when outputs must

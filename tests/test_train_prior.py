@@ -111,6 +111,34 @@ def test_resume_gives_the_same_weights(small_cub, tiny_run, tmp_path):
     assert [r["loss"] for r in a] == [r["loss"] for r in b]
 
 
+def test_checkpoints_by_wall_time_so_a_failure_loses_little(small_cub, tiny_run, tmp_path, monkeypatch):
+    """``--ckpt-every 0`` does not mean "only at the end": ``--ckpt-minutes`` (on by default) saves anyway (here
+    after every step); a run stopped at step 3 keeps step 2, and resuming gives the uninterrupted run's weights."""
+    import errno
+    import os
+
+    import diffloss.prior.train.loop as loop
+
+    assert TP.PriorTrainConfig(out="x").ckpt_minutes > 0
+    real, calls = loop._optimise, {"n": 0}
+
+    def third_step_fails(*a, **k):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(tmp_path / "run" / "train_state.pt"))
+        return real(*a, **k)
+
+    monkeypatch.setattr(loop, "_optimise", third_step_fails)
+    kw = dict(FAST, ckpt_every=0, ckpt_minutes=1e-9)
+    with pytest.raises(OSError):
+        TP.train_prior(out=str(tmp_path / "run"), cub_root=str(small_cub), steps=4, **kw)
+    assert torch.load(tmp_path / "run" / "train_state.pt", weights_only=True)["step"] == 2
+    monkeypatch.setattr(loop, "_optimise", real)
+    TP.train_prior(out=str(tmp_path / "run"), cub_root=str(small_cub), steps=4, **kw)
+    assert [r["step"] for r in read_table(tmp_path / "run" / "log.csv")] == [1, 2, 3, 4]
+    assert (tmp_path / "run" / "prior.safetensors").read_bytes() == (tiny_run / "prior.safetensors").read_bytes()
+
+
 def test_saved_weights_are_the_ema(tiny_run):
     state = torch.load(tiny_run / "train_state.pt", weights_only=True)
     exported = load_file(tiny_run / "prior.safetensors")

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from runkit.cli import resolve_device_name
-from runkit.distributed import barrier, distributed, gather, on_rank0
+from runkit.distributed import barrier, distributed, gather, minutes_passed, on_rank0
 from runkit.process import loader_worker_init
 
 from restoration.checkpoint import load_checkpoint, read_checkpoint_file, save_checkpoint
@@ -323,19 +323,8 @@ def _due(every: int, step: int, last: bool) -> bool:
 
 
 def _time_due(run: _Run, since: float) -> bool:
-    """Whether ``--ckpt-minutes`` of wall time have passed since ``since`` (`time.monotonic`), by rank 0's
-    clock: under DDP every rank gets rank 0's answer, so all enter `_save`'s collectives together."""
-    minutes = run.cfg.ckpt_minutes
-    if not minutes:
-        return False
-    due = time.monotonic() - since >= 60.0 * minutes
-    if run.world > 1:
-        import torch.distributed as dist
-
-        flag = torch.tensor(float(due), device=run.device if dist.get_backend() == "nccl" else "cpu")
-        dist.broadcast(flag, src=0)
-        due = bool(flag.item())
-    return due
+    """Whether ``--ckpt-minutes`` of wall time have passed since ``since`` (rank 0's clock on every rank)."""
+    return minutes_passed(run.cfg.ckpt_minutes, since, run.world, run.device)
 
 
 def _train_steps(run: _Run) -> None:

@@ -25,7 +25,8 @@ class PriorTrainConfig(RunOptions, LoaderOptions):
     step s the rate in force is the smaller of the two: 0.9978 at step 4,000 for 0.999, which is reached only
     from step 8,991 on; the EMA then averages over roughly the last 1 / (1 - rate) steps: 445 at step 4,000).
     ``steps`` is not a result setting: the schedule is constant after warm-up, so a finished run can be
-    extended. ``ckpt_every``/``sample_every`` 0: only at the end.
+    extended. ``ckpt_every``/``sample_every`` 0: only at the end (``ckpt_minutes`` still checkpoints after that much
+    wall time).
     """
 
     out: str = option(help="run folder (prior.safetensors + prior.json, train_state.pt, log.csv, samples/)")
@@ -48,7 +49,11 @@ class PriorTrainConfig(RunOptions, LoaderOptions):
     flip: bool = option(True, result=True, help="random horizontal flips",
                         negative_help="disable random horizontal flips")
     ckpt_every: int = option(250, check=nonnegative_int,
-                             help="write train_state.pt and prior.safetensors every N steps (0: at the end)")
+                             help="write train_state.pt and prior.safetensors every N steps (0: only at the end and "
+                                  "by --ckpt-minutes)")
+    ckpt_minutes: float = option(10.0, check=nonnegative_number,
+                                 help="also checkpoint whenever this many minutes of wall time have passed since the "
+                                      "last checkpoint (0: off), so slow steps never risk more than that")
     sample_every: int = option(1000, check=nonnegative_int, help="write a DDIM sample grid every N steps (0: at "
                                                                  "the end)")
     sample_images: int = option(16, check=positive_int, help="images per grid")

@@ -20,7 +20,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from runkit.cli import resolve_device_name
-from runkit.distributed import barrier, distributed, on_rank0
+from runkit.distributed import barrier, distributed, minutes_passed, on_rank0
 from runkit.process import loader_worker_init
 from runkit.files import atomic_save_torch
 from runkit.rundir import RunDir
@@ -211,6 +211,7 @@ def _train(cfg: PriorTrainConfig, run_dir: RunDir, rank: int, world: int, device
     bar = tqdm(total=cfg.steps, initial=run.start, desc=f"prior {run.run_dir.path.name}",
                disable=not cfg.progress or rank != 0, dynamic_ncols=True)
     step = run.start
+    last_save = time.monotonic()  # --ckpt-minutes counts from here, then from each checkpoint
     for crops in _loader(run):
         vals, lr = _optimise(run, net, crops, step)
         step += 1
@@ -219,8 +220,10 @@ def _train(cfg: PriorTrainConfig, run_dir: RunDir, rank: int, world: int, device
         bar.update(1)
         bar.set_postfix(loss=f"{run.rows[-1]['loss']:.4f}")
         final = step == cfg.steps
-        if final or (cfg.ckpt_every and step % cfg.ckpt_every == 0):
+        if final or (cfg.ckpt_every and step % cfg.ckpt_every == 0) or minutes_passed(cfg.ckpt_minutes, last_save,
+                                                                                       world, device):
             _save(run, step)
+            last_save = time.monotonic()
         if rank == 0 and (final or (cfg.sample_every and step % cfg.sample_every == 0)):
             write_samples(run.ema, run.diffusion, cfg, run.size, device,
                           run.run_dir.file(f"samples/step_{step:07d}.png"))
