@@ -17,12 +17,16 @@ demo: setup
 	$(PY) -m analysis.classify
 
 # The README's and docs/table2.md's demo tables, from the demo's own output (analysis/demo/docs.py), and the
-# naturalness report's numbers and figure (README, docs/prior.md) from its --quick run (analysis/naturalness/docs.py).
+# naturalness report's numbers and figure (README, docs/prior.md) from its --quick run (analysis/naturalness/docs.py),
+# and the h-space study's and probe's tables and figures (README, docs/hspace.md; analysis/hspace/docs.py).
 docs-figures: setup
 	$(PY) -m analysis.classify --out runs/demo-table2
 	$(PY) -m analysis.demo.docs runs/demo-table2
 	$(PY) -m analysis.naturalness --quick --out runs/naturalness-quick
 	$(PY) -m analysis.naturalness.docs runs/naturalness-quick
+	$(PY) -m analysis.hspace --quick --out runs/hspace-quick
+	$(PY) -m analysis.hprobe --quick --out runs/hprobe-quick
+	$(PY) -m analysis.hspace.docs runs/hspace-quick runs/hprobe-quick
 
 # Retrain the demo's classifiers and restorers from scratch and rewrite analysis/demo/weights/ (tens of minutes).
 ship-demo-weights: setup

@@ -1093,3 +1093,45 @@ def test_table2_bars():
     with pytest.raises(ValueError, match="present"):
         plot_table2_bars(_table_rows(), ax=ax2, classifier="alexnet")
     plt.close("all")
+
+
+# ------------------------------------------------------------------------------------------------ docs
+def test_docs_blocks_are_what_the_record_renders_to():
+    """docs/hspace.md's and the README's generated h-space blocks equal what docs/figures/hspace-quick.json
+    renders to (the record `python -m analysis.hspace.docs` wrote from the quick runs; rerunning them is the slow
+    tests' job)."""
+    from analysis.hspace import docs
+
+    record = docs.read_record()
+    for path, text in docs.rendered_files(record).items():
+        assert path.read_text(encoding="utf-8") == text, f"{path.name} is stale: run {docs.COMMAND}"
+    assert record["images_per_group"] >= 40 and record["p_adjust"] == "holm"
+    assert [r["group"] for r in record["summary"]][::4] == record["groups"] == \
+           ["clean", "degraded", "w/o DiffLoss", "w/ DiffLoss"]
+
+
+def test_prose_quotes_the_record():
+    """Every number the README's and docs/hspace.md's prose quote about the quick runs comes from the record."""
+    from analysis.hspace import docs
+
+    r = docs.read_record()
+    top = {s["group"]: s for s in r["summary"] if s["level"] == r["top_level"]}
+    test = {(t["metric"], t["group_a"], t["group_b"]): t for t in r["top_tests"]}
+    probe = {(t["t"], t["features_a"], t["group_a"], t["features_b"], t["group_b"]): t["p_holm"]
+             for t in r["probe_tests"]}
+    c, d, wo, w = (top[g] for g in r["groups"])
+    both = [f"label flips {c['flip_rate']:.0%} vs {d['flip_rate']:.0%}",
+            f"feature distance {c['mean']:.2f} vs {d['mean']:.2f}, Holm p = "
+            f"{test['distance', 'clean', 'degraded']['p_adjusted']:.1g}",
+            f"({w['flip_rate']:.0%} vs {wo['flip_rate']:.0%} flips, feature distance {w['mean']:.2f} vs "
+            f"{wo['mean']:.2f}, Holm p = {test['distance', 'w/o DiffLoss', 'w/ DiffLoss']['p_adjusted']:.2g})",
+            f"p = {probe[50, 'h', 'clean', 'x_t pixels', 'clean']:.2g}"]
+    hspace_md = [f"raw p = {test['distance', 'w/o DiffLoss', 'w/ DiffLoss']['p_value']:.1g}",
+                 f"paired p = {probe[50, 'h', 'clean', 'x_t pixels', 'clean']:.2g}",
+                 f"p = {probe[50, 'h', 'w/o DiffLoss', 'x_t pixels', 'w/o DiffLoss']:.1g} and "
+                 f"{probe[50, 'h', 'w/ DiffLoss', 'x_t pixels', 'w/ DiffLoss']:.1g}"]
+    root = Path(__file__).resolve().parents[1]
+    for name, numbers in (("README.md", both), ("docs/hspace.md", hspace_md)):
+        text = " ".join((root / name).read_text(encoding="utf-8").split())
+        missing = [n for n in numbers if n not in text]
+        assert not missing, f"{name} does not quote {missing} from {docs.RECORD.name}"
