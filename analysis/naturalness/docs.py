@@ -54,7 +54,8 @@ def _numbers(rows: list[dict[str, str]]) -> list[dict[str, Any]]:
 
 
 def record_from_run(run_dir: str | Path) -> dict[str, Any]:
-    """The portable record of a ``--quick`` run folder (machine-specific paths left out)."""
+    """The portable record of a ``--quick`` run folder (machine-specific paths and timings left out: a resumed run
+    would record only its resume; the time is `benchmarks/timings.py`'s)."""
     run_dir = Path(run_dir)
     config = json.loads((run_dir / "config.json").read_text(encoding="utf-8"))["settings"]
     done = json.loads((run_dir / "done.json").read_text(encoding="utf-8"))
@@ -66,7 +67,6 @@ def record_from_run(run_dir: str | Path) -> dict[str, Any]:
         "title": done["title"], "images": done["images"], "prior": done["prior"],
         "sets": {name: len(roots) for name, roots in done["sets"].items()},
         "notes": done["notes"], "trained_against_this_prior": done["trained_against_this_prior"],
-        "seconds": done["seconds"], "load_average": done["load_average"], "cpus": done["cpus"],
         "stats": {k: config[k] for k in ("n_boot", "confidence", "seed", "p_adjust")},
         "summary": _numbers(read_csv(run_dir / "naturalness.csv")),
         "paired": _numbers(read_csv(run_dir / "paired.csv")),
