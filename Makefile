@@ -38,5 +38,6 @@ test: setup
 test-all: setup
 	$(PY) -m pytest -m ''
 
+# The generated data (mini-CUB, the demo's networks and sets): $DIFFLOSS_CACHE, default ~/.cache/diffloss-toolkit.
 clean-cache:
-	rm -rf .cache
+	rm -rf "$${DIFFLOSS_CACHE:-$$HOME/.cache/diffloss-toolkit}"

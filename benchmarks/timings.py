@@ -197,13 +197,26 @@ def main(argv: list[str] | None = None) -> int:
     if args.render:
         from runkit.files import atomic_write_text
 
-        atomic_write_text(README, render_readme(Path(args.render)))
+        try:
+            text = render_readme(Path(args.render))
+        except (OSError, ValueError, KeyError, TypeError) as err:  # missing, a folder, not JSON, not a record
+            ap.error(f"--render {args.render}: not a record of --write ({type(err).__name__}: {err})")
+        atomic_write_text(README, text)
         print(f"rewrote the timings block of {README}")
         return 0
     names = [n.strip() for n in args.only.split(",") if n.strip()]
     unknown = sorted(set(names) - set(ORDER) - {"setup"})
     if unknown:
         ap.error(f"unknown: {', '.join(unknown)}; choose from {', '.join(ORDER)}, setup")
+    if args.write:  # checked before minutes of measuring, not after
+        target = Path(args.write)
+        if target.is_dir() or not target.parent.is_dir() or not os.access(target.parent, os.W_OK):
+            ap.error(f"--write {args.write}: not a writable file path (its folder must exist)")
+        if target.exists():
+            try:
+                json.loads(target.read_text())["rows"]
+            except (OSError, ValueError, KeyError, TypeError):
+                ap.error(f"--write {args.write}: exists and is not a record of --write (rows are merged into it)")
     print(f"machine: {machine()}; load average now {os.getloadavg()[0]:.2f}", flush=True)
     record = Path(args.write) if args.write else None
     run_commands([n for n in ORDER if n in names], record)

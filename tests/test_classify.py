@@ -891,3 +891,14 @@ def test_demo_only_flags_are_refused_outside_the_demo(flag, tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert err.startswith(f"error: {flag} applies to the built-in demo only") and "\n" not in err
     assert not (tmp_path / "o").exists()
+
+
+def test_a_cub_root_without_classifier_names_the_first_problem(mini_root, tmp_path, capsys):
+    """Without --classifier a wrong --cub-root is what the error names (a new user's first mistake), not the
+    missing classifier; a good root without a classifier names that."""
+    assert main(["--cub-root", str(tmp_path / "missing"), "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "does not exist or is not a folder" in err and "\n" not in err
+    assert main(["--cub-root", str(mini_root), "--out", str(tmp_path / "o")]) == 2
+    assert "need at least one --classifier" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()

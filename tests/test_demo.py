@@ -293,3 +293,14 @@ def test_color_jitter_is_off_by_default_and_checked(tmp_path):
     for bad in ((1.0, 0, 0, 0), (0, 0, 0, 0.6), (-0.1, 0, 0, 0)):
         with pytest.raises(ValueError, match="--color-jitter"):
             FinetuneConfig(**base, color_jitter=bad).validate()
+
+
+def test_the_real_data_commands_the_demo_prints_are_the_readmes():
+    """The recipe `make demo` prints at its end is the README's, line for line (it once named a file as
+    finetune's --out, which is a run folder)."""
+    from analysis.demo.table2 import REAL_DATA_COMMANDS
+
+    readme = (REPO / "README.md").read_text(encoding="utf-8").splitlines()
+    commands = [line for line in REAL_DATA_COMMANDS.splitlines() if not line.startswith("#")]
+    assert len(commands) == 7 and all(line in readme for line in commands), \
+        [line for line in commands if line not in readme]

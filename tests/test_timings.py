@@ -63,3 +63,21 @@ def test_write_record_merges_rows_by_name_in_readme_order(tmp_path):
     block = tm.render_block(doc)
     assert "run it first) | 1 s; 6.6 GB, 3.2 GB of it CUDA libraries | 0.10, - |" in block
     assert "| `make test` (`python -m pytest`) | 2 s | 0.10, - |" in block
+
+
+def test_bad_paths_are_one_line_before_anything_is_measured(tmp_path, monkeypatch, capsys):
+    import pytest
+
+    tm = _timings()
+    monkeypatch.setattr(tm, "run_commands", lambda *a, **k: pytest.fail("measured before checking --write"))
+    monkeypatch.setattr(tm, "README", tmp_path / "README.md")     # never the real one
+    (tmp_path / "bad.json").write_text("not json")
+    cases = [(["--render", str(tmp_path / "missing.json")], "not a record of --write (FileNotFoundError"),
+             (["--render", str(tmp_path / "bad.json")], "not a record of --write (JSONDecodeError"),
+             (["--write", str(tmp_path / "no" / "x.json"), "--only", "demo"], "not a writable file path"),
+             (["--write", str(tmp_path / "bad.json"), "--only", "demo"], "exists and is not a record of --write")]
+    for argv, message in cases:
+        with pytest.raises(SystemExit) as exc:
+            tm.main(argv)
+        err = capsys.readouterr().err
+        assert exc.value.code == 2 and message in err and "Traceback" not in err, (argv, err)

@@ -186,6 +186,10 @@ def _remake(args: ClassifyConfig) -> int:
 def _demo(args: ClassifyConfig) -> int:
     """No classifier, spec or predictions: the embedded demo (`analysis.demo.table2`)."""
     if args.set or args.cub_root:
+        if args.cub_root:  # the first thing wrong first: a missing or broken root says so
+            from cubdata import read_cub
+
+            read_cub(args.cub_root)
         raise ValueError("--set/--cub-root need at least one --classifier NAME=CKPT (or a --spec file)")
     if args.p_adjust != DEFAULT_P_ADJUST:
         raise ValueError(f"--p-adjust applies to your own tables; the demo always uses {DEFAULT_P_ADJUST}")

@@ -35,23 +35,19 @@ DEMO_CORRUPTIONS = tuple(get_corruption_names())
 DEMO_ROWS = (DEGRADED,) + RESTORER_LABELS
 DEMO_SEVERITY = 3
 REAL_DATA_COMMANDS = """\
-# 1. degraded copies of the clean CUB test split (fog / rain / low light, severity 3)
+# the README's "Real-data workflow" for low light (fog and rain alike; every line is in the README)
+# 1. degraded copies of the test split (fog / rain / low light; severity 3 here, 1-5 possible)
 python -m corruptions.degrade --cub-root data/CUB_200_2011 --out data/cub-degraded --severities 3
-# 2. classifiers fine-tuned on clean CUB (ImageNet weights from the torch hub cache, or --weights PATH offline)
-python -m classifiers.finetune --arch resnet50 --cub-root data/CUB_200_2011 --out ckpt/resnet50.pt
-python -m classifiers.finetune --arch vgg16 --cub-root data/CUB_200_2011 --out ckpt/vgg16.pt
-# 3. restoration networks without / with DiffLoss (here low light on LOL; fog: Dense-Haze, rain: Rain13K)
-python -m restoration.train --net iat --pairs data/LOL --diffloss off --out runs/iat-lol-l2
-python -m restoration.train --net iat --pairs data/LOL --diffloss on --prior ckpt/256x256_diffusion_uncond.pt \\
-    --out runs/iat-lol-diffloss
+# 2. classifiers on clean CUB (ImageNet weights in the torch hub cache, or --weights PATH)
+python -m classifiers.finetune --arch resnet50 --cub-root data/CUB_200_2011 --out runs/resnet50
+# 3. restoration networks without / with DiffLoss (prior: 256x256_diffusion_uncond.pt)
+python -m restoration.train --net iat --pairs data/LOL --diffloss off --out runs/lowlight-wo
+python -m restoration.train --net iat --pairs data/LOL --diffloss on --prior ckpt/256x256_diffusion_uncond.pt --out runs/lowlight-w
 # 4. restored copies of the degraded test split
-python -m restoration.restore --ckpt runs/iat-lol-l2 --cub-root data/cub-degraded/lowlight/3 --out data/restored/lowlight-wo
-python -m restoration.restore --ckpt runs/iat-lol-diffloss --cub-root data/cub-degraded/lowlight/3 --out data/restored/lowlight-w
-# 5. the table (one --set per row and degradation, or all of it in a --spec YAML file)
-python -m analysis.classify --cub-root data/CUB_200_2011 \\
-    --classifier resnet50=ckpt/resnet50.pt --classifier vgg16=ckpt/vgg16.pt \\
-    --set "degraded/lowlight=data/cub-degraded/lowlight/3" --set "w/o DiffLoss/lowlight=data/restored/lowlight-wo" \\
-    --set "w/ DiffLoss/lowlight=data/restored/lowlight-w" ... --out runs/table2"""
+python -m restoration.restore --ckpt runs/lowlight-wo --cub-root data/cub-degraded/lowlight/3 --out data/restored/lowlight-wo
+python -m restoration.restore --ckpt runs/lowlight-w --cub-root data/cub-degraded/lowlight/3 --out data/restored/lowlight-w
+# 5. the table (table2.yaml: docs/table2.md)
+python -m analysis.classify --spec table2.yaml"""
 
 
 def _restorers_available():

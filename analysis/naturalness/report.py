@@ -50,10 +50,10 @@ def format_paired_markdown(paired: Sequence[Mapping], confidence: float = 0.95, 
 
 
 def set_styles(sets: Sequence[str]) -> dict[str, dict]:
-    """Line style per set: ``clean`` black and dashed; sets named ``ROW/GROUP`` (``w/ DiffLoss/fog``) coloured
+    """Line style per set: ``clean`` black and dotted, on top; sets named ``ROW/GROUP`` (``w/ DiffLoss/fog``) coloured
     by group (the text after the last ``/``) with one line style per row, others one colour each."""
     others = [s for s in sets if s != CLEAN]
-    out = {CLEAN: dict(color="black", linestyle=(0, (1, 1)))}
+    out = {CLEAN: dict(color="black", linestyle=(0, (1, 1)), zorder=3)}  # the reference: drawn over the others
     if others and all("/" in s for s in others):
         groups = list(dict.fromkeys(s.rsplit("/", 1)[1] for s in others))
         rows = list(dict.fromkeys(s.rsplit("/", 1)[0] for s in others))
@@ -143,7 +143,7 @@ def draw_report(summary: Sequence[Mapping], paired: Sequence[Mapping], title: st
     legend_ax.axis("off")
     handles, labels = axes[0][0].get_legend_handles_labels()
     sets_legend = legend_ax.legend(handles, labels, fontsize=7, loc="upper left", title="sets", title_fontsize=7,
-                                   ncol=2 if len(labels) > 8 else 1)
+                                   ncol=2 if len(labels) > 8 else 1, handlelength=4)  # long enough to show dashes
     if paired:
         plot_paired(paired, axes[1][1:])
         handles, labels = axes[1][1].get_legend_handles_labels()
