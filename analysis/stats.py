@@ -19,15 +19,20 @@ __all__ = ["bootstrap_ci", "top1_with_ci", "mcnemar_counts", "mcnemar_exact_p", 
 P_ADJUST_METHODS = ("none", "holm")
 
 
-def _as_vector(values, name: str) -> np.ndarray:
-    arr = np.asarray(values)
-    if arr.ndim != 1:
-        raise ValueError(f"{name} must be a 1-D vector, got shape {arr.shape}")
+def _as_float(arr: np.ndarray, name: str) -> np.ndarray:
+    """A numeric or bool array as float64 (no copy when it already is)."""
     if arr.dtype == bool:
         arr = arr.astype(np.float64)
     if not np.issubdtype(arr.dtype, np.number):
         raise TypeError(f"{name} must be numeric or bool, got dtype {arr.dtype}")
     return arr.astype(np.float64, copy=False)
+
+
+def _as_vector(values, name: str) -> np.ndarray:
+    arr = np.asarray(values)
+    if arr.ndim != 1:
+        raise ValueError(f"{name} must be a 1-D vector, got shape {arr.shape}")
+    return _as_float(arr, name)
 
 
 def bootstrap_ci(values: Sequence[float] | np.ndarray, n_boot: int = 1000, confidence: float = 0.95,
@@ -187,11 +192,7 @@ def _as_runs(values, name: str) -> np.ndarray:
         arr = arr[None, :]
     if arr.ndim != 2 or arr.shape[0] < 1 or arr.shape[1] < 1:
         raise ValueError(f"{name} must be a [runs, images] array with at least one of each, got shape {arr.shape}")
-    if arr.dtype == bool:
-        arr = arr.astype(np.float64)
-    if not np.issubdtype(arr.dtype, np.number):
-        raise TypeError(f"{name} must be numeric or bool, got dtype {arr.dtype}")
-    return arr.astype(np.float64, copy=False)
+    return _as_float(arr, name)
 
 
 def _check_boot(n_boot: int, confidence: float | None = None) -> None:

@@ -9,11 +9,10 @@
 
 The commands are exactly the ones the README gives: ``python -m analysis.classify`` (what ``make demo`` runs),
 ``python -m analysis.hspace --quick``, ``python -m analysis.naturalness --quick``, ``python -m analysis.hprobe
---quick``, ``python -m pytest`` (what
-``make test`` runs) and, with ``setup``, ``pip install -e '.[test]'`` into a new venv (what ``make setup`` runs).
-The three quick modes are timed twice: from an empty cache (they then build the demo's
-sets first) and from the cache the demo left behind ("warm"). Run it on a quiet machine: a load average
-above the CPU count makes every figure slower, and the printout says what the load was.
+--quick``, ``python -m pytest`` (what ``make test`` runs) and, with ``setup``, ``pip install -e '.[test]'`` into a
+new venv with an empty pip cache (what ``make setup`` runs). The three quick modes are timed twice: from an empty
+cache (they then build the demo's sets first) and from the cache the demo left behind. Run it on a quiet machine:
+a load average above the CPU count makes every figure slower, and the printout says what the load was.
 """
 from __future__ import annotations
 
@@ -39,7 +38,7 @@ COMMANDS = {
     "hprobe-quick": [PY, "-m", "analysis.hprobe", "--quick", "--no-progress"],
     "test": [PY, "-m", "pytest", "-q", "-p", "no:cacheprovider"],
 }
-ORDER = ("demo", "hspace-quick", "naturalness-quick", "hprobe-quick", "test")
+ORDER = tuple(COMMANDS)
 
 
 def machine() -> str:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import time
 from typing import Any, Callable, Iterator, Sequence, TypeVar
 
 import torch
@@ -100,8 +101,6 @@ def barrier(world: int) -> None:
 def minutes_passed(minutes: float, since: float, world: int, device: torch.device) -> bool:
     """Whether ``minutes`` of wall time have passed since ``since`` (`time.monotonic`); 0 means never. By rank 0's
     clock: under DDP every rank gets rank 0's answer, so all enter a checkpoint's collectives together."""
-    import time
-
     if not minutes:
         return False
     due = time.monotonic() - since >= 60.0 * minutes

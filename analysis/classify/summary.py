@@ -60,25 +60,29 @@ class StatsConfig(Options):
                                 "holm)")
 
 
-def _mcnemar_pairs(preds: Sequence[Predictions], order: dict[str, list[str]]) -> list[dict[str, Any]]:
-    """McNemar's test of every pair of non-clean rows scored on the same images, per degradation and
-    classifier (A before B in row order)."""
-    by_key = {p.key: p for p in preds}
+def _row_pairs(cells: dict[tuple[str, str, str], list[Predictions]], order: dict[str, list[str]]):
+    """``(degradation, classifier, config_a, config_b, runs_a, runs_b)`` for every pair of non-clean rows scored
+    in the same degradation and classifier (A before B in row order), checked to hold the same images."""
     configs = [c for c in order["configs"] if c != CLEAN]
-    tests = []
     for deg in order["degradations"]:
         for clf in order["classifiers"]:
             for i, ca in enumerate(configs):
                 for cb in configs[i + 1:]:
-                    a, b = by_key.get((ca, deg, clf)), by_key.get((cb, deg, clf))
+                    a, b = cells.get((ca, deg, clf)), cells.get((cb, deg, clf))
                     if a is None or b is None:
                         continue
-                    if not np.array_equal(a.image_id, b.image_id):
+                    if not np.array_equal(a[0].image_id, b[0].image_id):
                         raise ValueError(f"{ca}/{deg} and {cb}/{deg} ({clf}) were scored on different images; "
-                                         "McNemar's test needs the same images in the same order")
-                    tests.append({"config_a": ca, "config_b": cb, "degradation": deg, "classifier": clf,
-                                  **mcnemar_test(a.correct, b.correct)})
-    return tests
+                                         "a paired comparison needs the same images in the same order")
+                    yield deg, clf, ca, cb, a, b
+
+
+def _mcnemar_pairs(preds: Sequence[Predictions], order: dict[str, list[str]]) -> list[dict[str, Any]]:
+    """McNemar's test of every pair of non-clean rows scored on the same images, per degradation and
+    classifier (A before B in row order)."""
+    cells = {p.key: [p] for p in preds}
+    return [{"config_a": ca, "config_b": cb, "degradation": deg, "classifier": clf,
+             **mcnemar_test(a[0].correct, b[0].correct)} for deg, clf, ca, cb, a, b in _row_pairs(cells, order)]
 
 
 def _cells(preds: Sequence[Predictions]) -> dict[tuple[str, str, str], list[Predictions]]:
@@ -103,33 +107,23 @@ def _replicate_pairs(cells, order: dict[str, list[str]], n_boot: int, confidence
     """Every pair of non-clean rows scored on the same images, per degradation and classifier (A before B in
     row order): Delta top-1 (B - A, points) with its two-level bootstrap CI, and the test: McNemar's exact
     test when both rows hold one run, else the two-level t-test."""
-    configs = [c for c in order["configs"] if c != CLEAN]
     tests = []
-    for deg in order["degradations"]:
-        for clf in order["classifiers"]:
-            for i, ca in enumerate(configs):
-                for cb in configs[i + 1:]:
-                    a, b = cells.get((ca, deg, clf)), cells.get((cb, deg, clf))
-                    if a is None or b is None:
-                        continue
-                    if not np.array_equal(a[0].image_id, b[0].image_id):
-                        raise ValueError(f"{ca}/{deg} and {cb}/{deg} ({clf}) were scored on different images; "
-                                         "a paired comparison needs the same images in the same order")
-                    ca_, cb_ = _correct(a), _correct(b)
-                    d = paired_delta_with_ci(ca_, cb_, n_boot=n_boot, confidence=confidence, seed=seed)
-                    row = {"config_a": ca, "config_b": cb, "degradation": deg, "classifier": clf,
-                           "n": int(ca_.shape[1]), "seeds_a": len(a), "seeds_b": len(b),
-                           "top1_a": 100.0 * float(ca_.mean()), "top1_b": 100.0 * float(cb_.mean()),
-                           "delta": 100.0 * d["delta"], "ci_low": 100.0 * d["ci_low"], "ci_high": 100.0 * d["ci_high"]}
-                    if len(a) == len(b) == 1:
-                        m = mcnemar_test(ca_[0], cb_[0])
-                        row.update(test="mcnemar", b=m["b"], c=m["c"], t=None, df=None, p_value=m["p_value"])
-                    else:
-                        t = two_level_t_test(ca_, cb_)
-                        finite = np.isfinite(t["t"])  # not when nothing varies (se = 0): p is then 0 or 1
-                        row.update(test="two-level t", b=None, c=None, t=t["t"] if finite else None,
-                                   df=t["df"] if finite else None, p_value=t["p_value"])
-                    tests.append(row)
+    for deg, clf, ca, cb, a, b in _row_pairs(cells, order):
+        ca_, cb_ = _correct(a), _correct(b)
+        d = paired_delta_with_ci(ca_, cb_, n_boot=n_boot, confidence=confidence, seed=seed)
+        row = {"config_a": ca, "config_b": cb, "degradation": deg, "classifier": clf,
+               "n": int(ca_.shape[1]), "seeds_a": len(a), "seeds_b": len(b),
+               "top1_a": 100.0 * float(ca_.mean()), "top1_b": 100.0 * float(cb_.mean()),
+               "delta": 100.0 * d["delta"], "ci_low": 100.0 * d["ci_low"], "ci_high": 100.0 * d["ci_high"]}
+        if len(a) == len(b) == 1:
+            m = mcnemar_test(ca_[0], cb_[0])
+            row.update(test="mcnemar", b=m["b"], c=m["c"], t=None, df=None, p_value=m["p_value"])
+        else:
+            t = two_level_t_test(ca_, cb_)
+            finite = np.isfinite(t["t"])  # not when nothing varies (se = 0): p is then 0 or 1
+            row.update(test="two-level t", b=None, c=None, t=t["t"] if finite else None,
+                       df=t["df"] if finite else None, p_value=t["p_value"])
+        tests.append(row)
     return tests
 
 

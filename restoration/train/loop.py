@@ -322,11 +322,6 @@ def _due(every: int, step: int, last: bool) -> bool:
     return bool(every and step % every == 0) or last
 
 
-def _time_due(run: _Run, since: float) -> bool:
-    """Whether ``--ckpt-minutes`` of wall time have passed since ``since`` (rank 0's clock on every rank)."""
-    return minutes_passed(run.cfg.ckpt_minutes, since, run.world, run.device)
-
-
 def _train_steps(run: _Run) -> None:
     """Steps ``start + 1 .. steps``, validating and checkpointing as configured. The global RNG (dropout etc.
     inside user networks) is forked, so the caller's state is untouched, seeded per rank, and restored from
@@ -355,7 +350,7 @@ def _train_steps(run: _Run) -> None:
             last = run.step == cfg.steps
             if run.rank == 0 and cfg.val_images and _due(cfg.val_every, run.step, last):
                 _validate(run)
-            if _due(cfg.ckpt_every, run.step, last) or _time_due(run, last_save):
+            if _due(cfg.ckpt_every, run.step, last) or minutes_passed(cfg.ckpt_minutes, last_save, run.world, run.device):
                 _save(run, final=last)
                 last_save = time.monotonic()
     bar.close()

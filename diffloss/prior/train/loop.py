@@ -220,8 +220,8 @@ def _train(cfg: PriorTrainConfig, run_dir: RunDir, rank: int, world: int, device
         bar.update(1)
         bar.set_postfix(loss=f"{run.rows[-1]['loss']:.4f}")
         final = step == cfg.steps
-        if final or (cfg.ckpt_every and step % cfg.ckpt_every == 0) or minutes_passed(cfg.ckpt_minutes, last_save,
-                                                                                       world, device):
+        due = final or bool(cfg.ckpt_every and step % cfg.ckpt_every == 0)
+        if due or minutes_passed(cfg.ckpt_minutes, last_save, world, device):
             _save(run, step)
             last_save = time.monotonic()
         if rank == 0 and (final or (cfg.sample_every and step % cfg.sample_every == 0)):
